@@ -1,0 +1,88 @@
+//! Reading the event log, `events/YYYY-MM-DD/<node>/events.jsonl`. Only the
+//! observer writes it (append-only, one event a line, UTC date of the event).
+//!
+//! A line that does not parse (a torn last line after a crash, or a hand
+//! edit) is reported to the caller and skipped; it never stops the scan.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::event::Event;
+use crate::layout::Layout;
+use crate::name::Name;
+
+/// One unreadable line.
+#[derive(Debug, Clone)]
+pub struct BadLine {
+    pub path: PathBuf,
+    pub line: usize,
+    pub error: String,
+}
+
+/// The log's date folders, oldest first; only well-formed `YYYY-MM-DD` names.
+pub fn days(layout: &Layout) -> Result<Vec<String>> {
+    let dir = layout.events_dir();
+    let mut days = match fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    days.sort();
+    Ok(days)
+}
+
+/// The log files of one day, by node name.
+pub fn day_files(layout: &Layout, day: &str) -> Result<Vec<(Name, PathBuf)>> {
+    let dir = layout.events_dir().join(day);
+    let mut files = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        let Ok(node) = Name::parse(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let path = entry.path().join("events.jsonl");
+        if path.is_file() {
+            files.push((node, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Calls `f` with every readable event of one file, in file order.
+pub fn read_file(path: &PathBuf, mut f: impl FnMut(Event), bad: &mut Vec<BadLine>) -> Result<()> {
+    let file = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("read {}", path.display()))?;
+        if line.is_empty() {
+            continue;
+        }
+        match Event::from_payload(&line) {
+            Ok(event) => f(event),
+            Err(e) => bad.push(BadLine {
+                path: path.clone(),
+                line: i + 1,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Every readable event, day by day, each node's file in order.
+pub fn scan(layout: &Layout, mut f: impl FnMut(Event)) -> Result<Vec<BadLine>> {
+    let mut bad = Vec::new();
+    for day in days(layout)? {
+        for (_, path) in day_files(layout, &day)? {
+            read_file(&path, &mut f, &mut bad)?;
+        }
+    }
+    Ok(bad)
+}

@@ -1,0 +1,75 @@
+//! The runtime root: which file lives where. Paths are built only from
+//! [`Name`]s and fixed words, so nothing built here can leave the root.
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use crate::action::ActionState;
+use crate::name::Name;
+
+pub const DEFAULT_ROOT: &str = "/opt/homelab";
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn events_dir(&self) -> PathBuf {
+        self.root.join("events")
+    }
+    /// `events/YYYY-MM-DD/<node>/events.jsonl`, by the UTC date of the event.
+    pub fn event_log(&self, date: NaiveDate, node: &Name) -> PathBuf {
+        self.events_dir()
+            .join(date.format("%Y-%m-%d").to_string())
+            .join(node.as_str())
+            .join("events.jsonl")
+    }
+    pub fn world_dir(&self) -> PathBuf {
+        self.root.join("world")
+    }
+    pub fn world_nodes(&self) -> PathBuf {
+        self.world_dir().join("nodes.json")
+    }
+    pub fn world_services(&self) -> PathBuf {
+        self.world_dir().join("services.json")
+    }
+    pub fn world_incidents(&self) -> PathBuf {
+        self.world_dir().join("incidents.json")
+    }
+    pub fn world_deployments(&self) -> PathBuf {
+        self.world_dir().join("deployments.json")
+    }
+    pub fn actions_dir(&self, state: ActionState) -> PathBuf {
+        self.root.join("actions").join(state.dir())
+    }
+    pub fn action_file(&self, state: ActionState, id: &Name) -> PathBuf {
+        self.actions_dir(state).join(format!("{id}.json"))
+    }
+    /// `state/<component>`: checkpoints and private state of one component.
+    pub fn state_dir(&self, component: &str) -> PathBuf {
+        self.root.join("state").join(component)
+    }
+    /// The agent's own state for `node` (outbox, spool).
+    pub fn agent_dir(&self, node: &Name) -> PathBuf {
+        self.state_dir("agent").join(node.as_str())
+    }
+    /// Events handed over by `homelab emit`, one file each, drained by the
+    /// agent into its outbox.
+    pub fn agent_spool(&self, node: &Name) -> PathBuf {
+        self.agent_dir(node).join("spool")
+    }
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.join("config")
+    }
+    pub fn ui_token_file(&self) -> PathBuf {
+        self.config_dir().join("ui").join("token")
+    }
+}

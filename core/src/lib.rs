@@ -1,0 +1,25 @@
+//! Everything that crosses a process boundary in homelab: names, events,
+//! actions, commands, world state, MQTT topics, the desired-state schema and
+//! the layout of the runtime root. No async code; I/O only through plain file
+//! helpers ([`fsutil`], [`store`], [`desired::load`]).
+
+pub mod action;
+pub mod command;
+pub mod desired;
+pub mod event;
+pub mod eventlog;
+pub mod fsutil;
+pub mod layout;
+pub mod name;
+pub mod store;
+pub mod time;
+pub mod topics;
+pub mod world;
+
+pub use action::{Action, ActionKind, ActionState, Risk};
+pub use command::{Command, Operation};
+pub use event::{Event, EventError, Severity};
+pub use layout::Layout;
+pub use name::{Name, NameError};
+pub use store::ActionStore;
+pub use topics::Topics;

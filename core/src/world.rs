@@ -1,0 +1,171 @@
+//! World state as the observer synthesizes it and writes it to
+//! `world/*.json` (and retained topics); the supervisor and the UI read it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::Name;
+use crate::time::{self, Timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerStatus {
+    Unknown,
+    Ok,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub node: Name,
+    pub status: NodeStatus,
+    /// When `status` last changed.
+    #[serde(with = "time")]
+    pub since: Timestamp,
+    #[serde(with = "time")]
+    pub first_seen: Timestamp,
+    #[serde(with = "time")]
+    pub last_seen: Timestamp,
+    pub last_seq: u64,
+    pub docker: DockerStatus,
+    pub containers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    Running,
+    Healthy,
+    Unhealthy,
+    NotRunning,
+}
+
+impl ServiceStatus {
+    pub fn is_ok(self) -> bool {
+        matches!(self, ServiceStatus::Running | ServiceStatus::Healthy)
+    }
+}
+
+/// One container as the agent reports it in a `node_snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub service: Name,
+    pub image: String,
+    /// Docker's state: running, exited, restarting, paused, dead, …
+    pub state: String,
+    /// Docker's human status line, e.g. `Up 3 hours (healthy)`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+impl Container {
+    pub fn service_status(&self) -> ServiceStatus {
+        match (self.state.as_str(), self.health.as_deref()) {
+            ("running", Some("unhealthy")) => ServiceStatus::Unhealthy,
+            ("running", Some("healthy")) => ServiceStatus::Healthy,
+            ("running", _) => ServiceStatus::Running,
+            _ => ServiceStatus::NotRunning,
+        }
+    }
+}
+
+/// `data` of a `node_snapshot` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub node: Name,
+    pub service: Name,
+    pub status: ServiceStatus,
+    #[serde(with = "time")]
+    pub since: Timestamp,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// `<kind>:<node>[:<service>]`, stable while the incident is open.
+    pub id: String,
+    pub kind: String,
+    pub node: Name,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Name>,
+    pub severity: crate::Severity,
+    pub message: String,
+    #[serde(with = "time")]
+    pub opened_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: usize,
+    #[serde(flatten)]
+    pub by_status: std::collections::BTreeMap<String, usize>,
+}
+
+/// `GET /summary` and `<prefix>/state/summary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub nodes: Counts,
+    pub services: Counts,
+    pub incidents: usize,
+    pub actions: std::collections::BTreeMap<String, usize>,
+}
+
+impl Summary {
+    pub fn new(
+        nodes: &[NodeState],
+        services: &[ServiceState],
+        incidents: &[Incident],
+        open_actions: &[crate::Action],
+    ) -> Summary {
+        let count = |items: Vec<String>| {
+            let mut counts = Counts {
+                total: items.len(),
+                ..Default::default()
+            };
+            for item in items {
+                *counts.by_status.entry(item).or_default() += 1;
+            }
+            counts
+        };
+        let mut actions = std::collections::BTreeMap::new();
+        for state in crate::ActionState::OPEN {
+            actions.insert(
+                state.dir().to_string(),
+                open_actions.iter().filter(|a| a.state == state).count(),
+            );
+        }
+        Summary {
+            nodes: count(nodes.iter().map(|n| json_word(&n.status)).collect()),
+            services: count(services.iter().map(|s| json_word(&s.status)).collect()),
+            incidents: incidents.len(),
+            actions,
+        }
+    }
+}
+
+/// The serde name of a unit enum variant (`NotRunning` → `not_running`).
+pub fn json_word<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
