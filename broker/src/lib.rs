@@ -1,0 +1,177 @@
+//! The embedded MQTT 3.1.1 broker: rumqttd with a configuration that is safe
+//! for a small machine.
+//!
+//! Three rumqttd facts shape this module:
+//! - it has no stop API: it runs on its own named threads until the process
+//!   ends, so "stopping the broker" means ending the process. [`run`] returns
+//!   on shutdown, but the listener lives on until exit;
+//! - it only logs a failure to bind, so [`start`] checks the address itself
+//!   and then waits until the listener accepts connections;
+//! - `RouterConfig::default()` has zero-sized segments and panics on first
+//!   use; its example config uses 100 MiB segments (memory measured at
+//!   1.4 GB). We use 1 MiB segments (about 25 MB).
+//!
+//! It keeps nothing on disk: retained messages and sessions are gone after a
+//! restart, which is why the observer republishes its retained state and the
+//! agents keep their own outbox.
+//!
+//! Anonymous clients are accepted only on a loopback listener (as Mosquitto 2
+//! does with no users configured); any other address is refused until
+//! per-client credentials exist.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Largest publish accepted; a larger one disconnects its sender.
+    pub max_payload_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr) -> Config {
+        Config {
+            listen,
+            max_payload_bytes: 1024 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+fn rumqttd_config(config: &Config) -> rumqttd::Config {
+    let router = RouterConfig {
+        max_connections: config.max_connections,
+        max_outgoing_packet_count: 200,
+        max_segment_size: 1024 * 1024,
+        max_segment_count: 10,
+        ..Default::default()
+    };
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: config.max_payload_bytes,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4-homelab".into(),
+        listen: config.listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Default::default()
+    }
+}
+
+/// Starts rumqttd on its own thread and returns once it accepts
+/// connections. It runs until the process exits.
+pub fn start(config: &Config) -> Result<()> {
+    if !config.listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve anonymous MQTT on {}: the embedded broker accepts anonymous clients only on loopback; \
+             listen on 127.0.0.1 or use an external broker with credentials",
+            config.listen
+        );
+    }
+    TcpListener::bind(config.listen)
+        .with_context(|| format!("mqtt listen address {} is not free", config.listen))?;
+    let mut broker = Broker::new(rumqttd_config(config));
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "embedded broker stopped");
+            }
+        })
+        .context("spawn broker thread")?;
+    let started = Instant::now();
+    while let Err(error) = probe(config.listen) {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "embedded broker does not answer on {}: {error}",
+                config.listen
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    info!(listen = %config.listen, "embedded mqtt broker listening");
+    Ok(())
+}
+
+/// Connects with a minimal MQTT 3.1.1 CONNECT, expects a CONNACK that
+/// accepts it, and disconnects: the broker is up and speaks MQTT.
+fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let client_id = b"homelab-probe";
+    let mut connect = vec![
+        0x10,
+        (12 + client_id.len()) as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02,
+        0,
+        10,
+        0,
+        client_id.len() as u8,
+    ];
+    connect.extend_from_slice(client_id);
+    stream.write_all(&connect)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(std::io::Error::other(format!(
+            "unexpected CONNACK {connack:?}"
+        )));
+    }
+    stream.write_all(&[0xE0, 0])
+}
+
+/// `homelab broker`: starts the broker and waits for shutdown. The broker
+/// itself ends with the process (see the module docs).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let cfg = config.clone();
+    tokio::task::spawn_blocking(move || start(&cfg))
+        .await
+        .context("broker start task")??;
+    shutdown.cancelled().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_anonymous_off_loopback() {
+        let err = start(&Config::new("0.0.0.0:0".parse().unwrap())).unwrap_err();
+        assert!(err.to_string().contains("only on loopback"), "{err}");
+    }
+
+    #[test]
+    fn reports_a_taken_port() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = start(&Config::new(taken.local_addr().unwrap())).unwrap_err();
+        assert!(format!("{err:#}").contains("is not free"), "{err:#}");
+    }
+}

@@ -1,0 +1,298 @@
+//! The MQTT connection every component uses; the only module that touches
+//! rumqttc.
+//!
+//! rumqttc's event loop must be polled all the time (it also drives
+//! keep-alive and the request queue), and it neither backs off nor
+//! remembers subscriptions across a session loss. [`connect`] spawns one
+//! task that polls it for the life of the connection and:
+//! - after an error waits with exponential backoff and jitter (backon)
+//!   before polling again, resetting the backoff once a CONNACK arrives;
+//! - after every CONNACK (re)subscribes to the configured filters at QoS 1
+//!   and reports [`Incoming::Connected`], so a caller can resend what the
+//!   broker may have lost (rumqttc drops unacknowledged QoS 1 publishes when
+//!   it reconnects without a session; durability is the caller's);
+//! - hands every publish to the caller, in order, on a bounded channel.
+//!
+//! All publishes are QoS 1. Stopping is explicit: [`Mqtt::close`] sends a
+//! DISCONNECT (so the Last Will is not fired) and ends the task.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Largest packet we send or accept. Components bound what they parse
+/// themselves (events to 64 KiB); this only keeps one oversize message from
+/// breaking the connection, which with a persistent session would otherwise
+/// be redelivered, and break it again, forever.
+pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Config {
+    /// `host:port` of the broker.
+    pub broker: String,
+    pub client_id: String,
+    pub clean_session: bool,
+    pub credentials: Option<(String, String)>,
+    pub last_will: Option<Will>,
+    /// Filters subscribed at QoS 1 after every CONNACK.
+    pub subscriptions: Vec<String>,
+    pub keep_alive: Duration,
+    /// Capacity of the incoming channel; when the caller falls behind, the
+    /// event loop waits, and the broker holds the rest.
+    pub incoming_capacity: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("broker", &self.broker)
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field(
+                "credentials",
+                &self
+                    .credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, "<redacted>")),
+            )
+            .field("subscriptions", &self.subscriptions)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn new(broker: &str, client_id: &str) -> Config {
+        Config {
+            broker: broker.to_string(),
+            client_id: client_id.to_string(),
+            clean_session: true,
+            credentials: None,
+            last_will: None,
+            subscriptions: Vec::new(),
+            keep_alive: Duration::from_secs(15),
+            incoming_capacity: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A CONNACK arrived; subscriptions have been requested again.
+    Connected {
+        session_present: bool,
+    },
+    Message(Message),
+    /// The connection failed; the task is waiting to reconnect.
+    Disconnected,
+}
+
+/// A handle for publishing; cheap to clone.
+#[derive(Clone)]
+pub struct Mqtt {
+    client: AsyncClient,
+    stop: CancellationToken,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Splits `host:port`.
+pub fn parse_addr(addr: &str) -> Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("broker address {addr:?} must be HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("bad port in broker address {addr:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    anyhow::ensure!(!host.is_empty(), "broker address {addr:?} has no host");
+    Ok((host.to_string(), port))
+}
+
+/// Starts the connection task. It connects in the background; the first
+/// [`Incoming::Connected`] says when it is up.
+pub fn connect(config: Config) -> Result<(Mqtt, mpsc::Receiver<Incoming>)> {
+    let (host, port) = parse_addr(&config.broker)?;
+    let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+    options
+        .set_keep_alive(config.keep_alive)
+        .set_clean_session(config.clean_session)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some((user, pass)) = &config.credentials {
+        options.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some(will) = &config.last_will {
+        options.set_last_will(LastWill::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            QoS::AtLeastOnce,
+            will.retain,
+        ));
+    }
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (tx, rx) = mpsc::channel(config.incoming_capacity.max(1));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(drive(eventloop, client.clone(), config, tx, stop.clone()));
+    Ok((
+        Mqtt {
+            client,
+            stop,
+            task: Arc::new(Mutex::new(Some(task))),
+        },
+        rx,
+    ))
+}
+
+impl Mqtt {
+    /// Queues a QoS 1 publish. Returns once rumqttc has taken it; delivery
+    /// to the broker follows when connected.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        retain: bool,
+    ) -> Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.into())
+            .await
+            .with_context(|| format!("publish to {topic}"))
+    }
+
+    /// Sends DISCONNECT and waits (briefly) for the task to end.
+    pub async fn close(&self) {
+        let _ = self.client.try_disconnect();
+        let task = self.task.lock().expect("mqtt task lock").take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                self.stop.cancel();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    config: Config,
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+) {
+    let mut delays = backoff();
+    let mut connected = false;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delays = backoff();
+                connected = true;
+                info!(client = %config.client_id, broker = %config.broker, session_present = ack.session_present, "mqtt connected");
+                if !config.subscriptions.is_empty() {
+                    let filters = config
+                        .subscriptions
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(error) = client.try_subscribe_many(filters) {
+                        warn!(%error, "mqtt subscribe request failed");
+                    }
+                }
+                if tx
+                    .send(Incoming::Connected {
+                        session_present: ack.session_present,
+                    })
+                    .await
+                    .is_err()
+                {
+                    debug!("mqtt receiver dropped");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let message = Message {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    retain: publish.retain,
+                };
+                let _ = tx.send(Incoming::Message(message)).await;
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                debug!(client = %config.client_id, "mqtt disconnect sent");
+                break;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if connected {
+                    warn!(client = %config.client_id, %error, "mqtt connection lost");
+                    connected = false;
+                    let _ = tx.send(Incoming::Disconnected).await;
+                } else {
+                    debug!(client = %config.client_id, %error, "mqtt connect failed");
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".to_string(), 1883)
+        );
+        assert_eq!(parse_addr("[::1]:1883").unwrap(), ("::1".to_string(), 1883));
+        assert!(parse_addr("localhost").is_err());
+        assert!(parse_addr(":1883").is_err());
+        assert!(parse_addr("h:99999").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let delays: Vec<_> = backoff().take(20).collect();
+        assert!(delays[0] >= Duration::from_millis(200));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(60)));
+        assert!(delays[10] > delays[0]);
+    }
+}
