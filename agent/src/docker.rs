@@ -1,0 +1,186 @@
+//! Docker, behind [`ContainerRuntime`]. Only this module talks to bollard.
+//!
+//! A container's canonical service name is its `com.docker.compose.service`
+//! label, else its container name. Containers in state `created` never ran
+//! and are ignored; containers whose name is not a valid [`Name`] are
+//! skipped with a warning.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, RestartContainerOptions};
+use bollard::Docker;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use homelab_core::world::Container;
+use homelab_core::Name;
+use tracing::warn;
+
+pub const SERVICE_LABEL: &str = "com.docker.compose.service";
+
+pub trait ContainerRuntime: Send + Sync {
+    /// All containers that have run, with their service names.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Container>>>;
+    /// Restarts every container of `service`; returns their names.
+    fn restart_service<'a>(&'a self, service: &'a Name) -> BoxFuture<'a, Result<Vec<String>>>;
+    /// A stream that yields whenever a container changed. It ends when the
+    /// engine goes away.
+    fn changes(&self) -> BoxStream<'static, Result<()>>;
+}
+
+pub struct BollardRuntime {
+    docker: Docker,
+}
+
+impl BollardRuntime {
+    /// Connects to the engine at `host` (`unix:///…`, `tcp://…`), else
+    /// `DOCKER_HOST` or the local Unix socket, and negotiates the API
+    /// version, which bollard does not do by itself.
+    pub async fn connect(host: Option<&str>) -> Result<Arc<BollardRuntime>> {
+        let docker = match host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_defaults(),
+        }
+        .context("docker client")?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .context("negotiate docker api version")?;
+        docker.ping().await.context("ping docker")?;
+        Ok(Arc::new(BollardRuntime { docker }))
+    }
+}
+
+impl ContainerRuntime for BollardRuntime {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Container>>> {
+        async move {
+            let options = ListContainersOptions {
+                all: true,
+                ..Default::default()
+            };
+            let summaries = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .context("list containers")?;
+            Ok(summaries.into_iter().filter_map(to_container).collect())
+        }
+        .boxed()
+    }
+
+    fn restart_service<'a>(&'a self, service: &'a Name) -> BoxFuture<'a, Result<Vec<String>>> {
+        async move {
+            let containers: Vec<Container> = self
+                .list()
+                .await?
+                .into_iter()
+                .filter(|c| &c.service == service)
+                .collect();
+            anyhow::ensure!(
+                !containers.is_empty(),
+                "no container of service {service} on this node"
+            );
+            let mut restarted = Vec::new();
+            for container in containers {
+                self.docker
+                    .restart_container(&container.id, None::<RestartContainerOptions>)
+                    .await
+                    .with_context(|| format!("restart container {}", container.name))?;
+                restarted.push(container.name);
+            }
+            Ok(restarted)
+        }
+        .boxed()
+    }
+
+    fn changes(&self) -> BoxStream<'static, Result<()>> {
+        let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.docker
+            .events(Some(options))
+            .map(|item| item.map(|_| ()).context("docker event stream"))
+            .boxed()
+    }
+}
+
+fn to_container(summary: bollard::models::ContainerSummary) -> Option<Container> {
+    let state = summary.state.map(|s| s.to_string()).unwrap_or_default();
+    if state == "created" {
+        return None;
+    }
+    let name = summary
+        .names
+        .unwrap_or_default()
+        .first()
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let labels = summary.labels.unwrap_or_default();
+    let raw_service = labels
+        .get(SERVICE_LABEL)
+        .cloned()
+        .unwrap_or_else(|| name.clone());
+    let service = match Name::parse(&raw_service) {
+        Ok(service) => service,
+        Err(error) => {
+            warn!(container = %name, service = %raw_service, %error, "container skipped: its service name is not a valid name");
+            return None;
+        }
+    };
+    let status = summary.status.unwrap_or_default();
+    let health = summary
+        .health
+        .and_then(|h| h.status)
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty() && s != "none")
+        .or_else(|| health_from_status(&status));
+    Some(Container {
+        id: summary.id.unwrap_or_default(),
+        name,
+        service,
+        image: summary.image.unwrap_or_default(),
+        state,
+        status,
+        health,
+    })
+}
+
+/// Engines older than API 1.52 give health only in the status line,
+/// e.g. `Up 5 minutes (unhealthy)`.
+fn health_from_status(status: &str) -> Option<String> {
+    ["(unhealthy)", "(healthy)", "(health: starting)"]
+        .iter()
+        .find(|marker| status.contains(*marker))
+        .map(|marker| {
+            marker
+                .trim_matches(|c| c == '(' || c == ')')
+                .trim_start_matches("health: ")
+                .to_string()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_from_status_line() {
+        assert_eq!(
+            health_from_status("Up 5 minutes (unhealthy)").as_deref(),
+            Some("unhealthy")
+        );
+        assert_eq!(
+            health_from_status("Up 5 minutes (healthy)").as_deref(),
+            Some("healthy")
+        );
+        assert_eq!(
+            health_from_status("Up 1 second (health: starting)").as_deref(),
+            Some("starting")
+        );
+        assert_eq!(health_from_status("Exited (137) 2 seconds ago"), None);
+    }
+}

@@ -1,0 +1,486 @@
+//! `homelab agent`: runs on every host. Watches Docker (event stream plus a
+//! periodic full sync), publishes what changed as events through the
+//! [`outbox`], and carries out commands from the executor.
+//!
+//! Architecture invariants: only this crate talks to Docker, and only
+//! [`docker`] inside it; every event leaves through the outbox, so it carries
+//! the node's `seq`; a command past its deadline, or for another node, is
+//! refused.
+
+pub mod docker;
+pub mod outbox;
+pub mod spool;
+pub mod sync;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Result;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use futures::{FutureExt, StreamExt};
+use homelab_core::event::{kinds, SOURCE_AGENT};
+use homelab_core::world::{Container, Snapshot};
+use homelab_core::{Command, Event, Layout, Name, Operation, Severity, Topics};
+use homelab_mqtt::{Incoming, Mqtt};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use docker::{BollardRuntime, ContainerRuntime};
+use outbox::Outbox;
+
+#[derive(Clone)]
+pub struct Config {
+    pub node: Name,
+    /// `host:port` of the MQTT broker.
+    pub broker: String,
+    pub layout: Layout,
+    pub topics: Topics,
+    /// How often to list all containers even without Docker events.
+    pub sync_interval: Duration,
+    /// A `node_snapshot` goes out on every change, and at least this often.
+    pub snapshot_interval: Duration,
+    /// Bound of the outbox in bytes; past it the oldest events go.
+    pub outbox_max_bytes: u64,
+    /// Events sent but not acknowledged for this long are sent again.
+    pub resend_after: Duration,
+    /// The Docker engine (`unix:///…`, `tcp://…`); `None` is `DOCKER_HOST`
+    /// or the local socket.
+    pub docker_host: Option<String>,
+    /// The container runtime; `None` connects to the Docker engine.
+    pub runtime: Option<Arc<dyn ContainerRuntime>>,
+}
+
+impl Config {
+    pub fn new(node: Name, broker: &str, layout: Layout) -> Config {
+        Config {
+            node,
+            broker: broker.to_string(),
+            layout,
+            topics: Topics::default(),
+            sync_interval: Duration::from_secs(30),
+            snapshot_interval: Duration::from_secs(600),
+            outbox_max_bytes: outbox::DEFAULT_MAX_BYTES,
+            resend_after: Duration::from_secs(30),
+            docker_host: None,
+            runtime: None,
+        }
+    }
+}
+
+/// What the agent's tasks share.
+struct Agent {
+    config: Config,
+    outbox: Outbox,
+    runtime: RwLock<Option<Arc<dyn ContainerRuntime>>>,
+    commands_seen: Mutex<HashSet<String>>,
+}
+
+impl Agent {
+    fn emit(
+        &self,
+        kind: &str,
+        service: Option<&Name>,
+        severity: Severity,
+        message: &str,
+        data: Value,
+    ) {
+        let event = Event {
+            v: 1,
+            id: homelab_core::event::new_id(),
+            ts: Utc::now(),
+            node: self.config.node.clone(),
+            seq: 0,
+            source: SOURCE_AGENT.into(),
+            kind: kind.into(),
+            service: service.cloned(),
+            severity,
+            message: message.into(),
+            data,
+        };
+        // The commit fsyncs: keep it off the async scheduler (see `blocking`).
+        match blocking(|| self.outbox.push(event)) {
+            Ok(event) => debug!(kind, seq = event.seq, "event queued"),
+            Err(error) => warn!(%error, kind, "event could not be recorded in the outbox"),
+        }
+    }
+
+    fn runtime(&self) -> Option<Arc<dyn ContainerRuntime>> {
+        self.runtime.read().expect("runtime lock").clone()
+    }
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let node = config.node.clone();
+    let topics = config.topics.clone();
+    let outbox = Outbox::open(
+        &config.layout.agent_dir(&node),
+        node.clone(),
+        config.outbox_max_bytes,
+    )?;
+    let agent = Arc::new(Agent {
+        config: config.clone(),
+        outbox,
+        runtime: RwLock::new(None),
+        commands_seen: Mutex::default(),
+    });
+
+    let status_topic = topics.node_status(&node);
+    let mut mqtt_config =
+        homelab_mqtt::Config::new(&config.broker, &format!("homelab-agent-{node}"));
+    mqtt_config.clean_session = false;
+    mqtt_config.last_will = Some(homelab_mqtt::Will {
+        topic: status_topic.clone(),
+        payload: b"offline".to_vec(),
+        retain: true,
+    });
+    mqtt_config.subscriptions = vec![topics.commands(&node), topics.acks(&node)];
+    let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
+    info!(%node, broker = %config.broker, "agent started");
+
+    let connected = Arc::new(AtomicBool::new(false));
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(publish_loop(
+        agent.clone(),
+        mqtt.clone(),
+        connected.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
+    tasks.spawn(spool::drain_loop(
+        agent.config.layout.agent_spool(&node),
+        agent.clone(),
+        shutdown.clone(),
+    ));
+
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = incoming.recv() => message,
+        };
+        match message {
+            None => break,
+            Some(Incoming::Connected { .. }) => {
+                connected.store(true, Ordering::SeqCst);
+                if let Err(error) = mqtt.publish(&status_topic, "online", true).await {
+                    warn!(%error, "could not publish online status");
+                }
+                agent.outbox.resend();
+            }
+            Some(Incoming::Disconnected) => connected.store(false, Ordering::SeqCst),
+            Some(Incoming::Message(message)) if message.topic == topics.acks(&node) => {
+                match std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                {
+                    Some(watermark) => {
+                        if let Err(error) = blocking(|| agent.outbox.ack(watermark)) {
+                            warn!(
+                                error = format!("{error:#}"),
+                                "ack not applied to the outbox"
+                            );
+                        }
+                    }
+                    None => warn!(topic = %message.topic, "ack watermark is not a number"),
+                }
+            }
+            Some(Incoming::Message(message)) if message.topic == topics.commands(&node) => {
+                tasks.spawn(handle_command(agent.clone(), message.payload.to_vec()));
+            }
+            Some(Incoming::Message(message)) => {
+                debug!(topic = %message.topic, "unexpected message")
+            }
+        }
+    }
+
+    // Leave things safe: say we are going, give the publisher a moment to
+    // flush, then disconnect cleanly (a clean DISCONNECT does not fire the
+    // Will, so `offline` is published explicitly).
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    if connected.load(Ordering::SeqCst) {
+        let _ = mqtt.publish(&status_topic, "offline", true).await;
+    }
+    mqtt.close().await;
+    info!(%node, unacked = agent.outbox.unacked(), "agent stopped");
+    Ok(())
+}
+
+/// Runs blocking file work (an outbox commit) without stalling the async
+/// scheduler, whose other tasks (the MQTT connection) may be parked behind
+/// it on the same worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Sends outbox events in `seq` order while connected.
+async fn publish_loop(
+    agent: Arc<Agent>,
+    mqtt: Mqtt,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let topic = agent.config.topics.events(&agent.config.node);
+    loop {
+        while connected.load(Ordering::SeqCst) {
+            let event = match agent.outbox.next_to_send() {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(error) => {
+                    warn!(error = format!("{error:#}"), "outbox unreadable");
+                    break;
+                }
+            };
+            if let Err(error) = mqtt.publish(&topic, event.to_json(), false).await {
+                warn!(%error, "publish failed");
+                break;
+            }
+            agent.outbox.mark_sent(event.seq);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = agent.outbox.wait() => {}
+            _ = tokio::time::sleep(agent.config.resend_after / 4) => agent.outbox.resend_if_stalled(agent.config.resend_after),
+        }
+    }
+}
+
+fn docker_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Keeps a Docker connection, syncs on every container event and on a
+/// timer, and reports the engine going away and coming back.
+async fn docker_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut delays = docker_backoff();
+    let mut reachable: Option<bool> = None;
+    let mut state = SyncState::default();
+    loop {
+        let connected = match agent.config.runtime.clone() {
+            Some(runtime) => Ok(runtime),
+            None => BollardRuntime::connect(agent.config.docker_host.as_deref())
+                .await
+                .map(|r| r as Arc<dyn ContainerRuntime>),
+        };
+        let result = match connected {
+            Ok(runtime) => {
+                if reachable == Some(false) {
+                    agent.emit(
+                        kinds::DOCKER_RECOVERED,
+                        None,
+                        Severity::Info,
+                        "docker engine reachable again",
+                        json!({}),
+                    );
+                }
+                reachable = Some(true);
+                delays = docker_backoff();
+                *agent.runtime.write().expect("runtime lock") = Some(runtime.clone());
+                let result = watch(&agent, runtime, &mut state, &shutdown).await;
+                *agent.runtime.write().expect("runtime lock") = None;
+                result
+            }
+            Err(error) => Err(error),
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if let Err(error) = result {
+            if reachable != Some(false) {
+                warn!(
+                    error = format!("{error:#}"),
+                    "docker engine unreachable; retrying with backoff"
+                );
+                agent.emit(
+                    kinds::DOCKER_UNREACHABLE,
+                    None,
+                    Severity::Error,
+                    &format!("{error:#}"),
+                    json!({}),
+                );
+                reachable = Some(false);
+            }
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct SyncState {
+    services: Option<sync::Services>,
+    snapshot: Option<Vec<Container>>,
+    snapshot_at: Option<tokio::time::Instant>,
+}
+
+async fn watch(
+    agent: &Agent,
+    runtime: Arc<dyn ContainerRuntime>,
+    state: &mut SyncState,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let mut changes = runtime.changes();
+    full_sync(agent, runtime.as_ref(), state).await?;
+    let mut tick = tokio::time::interval(agent.config.sync_interval);
+    tick.reset();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+            change = changes.next() => match change {
+                Some(Ok(())) => {
+                    // Docker sends several events for one change (kill, die,
+                    // stop): let them settle, then sync once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while let Some(Some(more)) = changes.next().now_or_never() { more?; }
+                }
+                Some(Err(error)) => return Err(error),
+                None => anyhow::bail!("docker event stream ended"),
+            },
+        }
+        full_sync(agent, runtime.as_ref(), state).await?;
+    }
+}
+
+async fn full_sync(
+    agent: &Agent,
+    runtime: &dyn ContainerRuntime,
+    state: &mut SyncState,
+) -> Result<()> {
+    let mut containers = runtime.list().await?;
+    containers.sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
+    let services = sync::services(&containers);
+    let changes = sync::diff(state.services.as_ref(), &services);
+    let shape = |cs: &[Container]| -> Vec<(String, String, String, Option<String>)> {
+        cs.iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    c.service.to_string(),
+                    c.state.clone(),
+                    c.health.clone(),
+                )
+            })
+            .collect()
+    };
+    let changed = state.snapshot.as_deref().map(shape) != Some(shape(&containers));
+    let due = state
+        .snapshot_at
+        .is_none_or(|at| at.elapsed() >= agent.config.snapshot_interval);
+    if changed || due {
+        let message = format!("{} containers", containers.len());
+        let data = serde_json::to_value(Snapshot {
+            containers: containers.clone(),
+        })?;
+        agent.emit(kinds::NODE_SNAPSHOT, None, Severity::Info, &message, data);
+        state.snapshot = Some(containers);
+        state.snapshot_at = Some(tokio::time::Instant::now());
+    }
+    for change in changes {
+        info!(kind = change.kind, service = %change.service, message = %change.message, "service changed");
+        agent.emit(
+            change.kind,
+            Some(&change.service),
+            change.severity,
+            &change.message,
+            json!({}),
+        );
+    }
+    state.services = Some(services);
+    Ok(())
+}
+
+async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
+    let command = match Command::from_payload(&payload) {
+        Ok(command) => command,
+        Err(error) => {
+            warn!(%error, "command rejected");
+            metrics::counter!("homelab_agent_commands_rejected_total", "reason" => "malformed")
+                .increment(1);
+            return;
+        }
+    };
+    if command.node != agent.config.node {
+        warn!(node = %command.node, "command for another node rejected");
+        metrics::counter!("homelab_agent_commands_rejected_total", "reason" => "node_mismatch")
+            .increment(1);
+        return;
+    }
+    if !agent
+        .commands_seen
+        .lock()
+        .expect("commands lock")
+        .insert(command.id.clone())
+    {
+        debug!(id = %command.id, "command already handled");
+        return;
+    }
+    let data = json!({"action_id": command.action_id, "command_id": command.id});
+    let service = match &command.op {
+        Operation::ContainerRestart { service } | Operation::Redeploy { service } => {
+            Some(service.clone())
+        }
+        Operation::DiskCleanup {} => None,
+    };
+    if Utc::now() > command.deadline {
+        warn!(id = %command.id, "command past its deadline refused");
+        agent.emit(
+            kinds::REMEDIATION_FAILED,
+            service.as_ref(),
+            Severity::Warning,
+            "command refused: past its deadline",
+            data,
+        );
+        return;
+    }
+    info!(id = %command.id, action = %command.action_id, op = command.op.kind().as_str(), "carrying out command");
+    agent.emit(
+        kinds::REMEDIATION_STARTED,
+        service.as_ref(),
+        Severity::Info,
+        command.op.kind().as_str(),
+        data.clone(),
+    );
+    let outcome = match (&command.op, agent.runtime()) {
+        (_, None) => Err(anyhow::anyhow!("docker engine unreachable")),
+        (Operation::ContainerRestart { service }, Some(runtime)) => runtime
+            .restart_service(service)
+            .await
+            .map(|names| format!("restarted {}", names.join(", "))),
+        (op, Some(_)) => Err(anyhow::anyhow!(
+            "{} is not supported by this agent yet",
+            op.kind().as_str()
+        )),
+    };
+    match outcome {
+        Ok(message) => agent.emit(
+            kinds::REMEDIATION_COMPLETED,
+            service.as_ref(),
+            Severity::Info,
+            &message,
+            data,
+        ),
+        Err(error) => agent.emit(
+            kinds::REMEDIATION_FAILED,
+            service.as_ref(),
+            Severity::Error,
+            &format!("{error:#}"),
+            data,
+        ),
+    }
+}

@@ -1,0 +1,497 @@
+//! The agent's durable outbox (redb, `state/agent/<node>/outbox.redb`).
+//!
+//! Constraints: an event counts as emitted only once it is on disk with the
+//! node's next `seq`; it leaves the outbox only when the observer's
+//! watermark on `<prefix>/acks/<node>` covers it; the outbox is bounded by
+//! bytes, and when full the oldest events go and an `events_dropped` event
+//! says how many and through which `seq`.
+//!
+//! Layout: table `events` maps `seq` → event JSON; table `meta` holds
+//! `next_seq` and `acked`.
+//!
+//! Flows:
+//! - push: one write transaction per batch (one fsync), assigning `seq`s,
+//!   enforcing the bound;
+//! - send: the publisher takes events past `sent_upto` in `seq` order while
+//!   connected (`sent_upto` lives in memory: after a restart everything not
+//!   acknowledged is sent again);
+//! - ack: drops every event with `seq <= watermark`. Its commit is not
+//!   synced: a crash can only bring back events the observer already has,
+//!   which it drops as duplicates;
+//! - resend: after every CONNACK and when acks stall, `sent_upto` falls back
+//!   to the watermark;
+//! - lost state: a watermark above our own last `seq` means this node's
+//!   state was lost (a new disk, a wiped root). Unacknowledged events are
+//!   renumbered above it rather than taken as delivered.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use homelab_core::event::{kinds, SOURCE_AGENT};
+use homelab_core::{Event, Name, Severity};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::warn;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// At most this many events are sent and not yet acknowledged. Brokers
+/// queue a bounded number of messages for a subscriber (rumqttd a few
+/// segments, Mosquitto 1,000 by default) and drop the rest; sending a long
+/// backlog all at once would overflow that queue and end in resend after
+/// resend. The window keeps what is in flight inside it.
+pub const SEND_WINDOW: u64 = 500;
+
+/// Default bound: a day of a busy node (an event a second of 1 KiB is
+/// 84 MiB) with room for snapshots.
+pub const DEFAULT_MAX_BYTES: u64 = 128 * 1024 * 1024;
+
+pub struct Outbox {
+    db: Database,
+    node: Name,
+    max_bytes: u64,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+struct State {
+    next_seq: u64,
+    acked: u64,
+    bytes: u64,
+    count: u64,
+    sent_upto: u64,
+    last_progress: Instant,
+}
+
+fn db_err(e: impl Into<redb::Error>) -> anyhow::Error {
+    anyhow::Error::new(e.into())
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox in `dir`.
+    pub fn open(dir: &Path, node: Name, max_bytes: u64) -> Result<Outbox> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let path = dir.join("outbox.redb");
+        let db = Database::create(&path)
+            .map_err(db_err)
+            .with_context(|| format!("open outbox {}", path.display()))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        let (next_seq, acked, bytes, count) = {
+            let meta = txn.open_table(META).map_err(db_err)?;
+            let events = txn.open_table(EVENTS).map_err(db_err)?;
+            let next_seq = meta
+                .get("next_seq")
+                .map_err(db_err)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            let acked = meta
+                .get("acked")
+                .map_err(db_err)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let mut bytes = 0u64;
+            for entry in events.iter().map_err(db_err)? {
+                bytes += entry.map_err(db_err)?.1.value().len() as u64;
+            }
+            (next_seq, acked, bytes, events.len().map_err(db_err)?)
+        };
+        txn.commit().map_err(db_err)?;
+        let state = State {
+            next_seq,
+            acked,
+            bytes,
+            count,
+            sent_upto: acked,
+            last_progress: Instant::now(),
+        };
+        Ok(Outbox {
+            db,
+            node,
+            max_bytes,
+            state: Mutex::new(state),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("outbox lock")
+    }
+
+    pub fn push(&self, event: Event) -> Result<Event> {
+        Ok(self.push_batch(vec![event])?.remove(0))
+    }
+
+    /// Gives each event the next `seq` and stores them all in one durable
+    /// commit; returns them as stored (possibly followed by an
+    /// `events_dropped` event if the bound was reached).
+    pub fn push_batch(&self, events: Vec<Event>) -> Result<Vec<Event>> {
+        let mut state = self.lock();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut stored = Vec::with_capacity(events.len());
+        let (mut next_seq, mut bytes, mut count) = (state.next_seq, state.bytes, state.count);
+        {
+            let mut table = txn.open_table(EVENTS).map_err(db_err)?;
+            for mut event in events {
+                event.seq = next_seq;
+                next_seq += 1;
+                let line = event.to_json();
+                table.insert(event.seq, line.as_bytes()).map_err(db_err)?;
+                bytes += line.len() as u64;
+                count += 1;
+                stored.push(event);
+            }
+            // Over the bound: the oldest go. The notice takes the slot of the
+            // newest dropped event, so it reaches the observer in order, just
+            // before what survived; a notice among the dropped is folded in.
+            let mut dropped = 0u64;
+            let mut first: Option<u64> = None;
+            let mut slot = None;
+            while bytes > self.max_bytes.saturating_sub(1024) && count > 1 {
+                let Some((seq, value)) = table
+                    .pop_first()
+                    .map_err(db_err)?
+                    .map(|(k, v)| (k.value(), v.value().to_vec()))
+                else {
+                    break;
+                };
+                bytes -= value.len() as u64;
+                count -= 1;
+                slot = Some(seq);
+                match Event::from_payload(&value) {
+                    Ok(old) if old.kind == kinds::EVENTS_DROPPED => {
+                        dropped += old.data["dropped"].as_u64().unwrap_or(0);
+                        let from = old.data["first_seq"].as_u64().unwrap_or(seq);
+                        first = Some(first.map_or(from, |f| f.min(from)));
+                    }
+                    _ => {
+                        dropped += 1;
+                        first = Some(first.map_or(seq, |f| f.min(seq)));
+                    }
+                }
+            }
+            if let Some(slot) = slot {
+                let first = first.unwrap_or(slot);
+                let notice = Event {
+                    v: 1,
+                    id: homelab_core::event::new_id(),
+                    ts: chrono::Utc::now(),
+                    node: self.node.clone(),
+                    seq: slot,
+                    source: SOURCE_AGENT.into(),
+                    kind: kinds::EVENTS_DROPPED.into(),
+                    service: None,
+                    severity: Severity::Warning,
+                    message: format!(
+                        "outbox full: {dropped} oldest events dropped (seq {first} to {slot})"
+                    ),
+                    data: json!({"dropped": dropped, "first_seq": first, "through_seq": slot}),
+                };
+                let line = notice.to_json();
+                table.insert(notice.seq, line.as_bytes()).map_err(db_err)?;
+                bytes += line.len() as u64;
+                count += 1;
+                warn!(
+                    dropped,
+                    first,
+                    through = slot,
+                    "outbox full; oldest events dropped"
+                );
+                metrics::counter!("homelab_agent_events_dropped_total").increment(dropped);
+                stored.retain(|e| e.seq > slot);
+                stored.insert(0, notice);
+                // The notice may sit below what was already sent.
+                state.sent_upto = state.sent_upto.min(slot - 1).max(state.acked);
+            }
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert("next_seq", next_seq).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err).context("commit outbox")?;
+        state.next_seq = next_seq;
+        state.bytes = bytes;
+        state.count = count;
+        drop(state);
+        metrics::counter!("homelab_agent_events_emitted_total").increment(stored.len() as u64);
+        self.notify.notify_one();
+        Ok(stored)
+    }
+
+    /// The observer has every event up to `watermark` on disk.
+    pub fn ack(&self, watermark: u64) -> Result<()> {
+        let mut state = self.lock();
+        if watermark >= state.next_seq {
+            drop(state);
+            return self.renumber_above(watermark);
+        }
+        if watermark <= state.acked {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (mut freed, mut removed) = (0u64, 0u64);
+        {
+            let mut table = txn.open_table(EVENTS).map_err(db_err)?;
+            loop {
+                let first = table
+                    .first()
+                    .map_err(db_err)?
+                    .map(|(k, v)| (k.value(), v.value().len() as u64));
+                let Some((seq, size)) = first.filter(|(seq, _)| *seq <= watermark) else {
+                    break;
+                };
+                table.remove(seq).map_err(db_err)?;
+                freed += size;
+                removed += 1;
+            }
+            txn.open_table(META)
+                .map_err(db_err)?
+                .insert("acked", watermark)
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        state.acked = watermark;
+        state.bytes -= freed;
+        state.count -= removed;
+        state.sent_upto = state.sent_upto.max(watermark);
+        state.last_progress = Instant::now();
+        drop(state);
+        // The send window has room again.
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn renumber_above(&self, watermark: u64) -> Result<()> {
+        let mut state = self.lock();
+        warn!(
+            watermark,
+            next_seq = state.next_seq,
+            "observer is ahead of this node's seq: local state was lost; renumbering"
+        );
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut next_seq = watermark + 1;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(db_err)?;
+            let mut events = Vec::new();
+            while let Some((_, bytes)) = table
+                .pop_first()
+                .map_err(db_err)?
+                .map(|(k, v)| (k.value(), v.value().to_vec()))
+            {
+                events.push(bytes);
+            }
+            for bytes in events {
+                let mut event =
+                    Event::from_payload(&bytes).context("outbox holds an unreadable event")?;
+                event.seq = next_seq;
+                next_seq += 1;
+                table
+                    .insert(event.seq, event.to_json().as_bytes())
+                    .map_err(db_err)?;
+            }
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert("next_seq", next_seq).map_err(db_err)?;
+            meta.insert("acked", watermark).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        state.next_seq = next_seq;
+        state.acked = watermark;
+        state.sent_upto = watermark;
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Sends everything not acknowledged again.
+    pub fn resend(&self) {
+        let mut state = self.lock();
+        state.sent_upto = state.acked;
+        state.last_progress = Instant::now();
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Resends if events were sent but no ack came for `after`.
+    pub fn resend_if_stalled(&self, after: Duration) {
+        let stalled = {
+            let state = self.lock();
+            state.sent_upto > state.acked && state.last_progress.elapsed() >= after
+        };
+        if stalled {
+            self.resend();
+        }
+    }
+
+    /// The next event to send, if any, and if the send window has room.
+    pub fn next_to_send(&self) -> Result<Option<Event>> {
+        let from = {
+            let state = self.lock();
+            if state.sent_upto >= state.acked + SEND_WINDOW {
+                return Ok(None);
+            }
+            state.sent_upto + 1
+        };
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(EVENTS).map_err(db_err)?;
+        let Some(entry) = table.range(from..).map_err(db_err)?.next() else {
+            return Ok(None);
+        };
+        let (_, bytes) = entry.map_err(db_err)?;
+        Ok(Some(
+            Event::from_payload(bytes.value()).context("outbox holds an unreadable event")?,
+        ))
+    }
+
+    pub fn mark_sent(&self, seq: u64) {
+        let mut state = self.lock();
+        state.sent_upto = state.sent_upto.max(seq);
+    }
+
+    /// Events not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.lock().count
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Name {
+        Name::parse("piha").unwrap()
+    }
+
+    fn event(message: &str) -> Event {
+        Event {
+            v: 1,
+            id: homelab_core::event::new_id(),
+            ts: chrono::Utc::now(),
+            node: node(),
+            seq: 0,
+            source: "node-agent".into(),
+            kind: "test".into(),
+            service: None,
+            severity: Severity::Info,
+            message: message.into(),
+            data: json!({}),
+        }
+    }
+
+    fn drain(outbox: &Outbox) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(e) = outbox.next_to_send().unwrap() {
+            outbox.mark_sent(e.seq);
+            seqs.push(e.seq);
+        }
+        seqs
+    }
+
+    #[test]
+    fn seq_ack_resend_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        for i in 0..3 {
+            outbox.push(event(&i.to_string())).unwrap();
+        }
+        assert_eq!(drain(&outbox), vec![1, 2, 3]);
+        outbox.ack(1).unwrap();
+        assert_eq!(outbox.unacked(), 2);
+        outbox.resend();
+        assert_eq!(drain(&outbox), vec![2, 3]);
+        // After a crash everything not acknowledged is still there, and seq
+        // goes on.
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        assert_eq!(outbox.unacked(), 2);
+        assert_eq!(drain(&outbox), vec![2, 3]);
+        assert_eq!(outbox.push(event("4")).unwrap().seq, 4);
+        outbox.ack(4).unwrap();
+        assert_eq!((outbox.unacked(), outbox.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn bound_drops_oldest_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = event("x").to_json().len() as u64;
+        let outbox = Outbox::open(dir.path(), node(), 1024 + 10 * size).unwrap();
+        for i in 0..30 {
+            outbox.push(event(&format!("{i:>1}"))).unwrap();
+        }
+        let mut sent = Vec::new();
+        while let Some(e) = outbox.next_to_send().unwrap() {
+            outbox.mark_sent(e.seq);
+            sent.push(e);
+        }
+        assert!(outbox.bytes() <= 1024 + 10 * size);
+        // The newest survive, in order, and each drop is announced.
+        let last = sent
+            .iter()
+            .rev()
+            .find(|e| e.kind != "events_dropped")
+            .unwrap();
+        assert_eq!(last.message, "29");
+        let notices: Vec<&Event> = sent.iter().filter(|e| e.kind == "events_dropped").collect();
+        assert!(!notices.is_empty());
+        let through = notices.last().unwrap().data["through_seq"]
+            .as_u64()
+            .unwrap();
+        let kept: Vec<u64> = sent
+            .iter()
+            .filter(|e| e.kind == "test")
+            .map(|e| e.seq)
+            .collect();
+        assert!(
+            kept.iter().all(|s| *s > through),
+            "nothing older than the announced drop survives"
+        );
+        let dropped: u64 = notices
+            .iter()
+            .map(|e| e.data["dropped"].as_u64().unwrap())
+            .sum::<u64>();
+        assert!(dropped >= 1);
+    }
+
+    #[test]
+    fn at_most_a_window_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        outbox
+            .push_batch(
+                (0..SEND_WINDOW + 10)
+                    .map(|i| event(&i.to_string()))
+                    .collect(),
+            )
+            .unwrap();
+        assert_eq!(drain(&outbox).len() as u64, SEND_WINDOW);
+        outbox.ack(5).unwrap();
+        assert_eq!(
+            drain(&outbox),
+            (SEND_WINDOW + 1..=SEND_WINDOW + 5).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_watermark_from_the_future_renumbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        outbox.push(event("a")).unwrap();
+        outbox.push(event("b")).unwrap();
+        outbox.ack(500).unwrap();
+        assert_eq!(outbox.unacked(), 2, "nothing is taken as delivered");
+        assert_eq!(drain(&outbox), vec![501, 502]);
+        assert_eq!(outbox.push(event("c")).unwrap().seq, 503);
+    }
+}
