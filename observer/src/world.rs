@@ -1,0 +1,367 @@
+//! World state from events: nodes, services, incidents. Pure: the observer
+//! feeds it events (live, or replayed from the log at start) and node status
+//! messages, and writes out what it holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use homelab_core::event::kinds;
+use homelab_core::time::Timestamp;
+use homelab_core::world::{
+    DockerStatus, Incident, NodeState, NodeStatus, ServiceState, ServiceStatus, Snapshot,
+};
+use homelab_core::{Event, Name, Severity};
+use tracing::warn;
+
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub nodes: BTreeMap<Name, NodeState>,
+    pub services: BTreeMap<(Name, Name), ServiceState>,
+    /// Nodes whose online/offline came from their status topic; for those,
+    /// events do not change the status.
+    status_from_topic: BTreeSet<Name>,
+}
+
+impl World {
+    pub fn apply(&mut self, event: &Event) {
+        let ts = event.ts;
+        let node = self
+            .nodes
+            .entry(event.node.clone())
+            .or_insert_with(|| NodeState {
+                node: event.node.clone(),
+                status: NodeStatus::Online,
+                since: ts,
+                first_seen: ts,
+                last_seen: ts,
+                last_seq: event.seq,
+                docker: DockerStatus::Unknown,
+                containers: 0,
+            });
+        node.last_seen = node.last_seen.max(ts);
+        node.last_seq = node.last_seq.max(event.seq);
+        let from_topic = self.status_from_topic.contains(&event.node);
+        match event.kind.as_str() {
+            kinds::NODE_SNAPSHOT => match serde_json::from_value::<Snapshot>(event.data.clone()) {
+                Ok(snapshot) => {
+                    node.docker = DockerStatus::Ok;
+                    node.containers = snapshot.containers.len();
+                    self.apply_snapshot(&event.node, snapshot, ts);
+                }
+                Err(error) => {
+                    warn!(%error, id = %event.id, "node_snapshot with unreadable data ignored")
+                }
+            },
+            kinds::DOCKER_UNREACHABLE => node.docker = DockerStatus::Unreachable,
+            kinds::DOCKER_RECOVERED => node.docker = DockerStatus::Ok,
+            kinds::NODE_ONLINE | kinds::NODE_OFFLINE if !from_topic => {
+                let status = if event.kind == kinds::NODE_ONLINE {
+                    NodeStatus::Online
+                } else {
+                    NodeStatus::Offline
+                };
+                if node.status != status {
+                    node.status = status;
+                    node.since = ts;
+                }
+            }
+            kinds::CONTAINERS_NOT_RUNNING => self.set_service(event, ServiceStatus::NotRunning),
+            kinds::SERVICE_UNHEALTHY | kinds::HEALTHCHECK_FAILED => {
+                self.set_service(event, ServiceStatus::Unhealthy)
+            }
+            kinds::SERVICE_HEALTHY => self.set_service(event, ServiceStatus::Healthy),
+            kinds::SERVICE_RECOVERED => self.set_service(event, ServiceStatus::Running),
+            _ => {}
+        }
+    }
+
+    fn apply_snapshot(&mut self, node: &Name, snapshot: Snapshot, ts: Timestamp) {
+        let mut grouped: BTreeMap<Name, Vec<_>> = BTreeMap::new();
+        for container in snapshot.containers {
+            grouped
+                .entry(container.service.clone())
+                .or_default()
+                .push(container);
+        }
+        self.services
+            .retain(|(n, s), _| n != node || grouped.contains_key(s));
+        for (service, containers) in grouped {
+            let worst = containers
+                .iter()
+                .map(|c| c.service_status())
+                .max_by_key(|s| match s {
+                    ServiceStatus::Healthy => 0,
+                    ServiceStatus::Running => 1,
+                    ServiceStatus::Unhealthy => 2,
+                    ServiceStatus::NotRunning => 3,
+                })
+                .unwrap_or(ServiceStatus::Running);
+            let message = containers
+                .iter()
+                .map(|c| format!("{}: {}", c.name, c.status))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let key = (node.clone(), service.clone());
+            match self.services.get_mut(&key) {
+                Some(state) => {
+                    if state.status != worst {
+                        state.status = worst;
+                        state.since = ts;
+                    }
+                    state.message = message;
+                    state.containers = containers;
+                }
+                None => {
+                    self.services.insert(
+                        key,
+                        ServiceState {
+                            node: node.clone(),
+                            service,
+                            status: worst,
+                            since: ts,
+                            message,
+                            containers,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn set_service(&mut self, event: &Event, status: ServiceStatus) {
+        let Some(service) = &event.service else {
+            return;
+        };
+        let key = (event.node.clone(), service.clone());
+        let state = self.services.entry(key).or_insert_with(|| ServiceState {
+            node: event.node.clone(),
+            service: service.clone(),
+            status,
+            since: event.ts,
+            message: String::new(),
+            containers: Vec::new(),
+        });
+        if state.status != status {
+            state.status = status;
+            state.since = event.ts;
+        }
+        state.message = event.message.clone();
+    }
+
+    /// A retained `online`/`offline` on the node's status topic (the agent's
+    /// own, or its Last Will).
+    pub fn set_status(&mut self, node: &Name, status: NodeStatus, at: Timestamp) {
+        self.status_from_topic.insert(node.clone());
+        let state = self.nodes.entry(node.clone()).or_insert_with(|| NodeState {
+            node: node.clone(),
+            status,
+            since: at,
+            first_seen: at,
+            last_seen: at,
+            last_seq: 0,
+            docker: DockerStatus::Unknown,
+            containers: 0,
+        });
+        if state.status != status {
+            state.status = status;
+            state.since = at;
+        }
+    }
+
+    /// Open incidents. `expected` are the inventory's nodes (with their
+    /// aliases); one that never reported is a node incident.
+    pub fn incidents(
+        &self,
+        expected: &BTreeMap<Name, Vec<Name>>,
+        since_start: Timestamp,
+    ) -> Vec<Incident> {
+        let mut out = Vec::new();
+        let incident = |kind: &str,
+                        node: &Name,
+                        service: Option<&Name>,
+                        severity,
+                        message: String,
+                        opened_at| Incident {
+            id: match service {
+                Some(s) => format!("{kind}:{node}:{s}"),
+                None => format!("{kind}:{node}"),
+            },
+            kind: kind.to_string(),
+            node: node.clone(),
+            service: service.cloned(),
+            severity,
+            message,
+            opened_at,
+        };
+        for (name, aliases) in expected {
+            let seen =
+                self.nodes.contains_key(name) || aliases.iter().any(|a| self.nodes.contains_key(a));
+            if !seen {
+                out.push(incident(
+                    "node_never_reported",
+                    name,
+                    None,
+                    Severity::Warning,
+                    format!("node {name} has not reported since the observer started"),
+                    since_start,
+                ));
+            }
+        }
+        for node in self.nodes.values() {
+            if node.status == NodeStatus::Offline {
+                out.push(incident(
+                    "node_offline",
+                    &node.node,
+                    None,
+                    Severity::Error,
+                    format!("node {} is offline", node.node),
+                    node.since,
+                ));
+            }
+            if node.docker == DockerStatus::Unreachable {
+                out.push(incident(
+                    "docker_unreachable",
+                    &node.node,
+                    None,
+                    Severity::Error,
+                    format!("docker engine on {} is unreachable", node.node),
+                    node.last_seen,
+                ));
+            }
+        }
+        for service in self.services.values() {
+            let kind = match service.status {
+                ServiceStatus::NotRunning => "service_not_running",
+                ServiceStatus::Unhealthy => "service_unhealthy",
+                _ => continue,
+            };
+            out.push(incident(
+                kind,
+                &service.node,
+                Some(&service.service),
+                Severity::Warning,
+                service.message.clone(),
+                service.since,
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use homelab_core::world::Container;
+    use serde_json::json;
+
+    fn n(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    fn event(seq: u64, kind: &str, service: Option<&str>, data: serde_json::Value) -> Event {
+        Event {
+            v: 1,
+            id: format!("E{seq}"),
+            ts: format!("2026-11-22T10:00:{:02}Z", seq).parse().unwrap(),
+            node: n("piha"),
+            seq,
+            source: "node-agent".into(),
+            kind: kind.into(),
+            service: service.map(n),
+            severity: Severity::Info,
+            message: format!("m{seq}"),
+            data,
+        }
+    }
+
+    fn snapshot(containers: &[(&str, &str)]) -> serde_json::Value {
+        let containers: Vec<Container> = containers
+            .iter()
+            .map(|(service, state)| Container {
+                id: format!("id-{service}"),
+                name: service.to_string(),
+                service: n(service),
+                image: "i".into(),
+                state: state.to_string(),
+                status: state.to_string(),
+                health: None,
+            })
+            .collect();
+        json!({ "containers": containers })
+    }
+
+    #[test]
+    fn snapshot_is_authoritative_for_its_node() {
+        let mut world = World::default();
+        world.apply(&event(
+            1,
+            "node_snapshot",
+            None,
+            snapshot(&[("mosquitto", "running"), ("npm", "exited")]),
+        ));
+        assert_eq!(world.services.len(), 2);
+        assert_eq!(
+            world.services[&(n("piha"), n("npm"))].status,
+            ServiceStatus::NotRunning
+        );
+        world.apply(&event(
+            2,
+            "node_snapshot",
+            None,
+            snapshot(&[("mosquitto", "running")]),
+        ));
+        assert_eq!(
+            world
+                .services
+                .keys()
+                .map(|(_, s)| s.as_str())
+                .collect::<Vec<_>>(),
+            vec!["mosquitto"]
+        );
+        // `since` moves only when the status changes.
+        world.apply(&event(
+            3,
+            "containers_not_running",
+            Some("mosquitto"),
+            json!({}),
+        ));
+        let since = world.services[&(n("piha"), n("mosquitto"))].since;
+        world.apply(&event(
+            4,
+            "node_snapshot",
+            None,
+            snapshot(&[("mosquitto", "exited")]),
+        ));
+        assert_eq!(world.services[&(n("piha"), n("mosquitto"))].since, since);
+        assert_eq!(world.nodes[&n("piha")].last_seq, 4);
+    }
+
+    #[test]
+    fn incidents() {
+        let mut world = World::default();
+        let start = "2026-11-22T09:00:00Z".parse().unwrap();
+        world.apply(&event(1, "containers_not_running", Some("npm"), json!({})));
+        world.set_status(&n("piha"), NodeStatus::Offline, start);
+        let expected = BTreeMap::from([
+            (n("vps"), vec![n("node-1")]),
+            (n("piha"), vec![]),
+            (n("saturn"), vec![]),
+        ]);
+        world.apply(&Event {
+            node: n("node-1"),
+            ..event(1, "node_snapshot", None, snapshot(&[]))
+        });
+        let ids: Vec<String> = world
+            .incidents(&expected, start)
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                "node_never_reported:saturn",
+                "node_offline:piha",
+                "service_not_running:piha:npm"
+            ]
+        );
+    }
+}
