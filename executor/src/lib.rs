@@ -1,0 +1,259 @@
+//! `homelab executor`: takes approved actions, sends each as a command to
+//! the agent of its node, and records the outcome.
+//!
+//! For each file in `actions/approved/`: claim it by moving it to
+//! `running/` (atomic rename), record the command (id, deadline) in the
+//! file, then publish the command on `<prefix>/commands/<node>`. The agent
+//! answers with `remediation_completed` or `remediation_failed` events
+//! carrying `data.action_id` and `data.command_id`; the action then moves to
+//! `completed/` or `failed/` with the result. A running action with no
+//! outcome past its deadline (plus a margin) fails.
+//!
+//! Crash recovery: a running action without a recorded command gets one; a
+//! running action with one waits for its outcome or deadline.
+//!
+//! Architecture invariant: nothing is sent for an action that is not in
+//! `approved/` (or already claimed into `running/` by this executor).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use homelab_core::action::{ActionResult, SentCommand};
+use homelab_core::event::kinds;
+use homelab_core::store::{Move, TransitionError};
+use homelab_core::{Action, ActionState, ActionStore, Command, Event, Layout, Operation, Topics};
+use homelab_mqtt::{Incoming, Mqtt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub broker: String,
+    pub layout: Layout,
+    pub topics: Topics,
+    /// How long an agent has to carry out a command.
+    pub command_timeout: Duration,
+    /// How often to look at `approved/` and `running/` without a trigger.
+    pub interval: Duration,
+}
+
+/// Past the deadline, the agent refuses the command; this margin lets an
+/// outcome that was on its way arrive.
+const OUTCOME_MARGIN: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-executor");
+    mqtt_config.clean_session = false;
+    mqtt_config.subscriptions = vec![config.topics.events_all(), config.topics.actions_all()];
+    let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
+    let store = ActionStore::new(config.layout.clone());
+    let mut tick = tokio::time::interval(config.interval);
+    info!("executor started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => pass(&config, &store, &mqtt).await,
+            message = incoming.recv() => match message {
+                None => break,
+                Some(Incoming::Message(message)) => {
+                    if config.topics.parse_events(&message.topic).is_some() {
+                        if let Ok(event) = Event::from_payload(&message.payload) {
+                            outcome(&config, &store, &mqtt, &event).await;
+                        }
+                    } else {
+                        // An action changed (approved, perhaps): look now.
+                        pass(&config, &store, &mqtt).await;
+                    }
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    mqtt.close().await;
+    Ok(())
+}
+
+async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt) {
+    let approved = match store.list(ActionState::Approved) {
+        Ok(approved) => approved,
+        Err(error) => {
+            warn!(error = format!("{error:#}"), "approved actions unreadable");
+            return;
+        }
+    };
+    for action in approved {
+        let mv = Move {
+            from: ActionState::Approved,
+            to: ActionState::Running,
+            by: "executor",
+            why: "claimed for execution",
+            at: Utc::now(),
+            result: None,
+        };
+        match store.transition(&action.id, mv) {
+            Ok(action) => send(config, store, mqtt, action).await,
+            Err(TransitionError::WrongState { .. } | TransitionError::NotFound(_)) => {}
+            Err(error) => {
+                warn!(id = %action.id, error = format!("{error:#}"), "action not claimed")
+            }
+        }
+    }
+    let running = match store.list(ActionState::Running) {
+        Ok(running) => running,
+        Err(error) => {
+            warn!(error = format!("{error:#}"), "running actions unreadable");
+            return;
+        }
+    };
+    let now = Utc::now();
+    for action in running {
+        match &action.command {
+            None => send(config, store, mqtt, action).await,
+            Some(sent) if now > sent.deadline + OUTCOME_MARGIN => {
+                let result = ActionResult {
+                    ok: false,
+                    message: "no outcome before the command deadline".into(),
+                    at: now,
+                    data: json!({"command_id": sent.id}),
+                };
+                finish(config, store, mqtt, &action, result).await;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Records and publishes the command for a running action.
+async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Action) {
+    let now = Utc::now();
+    let op = match (action.kind, &action.service) {
+        (homelab_core::ActionKind::ContainerRestart, Some(service)) => {
+            Operation::ContainerRestart {
+                service: service.clone(),
+            }
+        }
+        (homelab_core::ActionKind::Redeploy, Some(service)) => Operation::Redeploy {
+            service: service.clone(),
+        },
+        (homelab_core::ActionKind::DiskCleanup, _) => Operation::DiskCleanup {},
+        (kind, _) => {
+            let result = ActionResult {
+                ok: false,
+                message: format!("{} has nothing to execute", kind.as_str()),
+                at: now,
+                data: json!({}),
+            };
+            finish(config, store, mqtt, &action, result).await;
+            return;
+        }
+    };
+    let deadline = now
+        + chrono::Duration::from_std(config.command_timeout)
+            .unwrap_or(chrono::Duration::minutes(5));
+    let command = Command {
+        v: 1,
+        id: homelab_core::event::new_id(),
+        action_id: action.id.clone(),
+        node: action.node.clone(),
+        op,
+        issued_at: now,
+        deadline,
+    };
+    action.command = Some(SentCommand {
+        id: command.id.clone(),
+        sent_at: now,
+        deadline,
+    });
+    if let Err(error) = store.update(&action) {
+        warn!(id = %action.id, error = format!("{error:#}"), "command not recorded; not sent");
+        return;
+    }
+    let payload = serde_json::to_vec(&command).expect("command serializes");
+    match mqtt
+        .publish(&config.topics.commands(&action.node), payload, false)
+        .await
+    {
+        Ok(()) => {
+            info!(id = %action.id, command = %command.id, node = %action.node, "command sent");
+            metrics::counter!("homelab_commands_sent_total", "type" => action.kind.as_str())
+                .increment(1);
+        }
+        Err(error) => warn!(id = %action.id, %error, "command not sent"),
+    }
+    publish_action(config, mqtt, &action).await;
+}
+
+async fn outcome(config: &Config, store: &ActionStore, mqtt: &Mqtt, event: &Event) {
+    let ok = match event.kind.as_str() {
+        kinds::REMEDIATION_COMPLETED => true,
+        kinds::REMEDIATION_FAILED => false,
+        _ => return,
+    };
+    let Some(id) = event
+        .action_id()
+        .and_then(|id| homelab_core::Name::parse(id).ok())
+    else {
+        return;
+    };
+    let action = match store.find(&id) {
+        Ok(Some(action)) if action.state == ActionState::Running => action,
+        _ => return,
+    };
+    let command_id = event.data.get("command_id").and_then(|v| v.as_str());
+    if let (Some(sent), Some(got)) = (&action.command, command_id) {
+        if sent.id != got {
+            info!(id = %id, "outcome of an earlier command ignored");
+            return;
+        }
+    }
+    let result = ActionResult {
+        ok,
+        message: event.message.clone(),
+        at: event.ts,
+        data: json!({"event_id": event.id, "command_id": command_id, "node": event.node}),
+    };
+    finish(config, store, mqtt, &action, result).await;
+}
+
+async fn finish(
+    config: &Config,
+    store: &ActionStore,
+    mqtt: &Mqtt,
+    action: &Action,
+    result: ActionResult,
+) {
+    let to = if result.ok {
+        ActionState::Completed
+    } else {
+        ActionState::Failed
+    };
+    let why = result.message.clone();
+    let mv = Move {
+        from: ActionState::Running,
+        to,
+        by: "executor",
+        why: &why,
+        at: Utc::now(),
+        result: Some(result),
+    };
+    match store.transition(&action.id, mv) {
+        Ok(action) => {
+            info!(id = %action.id, state = %to, "action finished");
+            metrics::counter!("homelab_actions_finished_total", "state" => to.dir()).increment(1);
+            publish_action(config, mqtt, &action).await;
+        }
+        Err(error) => warn!(id = %action.id, error = format!("{error:#}"), "outcome not recorded"),
+    }
+}
+
+async fn publish_action(config: &Config, mqtt: &Mqtt, action: &Action) {
+    let payload = serde_json::to_vec(action).expect("action serializes");
+    if let Err(error) = mqtt
+        .publish(&config.topics.action(&action.id), payload, true)
+        .await
+    {
+        warn!(%error, "action not published");
+    }
+}

@@ -1,0 +1,117 @@
+//! One reconcile pass (`plan`) over 1,000 nodes x 50 services. Prints, does
+//! not assert: `cargo bench -p homelab-supervisor --bench reconcile`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use homelab_core::desired::{Desired, NodeSpec, ServiceSpec, Topology};
+use homelab_core::world::{DockerStatus, NodeState, NodeStatus, ServiceState, ServiceStatus};
+use homelab_core::{Action, ActionKind, Name, Risk};
+use homelab_supervisor::plan::{plan, Inputs, Settings};
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let (nodes_n, services_n) = (1_000, 50);
+    let now = chrono::Utc::now();
+    let long_ago = now - chrono::TimeDelta::hours(1);
+    let name = |s: String| Name::parse(&s).unwrap();
+    let mut desired = Desired {
+        topology: Topology::default(),
+        hosts: BTreeMap::new(),
+    };
+    let mut nodes = Vec::new();
+    let mut services = Vec::new();
+    for n in 0..nodes_n {
+        let node = name(format!("node-{n}"));
+        desired
+            .topology
+            .nodes
+            .insert(node.clone(), NodeSpec::default());
+        let mut wanted = BTreeMap::new();
+        for s in 0..services_n {
+            let service = name(format!("svc-{s}"));
+            wanted.insert(
+                service.clone(),
+                ServiceSpec {
+                    monitor: s % 10 != 0,
+                    ..Default::default()
+                },
+            );
+            // Most run; some are down, unhealthy or missing.
+            let status = match (n + s) % 20 {
+                0 => None,
+                1 => Some(ServiceStatus::NotRunning),
+                2 => Some(ServiceStatus::Unhealthy),
+                _ => Some(ServiceStatus::Running),
+            };
+            if let Some(status) = status {
+                services.push(ServiceState {
+                    node: node.clone(),
+                    service,
+                    status,
+                    since: long_ago,
+                    message: String::new(),
+                    containers: vec![],
+                });
+            }
+        }
+        desired.hosts.insert(node.clone(), wanted);
+        let status = if n % 50 == 0 {
+            NodeStatus::Offline
+        } else {
+            NodeStatus::Online
+        };
+        nodes.push(NodeState {
+            node,
+            status,
+            since: long_ago,
+            first_seen: long_ago,
+            last_seen: now,
+            last_seq: 1,
+            docker: DockerStatus::Ok,
+            containers: services_n,
+        });
+    }
+    // A realistic number of open actions.
+    let open: Vec<Action> = (0..500)
+        .map(|i| {
+            Action::new(
+                ActionKind::ContainerRestart,
+                name(format!("node-{i}")),
+                Some(name("svc-1".into())),
+                Risk::Low,
+                "r",
+                "m",
+                long_ago,
+            )
+        })
+        .collect();
+    let settings = Settings {
+        default_grace: Duration::from_secs(30),
+    };
+    let inputs = Inputs {
+        desired: &desired,
+        nodes: &nodes,
+        services: &services,
+        open: &open,
+        finished: &[],
+    };
+    let mut times = Vec::new();
+    let mut created = 0;
+    for _ in 0..20 {
+        let start = Instant::now();
+        let p = plan(inputs, &settings, now);
+        times.push(start.elapsed());
+        created = p.create.len() + p.cancel.len();
+    }
+    times.sort();
+    println!(
+        "reconcile pass, {nodes_n} nodes x {services_n} services ({} service states, {} open actions, {created} changes): median {:.1} ms, max {:.1} ms",
+        services.len(),
+        open.len(),
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3
+    );
+}

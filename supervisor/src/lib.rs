@@ -1,0 +1,209 @@
+//! `homelab supervisor`: compares desired state (the repo) with world state
+//! and writes remediation actions as pending. It never runs anything.
+//!
+//! A reconcile pass runs on every world change (any retained message under
+//! `<prefix>/state/`, debounced) and on a timer (grace periods expire, the
+//! repo may have changed). It reads the repo, `world/*.json` and the open
+//! actions, asks [`plan::plan`] what to do, and carries it out. If the repo
+//! does not load, the last good desired state is kept; if a world or action
+//! file does not parse, the pass is skipped.
+
+pub mod plan;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use homelab_core::store::{CreateError, Move, TransitionError};
+use homelab_core::world::{NodeState, ServiceState};
+use homelab_core::{desired, Action, ActionState, ActionStore, Layout, Topics};
+use homelab_mqtt::Mqtt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub broker: String,
+    pub layout: Layout,
+    pub topics: Topics,
+    pub repo: PathBuf,
+    /// Grace period of services that do not set their own.
+    pub default_grace: Duration,
+    /// Reconcile at least this often.
+    pub interval: Duration,
+}
+
+struct Read {
+    nodes: Vec<NodeState>,
+    services: Vec<ServiceState>,
+    open: Vec<Action>,
+    finished: Vec<Action>,
+}
+
+struct Supervisor {
+    config: Config,
+    store: ActionStore,
+    desired: Option<desired::Desired>,
+    last_problems: Vec<String>,
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-supervisor");
+    mqtt_config.subscriptions = vec![config.topics.state_all()];
+    let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
+    let mut supervisor = Supervisor {
+        store: ActionStore::new(config.layout.clone()),
+        config: config.clone(),
+        desired: None,
+        last_problems: Vec::new(),
+    };
+    info!(repo = %config.repo.display(), "supervisor started");
+
+    let mut tick = tokio::time::interval(config.interval);
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let debounce = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = debounce => {}
+            message = incoming.recv() => {
+                match message {
+                    None => break,
+                    Some(_) => { due.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(200)); }
+                }
+                continue;
+            }
+        }
+        due = None;
+        supervisor
+            .reconcile(&mqtt)
+            .instrument(info_span!("reconcile"))
+            .await;
+    }
+    mqtt.close().await;
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -> Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+impl Supervisor {
+    fn load_desired(&mut self) {
+        match desired::load(&self.config.repo) {
+            Ok(desired) => {
+                if !self.last_problems.is_empty() {
+                    info!("desired state loads again");
+                }
+                self.last_problems.clear();
+                self.desired = Some(desired);
+            }
+            Err(problems) => {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                if lines != self.last_problems {
+                    for line in &lines {
+                        warn!(problem = %line, "desired state does not load; keeping the last good one");
+                    }
+                    metrics::counter!("homelab_desired_state_errors_total").increment(1);
+                    self.last_problems = lines;
+                }
+            }
+        }
+    }
+
+    /// World state and actions as on disk now.
+    fn read(&self) -> Result<Read> {
+        let layout = &self.config.layout;
+        Ok(Read {
+            nodes: read_json(&layout.world_nodes())?,
+            services: read_json(&layout.world_services())?,
+            open: self.store.open()?,
+            finished: self.store.finished()?,
+        })
+    }
+
+    async fn reconcile(&mut self, mqtt: &Mqtt) {
+        self.load_desired();
+        let Some(desired) = &self.desired else { return };
+        let read = match self.read() {
+            Ok(read) => read,
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "reconcile skipped: input unreadable"
+                );
+                return;
+            }
+        };
+        let settings = plan::Settings {
+            default_grace: self.config.default_grace,
+        };
+        let inputs = plan::Inputs {
+            desired,
+            nodes: &read.nodes,
+            services: &read.services,
+            open: &read.open,
+            finished: &read.finished,
+        };
+        let plan = plan::plan(inputs, &settings, Utc::now());
+        for action in plan.create {
+            match self.store.create(&action) {
+                Ok(()) => {
+                    info!(id = %action.id, reason = %action.reason, "action proposed");
+                    metrics::counter!("homelab_actions_proposed_total", "type" => action.kind.as_str()).increment(1);
+                    self.publish(mqtt, &action).await;
+                }
+                Err(CreateError::AlreadyOpen { .. }) => {}
+                Err(error) => {
+                    warn!(id = %action.id, error = format!("{error:#}"), "action not written")
+                }
+            }
+        }
+        for cancel in plan.cancel {
+            let mv = Move {
+                from: ActionState::Pending,
+                to: ActionState::Cancelled,
+                by: "supervisor",
+                why: cancel.reason,
+                at: Utc::now(),
+                result: None,
+            };
+            match self.store.transition(&cancel.id, mv) {
+                Ok(action) => {
+                    info!(id = %cancel.id, reason = cancel.reason, "pending action cancelled");
+                    metrics::counter!("homelab_actions_cancelled_total", "reason" => cancel.reason)
+                        .increment(1);
+                    self.publish(mqtt, &action).await;
+                }
+                // An operator approved or rejected it meanwhile: theirs wins.
+                Err(TransitionError::WrongState { actual, .. }) => {
+                    info!(id = %cancel.id, %actual, "cancel lost the race")
+                }
+                Err(error) => warn!(id = %cancel.id, error = format!("{error:#}"), "cancel failed"),
+            }
+        }
+    }
+
+    async fn publish(&self, mqtt: &Mqtt, action: &Action) {
+        let payload = serde_json::to_vec(action).expect("action serializes");
+        if let Err(error) = mqtt
+            .publish(&self.config.topics.action(&action.id), payload, true)
+            .await
+        {
+            warn!(%error, "action not published");
+        }
+    }
+}
