@@ -1,0 +1,768 @@
+//! `homelab ui`: the operator's web pages and JSON API over the runtime
+//! root, plus approve/reject over MQTT (`<prefix>/actions/<id>/approve`,
+//! `…/reject`, for Home Assistant and scripts).
+//!
+//! Reads `world/*.json`, `actions/` and the event log; writes only action
+//! transitions (pending → approved | rejected), each an atomic rename.
+//! Every request that changes something needs the operator token
+//! ([`auth`]). Errors tell the client what it can act on and nothing of the
+//! server's insides.
+
+pub mod auth;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use futures::Stream;
+use homelab_core::store::{Move, TransitionError};
+use homelab_core::world::{Incident, NodeState, ServiceState, Summary};
+use homelab_core::{eventlog, Action, ActionState, ActionStore, Event, Layout, Name, Topics};
+use homelab_mqtt::{Incoming, Mqtt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub broker: String,
+    pub layout: Layout,
+    pub topics: Topics,
+    /// `HOMELAB_UI_TOKEN`, if set.
+    pub token: Option<String>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("broker", &self.broker)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub layout: Layout,
+    pub store: ActionStore,
+    pub topics: Topics,
+    pub token: Arc<String>,
+    pub mqtt: Option<Mqtt>,
+    pub metrics: Option<PrometheusHandle>,
+    pub stream: broadcast::Sender<String>,
+}
+
+impl AppState {
+    pub fn new(layout: Layout, token: String) -> AppState {
+        AppState {
+            store: ActionStore::new(layout.clone()),
+            layout,
+            topics: Topics::default(),
+            token: Arc::new(token),
+            mqtt: None,
+            metrics: None,
+            stream: broadcast::channel(256).0,
+        }
+    }
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let token = auth::load_token(&config.layout, config.token.clone())?;
+    let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-ui");
+    let prefix = config.topics.prefix();
+    mqtt_config.subscriptions = vec![
+        config.topics.state_all(),
+        config.topics.actions_all(),
+        format!("{prefix}/actions/+/approve"),
+        format!("{prefix}/actions/+/reject"),
+    ];
+    let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
+    let mut state = AppState::new(config.layout.clone(), token);
+    state.topics = config.topics.clone();
+    state.mqtt = Some(mqtt.clone());
+    state.metrics = config.metrics.clone();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("http listen address {} is not free", config.listen))?;
+    info!(listen = %config.listen, "ui listening");
+    let server_shutdown = shutdown.clone();
+    let server = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = incoming.recv() => match message {
+                None => break,
+                Some(Incoming::Message(message)) => on_message(&state, &message).await,
+                Some(_) => {}
+            },
+        }
+    }
+    // Open SSE streams end when the senders are gone.
+    drop(state);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
+    mqtt.close().await;
+    Ok(())
+}
+
+/// Approve/reject requests over MQTT, and live updates for the stream.
+async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
+    let prefix = state.topics.prefix();
+    let rest = message
+        .topic
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix("/actions/"));
+    if let Some((id, verb)) = rest.and_then(|r| r.split_once('/')) {
+        let Some(to) = decision_state(verb) else {
+            return;
+        };
+        let request = match Name::parse(id)
+            .map_err(|e| e.to_string())
+            .and_then(|id| parse_decision(&message.payload).map(|d| (id, d)))
+        {
+            Ok(request) => request,
+            Err(error) => {
+                warn!(topic = %message.topic, %error, "decision over mqtt rejected");
+                metrics::counter!("homelab_decisions_rejected_total", "reason" => "malformed")
+                    .increment(1);
+                return;
+            }
+        };
+        let (id, decision) = request;
+        let by = decision.by.unwrap_or_else(|| "mqtt".into());
+        match decide(
+            state,
+            &id,
+            to,
+            &format!("mqtt:{by}"),
+            decision.note.as_deref().unwrap_or(""),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(error) => warn!(%id, error = %error.message(), "decision over mqtt not applied"),
+        }
+        return;
+    }
+    // Retained state and actions: tell the browsers something changed.
+    let _ = state
+        .stream
+        .send(json!({"topic": message.topic}).to_string());
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+fn parse_decision(payload: &[u8]) -> Result<Decision, String> {
+    if payload.len() > 4096 {
+        return Err("payload larger than 4096 bytes".into());
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Decision::default());
+    }
+    let decision: Decision = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    for text in [&decision.by, &decision.note].into_iter().flatten() {
+        if text.chars().count() > 500 || text.chars().any(char::is_control) {
+            return Err(
+                "by and note must be at most 500 characters, without control characters".into(),
+            );
+        }
+    }
+    Ok(decision)
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", post(login))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/summary", get(summary))
+        .route("/metrics", get(metrics_page))
+        .route("/api/nodes", get(nodes))
+        .route("/api/services", get(services))
+        .route("/api/incidents", get(incidents))
+        .route("/api/actions", get(actions))
+        .route("/api/actions/{id}", get(action))
+        .route("/api/actions/{id}/{verb}", post(api_decision))
+        .route("/actions/{id}/{verb}", post(page_decision))
+        .route("/api/events", get(events))
+        .route("/api/stream", get(stream))
+        .route("/api/ai-context", get(ai_context))
+        .with_state(state)
+}
+
+/// An error a client can act on; internals are logged, not sent.
+#[derive(Debug)]
+pub enum AppError {
+    BadRequest(String),
+    Unauthorized,
+    NotFound(String),
+    Conflict(String),
+    Unavailable(String),
+    Internal(anyhow::Error),
+}
+
+impl AppError {
+    fn message(&self) -> String {
+        match self {
+            AppError::BadRequest(m)
+            | AppError::NotFound(m)
+            | AppError::Conflict(m)
+            | AppError::Unavailable(m) => m.clone(),
+            AppError::Unauthorized => "operator token required (Authorization: Bearer …)".into(),
+            AppError::Internal(_) => "internal error".into(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(error) => {
+                warn!(error = format!("{error:#}"), "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            metrics::counter!("homelab_http_unauthorized_total").increment(1);
+        }
+        (status, Json(json!({"error": self.message()}))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(error: anyhow::Error) -> Self {
+        AppError::Internal(error)
+    }
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    match auth::presented(headers) {
+        Some(token) if auth::matches(&state.token, &token) => Ok(()),
+        _ => Err(AppError::Unauthorized),
+    }
+}
+
+fn read_world<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>, AppError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
+            AppError::Unavailable(format!("world state {} is unreadable", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(AppError::Internal(
+            anyhow::Error::new(e).context(format!("read {}", path.display())),
+        )),
+    }
+}
+
+struct World {
+    nodes: Vec<NodeState>,
+    services: Vec<ServiceState>,
+    incidents: Vec<Incident>,
+}
+
+fn world(state: &AppState) -> Result<World, AppError> {
+    Ok(World {
+        nodes: read_world(&state.layout.world_nodes())?,
+        services: read_world(&state.layout.world_services())?,
+        incidents: read_world(&state.layout.world_incidents())?,
+    })
+}
+
+async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, AppError> {
+    let world = world(&state)?;
+    let open = state.store.open()?;
+    Ok(Json(Summary::new(
+        &world.nodes,
+        &world.services,
+        &world.incidents,
+        &open,
+    )))
+}
+
+async fn nodes(State(state): State<AppState>) -> Result<Json<Vec<NodeState>>, AppError> {
+    Ok(Json(world(&state)?.nodes))
+}
+
+async fn services(State(state): State<AppState>) -> Result<Json<Vec<ServiceState>>, AppError> {
+    Ok(Json(world(&state)?.services))
+}
+
+async fn incidents(State(state): State<AppState>) -> Result<Json<Vec<Incident>>, AppError> {
+    Ok(Json(world(&state)?.incidents))
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionsQuery {
+    state: Option<String>,
+}
+
+/// `?state=pending` (any state; `open` for pending+approved+running, the
+/// default; `all`).
+async fn actions(
+    State(state): State<AppState>,
+    Query(query): Query<ActionsQuery>,
+) -> Result<Json<Vec<Action>>, AppError> {
+    let wanted: Vec<ActionState> = match query.state.as_deref().unwrap_or("open") {
+        "open" => ActionState::OPEN.to_vec(),
+        "all" => ActionState::ALL.to_vec(),
+        other => match ActionState::parse(other) {
+            Some(s) => vec![s],
+            None => return Err(AppError::BadRequest(format!("unknown state {other:?}; use one of pending, approved, running, completed, failed, rejected, cancelled, open, all"))),
+        },
+    };
+    let mut out = Vec::new();
+    for s in wanted {
+        out.extend(state.store.list(s)?);
+    }
+    Ok(Json(out))
+}
+
+fn parse_id(raw: &str) -> Result<Name, AppError> {
+    Name::parse(raw).map_err(|e| AppError::BadRequest(format!("bad action id: {e}")))
+}
+
+async fn action(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Action>, AppError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .find(&id)?
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("no action {id}")))
+}
+
+/// `approve` or `reject`, the last level of a decision's path or topic.
+fn decision_state(verb: &str) -> Option<ActionState> {
+    match verb {
+        "approve" => Some(ActionState::Approved),
+        "reject" => Some(ActionState::Rejected),
+        _ => None,
+    }
+}
+
+fn parse_verb(verb: &str) -> Result<ActionState, AppError> {
+    decision_state(verb).ok_or_else(|| {
+        AppError::NotFound(format!("no such decision {verb:?}; use approve or reject"))
+    })
+}
+
+/// `POST /api/actions/<id>/approve|reject`. The body is optional JSON
+/// `{"by":"…","note":"…"}`, whatever its content type says.
+async fn api_decision(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Action>, AppError> {
+    authorize(&state, &headers)?;
+    let to = parse_verb(&verb)?;
+    let id = parse_id(&id)?;
+    let decision = parse_decision(&body)
+        .map_err(|e| AppError::BadRequest(format!("bad request body: {e}")))?;
+    let by = decision.by.unwrap_or_else(|| "api".into());
+    Ok(Json(
+        decide(&state, &id, to, &by, decision.note.as_deref().unwrap_or("")).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct NoteForm {
+    #[serde(default)]
+    note: String,
+}
+
+/// The page's approve/reject buttons: a form post with the login cookie,
+/// answered with a redirect back to the page.
+async fn page_decision(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    axum::Form(form): axum::Form<NoteForm>,
+) -> Result<Response, AppError> {
+    authorize(&state, &headers)?;
+    let to = parse_verb(&verb)?;
+    let id = parse_id(&id)?;
+    let note = form.note.trim();
+    decide(&state, &id, to, "ui", note).await?;
+    Ok(Redirect::to("/").into_response())
+}
+
+/// Moves a pending action to approved or rejected; the loser of a race with
+/// the supervisor's cancel (or another operator) gets a conflict naming the
+/// state the action is in now.
+async fn decide(
+    state: &AppState,
+    id: &Name,
+    to: ActionState,
+    by: &str,
+    note: &str,
+) -> Result<Action, AppError> {
+    let why = if note.is_empty() {
+        format!("{} by operator", to.dir())
+    } else {
+        note.to_string()
+    };
+    let mv = Move {
+        from: ActionState::Pending,
+        to,
+        by,
+        why: &why,
+        at: Utc::now(),
+        result: None,
+    };
+    let action = state.store.transition(id, mv).map_err(|e| match e {
+        TransitionError::NotFound(id) => AppError::NotFound(format!("no action {id}")),
+        TransitionError::WrongState { id, actual, .. } => {
+            AppError::Conflict(format!("action {id} is {actual}, not pending"))
+        }
+        other => AppError::Internal(anyhow::Error::new(other)),
+    })?;
+    info!(id = %id, state = %to, by, "operator decision");
+    metrics::counter!("homelab_actions_decided_total", "state" => to.dir()).increment(1);
+    if let Some(mqtt) = &state.mqtt {
+        let payload = serde_json::to_vec(&action).expect("action serializes");
+        if let Err(error) = mqtt.publish(&state.topics.action(id), payload, true).await {
+            warn!(%error, "action not published");
+        }
+    }
+    Ok(action)
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    node: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Newest first. `since` is an RFC 3339 time; `limit` defaults to 100, at
+/// most 1000.
+async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Vec<Event>>, AppError> {
+    let node = query
+        .node
+        .as_deref()
+        .map(Name::parse)
+        .transpose()
+        .map_err(|e| AppError::BadRequest(format!("bad node: {e}")))?;
+    let since = query
+        .since
+        .as_deref()
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)))
+        .transpose()
+        .map_err(|e| AppError::BadRequest(format!("bad since (RFC 3339 expected): {e}")))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let layout = state.layout.clone();
+    let kind = query.kind.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for day in eventlog::days(&layout)?.into_iter().rev() {
+            if let Some(since) = since {
+                if day < since.format("%Y-%m-%d").to_string() {
+                    break;
+                }
+            }
+            for (file_node, path) in eventlog::day_files(&layout, &day)? {
+                if node.as_ref().is_some_and(|n| *n != file_node) {
+                    continue;
+                }
+                eventlog::read_file(
+                    &path,
+                    |e| {
+                        if kind.as_ref().is_none_or(|k| *k == e.kind)
+                            && since.is_none_or(|s| e.ts >= s)
+                        {
+                            out.push(e);
+                        }
+                    },
+                    &mut bad,
+                )?;
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.sort_by(|a, b| b.ts.cmp(&a.ts).then(b.seq.cmp(&a.seq)));
+        out.truncate(limit);
+        Ok(out)
+    })
+    .await
+    .context("event search task")??;
+    Ok(Json(found))
+}
+
+async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let mut rx = state.stream.subscribe();
+    let stream = async_stream(move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(data) => {
+                    if tx.send(SseEvent::default().data(data)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
+}
+
+async fn metrics_page(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// A plain-text digest to paste into an assistant.
+async fn ai_context(State(state): State<AppState>) -> Result<Response, AppError> {
+    let world = world(&state)?;
+    let open = state.store.open()?;
+    let mut text = String::from("# homelab state\n\n## Nodes\n");
+    for n in &world.nodes {
+        text += &format!(
+            "- {}: {}, docker {}, {} containers, last seen {}\n",
+            n.node,
+            json_word(&n.status),
+            json_word(&n.docker),
+            n.containers,
+            homelab_core::time::format(&n.last_seen)
+        );
+    }
+    text += "\n## Services not running or unhealthy\n";
+    for s in world.services.iter().filter(|s| !s.status.is_ok()) {
+        text += &format!(
+            "- {}/{}: {} since {} ({})\n",
+            s.node,
+            s.service,
+            json_word(&s.status),
+            homelab_core::time::format(&s.since),
+            s.message
+        );
+    }
+    text += "\n## Open incidents\n";
+    for i in &world.incidents {
+        text += &format!("- {} [{}]: {}\n", i.id, json_word(&i.severity), i.message);
+    }
+    text += "\n## Open actions\n";
+    for a in &open {
+        text += &format!("- {} ({}): {}: {}\n", a.id, a.state, a.reason, a.message);
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+fn json_word<T: serde::Serialize>(v: &T) -> String {
+    homelab_core::world::json_word(v)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Result<Response, AppError> {
+    if !auth::matches(&state.token, form.token.trim()) {
+        return Err(AppError::Unauthorized);
+    }
+    let cookie = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000",
+        auth::COOKIE,
+        state.token
+    );
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
+}
+
+struct ActionRow {
+    id: String,
+    kind: String,
+    node: String,
+    service: String,
+    risk: String,
+    reason: String,
+    message: String,
+    state: String,
+    created_at: String,
+    updated_at: String,
+    last: String,
+}
+
+impl From<&Action> for ActionRow {
+    fn from(a: &Action) -> Self {
+        ActionRow {
+            id: a.id.to_string(),
+            kind: a.kind.as_str().into(),
+            node: a.node.to_string(),
+            service: a
+                .service
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            risk: json_word(&a.risk),
+            reason: a.reason.clone(),
+            message: a.message.clone(),
+            state: a.state.dir().into(),
+            created_at: homelab_core::time::format(&a.created_at),
+            updated_at: homelab_core::time::format(&a.updated_at),
+            last: a
+                .history
+                .last()
+                .map(|t| format!("{} by {}: {}", t.state, t.by, t.why))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    authed: bool,
+    nodes: Vec<NodeRow>,
+    services: Vec<ServiceRow>,
+    incidents: Vec<IncidentRow>,
+    pending: Vec<ActionRow>,
+    recent: Vec<ActionRow>,
+}
+
+struct NodeRow {
+    node: String,
+    status: String,
+    docker: String,
+    containers: usize,
+    last_seen: String,
+}
+
+struct ServiceRow {
+    node: String,
+    service: String,
+    status: String,
+    since: String,
+    message: String,
+}
+
+struct IncidentRow {
+    id: String,
+    severity: String,
+    message: String,
+    opened_at: String,
+}
+
+async fn index(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, AppError> {
+    let world = world(&state)?;
+    let authed = auth::presented(&headers).is_some_and(|t| auth::matches(&state.token, &t));
+    let pending: Vec<ActionRow> = state
+        .store
+        .list(ActionState::Pending)?
+        .iter()
+        .map(ActionRow::from)
+        .collect();
+    let mut recent: Vec<Action> = Vec::new();
+    for s in ActionState::ALL
+        .into_iter()
+        .filter(|s| *s != ActionState::Pending)
+    {
+        recent.extend(state.store.list(s)?);
+    }
+    recent.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
+    recent.truncate(20);
+    let page = IndexPage {
+        authed,
+        nodes: world
+            .nodes
+            .iter()
+            .map(|n| NodeRow {
+                node: n.node.to_string(),
+                status: json_word(&n.status),
+                docker: json_word(&n.docker),
+                containers: n.containers,
+                last_seen: homelab_core::time::format(&n.last_seen),
+            })
+            .collect(),
+        services: world
+            .services
+            .iter()
+            .map(|s| ServiceRow {
+                node: s.node.to_string(),
+                service: s.service.to_string(),
+                status: json_word(&s.status),
+                since: homelab_core::time::format(&s.since),
+                message: s.message.clone(),
+            })
+            .collect(),
+        incidents: world
+            .incidents
+            .iter()
+            .map(|i| IncidentRow {
+                id: i.id.clone(),
+                severity: json_word(&i.severity),
+                message: i.message.clone(),
+                opened_at: homelab_core::time::format(&i.opened_at),
+            })
+            .collect(),
+        pending,
+        recent: recent.iter().map(ActionRow::from).collect(),
+    };
+    Ok(Html(page.render().context("render page")?))
+}
