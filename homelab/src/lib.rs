@@ -1,0 +1,176 @@
+//! `homelab up`: broker, observer, supervisor, executor, ui and a local
+//! agent in one process — the default for one machine. Also the shared
+//! process plumbing of the binary (metrics recorder, shutdown signals).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use homelab_core::{Layout, Name, Topics};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub root: PathBuf,
+    pub repo: PathBuf,
+    /// Where the embedded broker listens.
+    pub mqtt: SocketAddr,
+    /// Where the UI listens.
+    pub http: SocketAddr,
+    pub topics: Topics,
+    /// The local agent's node name; `None` runs no local agent.
+    pub agent_node: Option<Name>,
+    pub ui_token: Option<String>,
+    pub default_grace: Duration,
+    /// How often the agent lists all containers without Docker events.
+    pub sync_interval: Duration,
+}
+
+/// The process-wide Prometheus recorder (installed once; every component
+/// in the process records into it).
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+/// The node name of this host: its hostname, folded to lower case.
+pub fn default_node() -> Result<Name> {
+    let raw = hostname::get()
+        .context("read hostname")?
+        .to_string_lossy()
+        .to_string();
+    let short = raw.split('.').next().unwrap_or(&raw).to_string();
+    Name::parse(&short)
+        .with_context(|| format!("hostname {raw:?} is not a valid node name; pass --node"))
+}
+
+pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
+    let layout = Layout::new(&config.root);
+    std::fs::create_dir_all(layout.root())
+        .with_context(|| format!("create root {}", layout.root().display()))?;
+    let metrics = metrics();
+    let broker_config = homelab_broker::Config::new(config.mqtt);
+    tokio::task::spawn_blocking(move || homelab_broker::start(&broker_config))
+        .await
+        .context("broker start")??;
+    let broker = config.mqtt.to_string();
+    info!(root = %config.root.display(), repo = %config.repo.display(), mqtt = %config.mqtt, http = %config.http, "homelab up");
+
+    let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    let child = || shutdown.child_token();
+    {
+        let cfg = homelab_observer::Config {
+            broker: broker.clone(),
+            layout: layout.clone(),
+            topics: config.topics.clone(),
+            repo: Some(config.repo.clone()),
+        };
+        let token = child();
+        tasks.spawn(async move { ("observer", homelab_observer::run(cfg, token).await) });
+    }
+    {
+        let cfg = homelab_supervisor::Config {
+            broker: broker.clone(),
+            layout: layout.clone(),
+            topics: config.topics.clone(),
+            repo: config.repo.clone(),
+            default_grace: config.default_grace,
+            interval: Duration::from_secs(5),
+        };
+        let token = child();
+        tasks.spawn(async move { ("supervisor", homelab_supervisor::run(cfg, token).await) });
+    }
+    {
+        let cfg = homelab_executor::Config {
+            broker: broker.clone(),
+            layout: layout.clone(),
+            topics: config.topics.clone(),
+            command_timeout: Duration::from_secs(300),
+            interval: Duration::from_secs(2),
+        };
+        let token = child();
+        tasks.spawn(async move { ("executor", homelab_executor::run(cfg, token).await) });
+    }
+    {
+        let cfg = homelab_ui::Config {
+            listen: config.http,
+            broker: broker.clone(),
+            layout: layout.clone(),
+            topics: config.topics.clone(),
+            token: config.ui_token.clone(),
+            metrics: Some(metrics),
+        };
+        let token = child();
+        tasks.spawn(async move { ("ui", homelab_ui::run(cfg, token).await) });
+    }
+    if let Some(node) = config.agent_node.clone() {
+        let mut cfg = homelab_agent::Config::new(node, &broker, layout.clone());
+        cfg.topics = config.topics.clone();
+        cfg.sync_interval = config.sync_interval;
+        let token = child();
+        tasks.spawn(async move { ("agent", homelab_agent::run(cfg, token).await) });
+    }
+
+    // Any component that ends on its own ends the whole process: one
+    // process, one fate (a supervisor such as systemd restarts it).
+    let mut failure = None;
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        Some(done) = tasks.join_next() => {
+            let (name, result) = done.context("component task panicked")?;
+            // Ending after shutdown was asked for is no failure.
+            if !shutdown.is_cancelled() {
+                let error = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
+                error!(component = name, error = format!("{error:#}"), "component failed; shutting down");
+                failure = Some(error.context(format!("{name} failed")));
+                shutdown.cancel();
+            }
+        }
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => { error!("components did not stop within 10 s"); break; }
+            done = tasks.join_next() => match done {
+                None => break,
+                Some(Ok((name, Err(error)))) => error!(component = name, error = format!("{error:#}"), "component failed while stopping"),
+                Some(_) => {}
+            },
+        }
+    }
+    info!("homelab stopped (the embedded broker ends with the process)");
+    failure.map_or(Ok(()), Err)
+}
+
+/// Cancels `token` on ctrl-c or SIGTERM; a second signal exits at once.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                info!("stopping (signal again to exit at once)");
+                token.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+}

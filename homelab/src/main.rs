@@ -1,0 +1,346 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use homelab_core::{desired, Layout, Name, Topics};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "homelab",
+    version,
+    about = "Keeps a small fleet of Docker hosts healthy over MQTT"
+)]
+struct Cli {
+    /// The runtime root (events, world state, actions, state, config).
+    #[arg(long, env = "HOMELAB_ROOT", default_value = homelab_core::layout::DEFAULT_ROOT, global = true)]
+    root: PathBuf,
+    /// MQTT topic prefix.
+    #[arg(long, default_value = homelab_core::topics::DEFAULT_PREFIX, global = true)]
+    prefix: String,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Args, Clone)]
+struct BrokerArg {
+    /// The MQTT broker, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+}
+
+#[derive(Args, Clone)]
+struct RepoArg {
+    /// The desired-state repo (inventory/, hosts/, services/).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Everything in one process: broker, observer, supervisor, executor, ui and a local agent.
+    Up {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Where the embedded MQTT broker listens.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: SocketAddr,
+        /// Where the web UI listens.
+        #[arg(long, default_value = "127.0.0.1:18180")]
+        http: SocketAddr,
+        /// The local agent's node name (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+        /// Run no local agent.
+        #[arg(long)]
+        no_agent: bool,
+        /// Grace period of services that set none (e.g. 30s, 5m).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace_period: Duration,
+    },
+    /// The embedded MQTT broker alone.
+    Broker {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+    /// The node agent.
+    Agent {
+        #[command(flatten)]
+        broker: BrokerArg,
+        /// This node's name (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+        /// The Docker engine, e.g. unix:///var/run/docker.sock (default: DOCKER_HOST or the local socket).
+        #[arg(long)]
+        docker_host: Option<String>,
+        /// Bound of the durable outbox; past it the oldest events go (and an events_dropped event says so).
+        #[arg(long, default_value_t = homelab_agent::outbox::DEFAULT_MAX_BYTES)]
+        outbox_max_bytes: u64,
+        /// Send again what the observer has not acknowledged after this long.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        resend_after: Duration,
+    },
+    /// Event log and world state.
+    Observer {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Desired vs world state: proposes actions.
+    Supervisor {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace_period: Duration,
+    },
+    /// Carries out approved actions.
+    Executor {
+        #[command(flatten)]
+        broker: BrokerArg,
+    },
+    /// Web UI and JSON API.
+    Ui {
+        #[command(flatten)]
+        broker: BrokerArg,
+        #[arg(long, default_value = "127.0.0.1:18180")]
+        http: SocketAddr,
+    },
+    /// Hands an event to this node's agent durably (also while the agent or
+    /// the uplink is down) and prints its id.
+    Emit {
+        /// Event type, e.g. backup_failed.
+        #[arg(long = "type")]
+        kind: String,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value = "info", value_parser = ["info", "warning", "error", "critical"])]
+        severity: String,
+        #[arg(long, default_value = "")]
+        message: String,
+        /// A JSON object.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// This node's name (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Validates the desired-state repo; prints every problem with file and line.
+    Check {
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    homelab_core::time::parse_duration(raw)
+}
+
+fn node_name(raw: Option<String>) -> Result<Name> {
+    match raw {
+        Some(raw) => {
+            Ok(Name::parse(&raw).map_err(|e| anyhow::anyhow!("bad node name {raw:?}: {e}"))?)
+        }
+        None => homelab::default_node(),
+    }
+}
+
+fn main() -> ExitCode {
+    // rumqttd logs every ordinary client disconnect as an ERROR, so its
+    // logs are off unless asked for (RUST_LOG=info,rumqttd=warn).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
+        )
+        .init();
+    let cli = Cli::parse();
+    if let Commands::Check { repo } = &cli.command {
+        return check(&repo.repo);
+    }
+    if let Commands::Emit { .. } = &cli.command {
+        return match emit(cli) {
+            Ok(id) => {
+                println!("{id}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab emit: {error:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("homelab: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit(cli: Cli) -> Result<String> {
+    let Commands::Emit {
+        kind,
+        service,
+        severity,
+        message,
+        data,
+        node,
+    } = cli.command
+    else {
+        unreachable!("called for emit only")
+    };
+    let node = node_name(node)?;
+    let service = service
+        .map(|s| Name::parse(&s).map_err(|e| anyhow::anyhow!("bad service name {s:?}: {e}")))
+        .transpose()?;
+    let data: serde_json::Value =
+        serde_json::from_str(&data).map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
+    let event = homelab_core::Event {
+        v: 1,
+        id: homelab_core::event::new_id(),
+        ts: chrono::Utc::now(),
+        node: node.clone(),
+        seq: 0,
+        source: "emit".into(),
+        kind,
+        service,
+        severity: serde_json::from_value(serde_json::Value::String(severity))?,
+        message,
+        data,
+    };
+    homelab_agent::spool::hand_over(&Layout::new(&cli.root).agent_spool(&node), &event)?;
+    Ok(event.id)
+}
+
+fn check(repo: &std::path::Path) -> ExitCode {
+    match desired::load(repo) {
+        Ok(desired) => {
+            let services: usize = desired.hosts.values().map(|s| s.len()).sum();
+            println!(
+                "ok: {} nodes, {} services",
+                desired.topology.nodes.len(),
+                services
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            eprintln!("{} problem(s)", problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    homelab::cancel_on_signals(shutdown.clone());
+    let layout = Layout::new(&cli.root);
+    let topics = Topics::new(&cli.prefix);
+    match cli.command {
+        Commands::Up {
+            repo,
+            mqtt,
+            http,
+            node,
+            no_agent,
+            grace_period,
+        } => {
+            let agent_node = if no_agent {
+                None
+            } else {
+                Some(node_name(node)?)
+            };
+            let config = homelab::UpConfig {
+                root: cli.root,
+                repo: repo.repo,
+                mqtt,
+                http,
+                topics,
+                agent_node,
+                ui_token: std::env::var("HOMELAB_UI_TOKEN").ok(),
+                default_grace: grace_period,
+                sync_interval: Duration::from_secs(30),
+            };
+            homelab::up(config, shutdown).await
+        }
+        Commands::Broker { listen } => {
+            homelab_broker::run(homelab_broker::Config::new(listen), shutdown).await
+        }
+        Commands::Agent {
+            broker,
+            node,
+            docker_host,
+            outbox_max_bytes,
+            resend_after,
+        } => {
+            let mut config = homelab_agent::Config::new(node_name(node)?, &broker.broker, layout);
+            config.topics = topics;
+            config.docker_host = docker_host;
+            config.outbox_max_bytes = outbox_max_bytes;
+            config.resend_after = resend_after.max(Duration::from_secs(1));
+            homelab_agent::run(config, shutdown).await
+        }
+        Commands::Observer { broker, repo } => {
+            homelab_observer::run(
+                homelab_observer::Config {
+                    broker: broker.broker,
+                    layout,
+                    topics,
+                    repo: Some(repo.repo),
+                },
+                shutdown,
+            )
+            .await
+        }
+        Commands::Supervisor {
+            broker,
+            repo,
+            grace_period,
+        } => {
+            let config = homelab_supervisor::Config {
+                broker: broker.broker,
+                layout,
+                topics,
+                repo: repo.repo,
+                default_grace: grace_period,
+                interval: Duration::from_secs(5),
+            };
+            homelab_supervisor::run(config, shutdown).await
+        }
+        Commands::Executor { broker } => {
+            let config = homelab_executor::Config {
+                broker: broker.broker,
+                layout,
+                topics,
+                command_timeout: Duration::from_secs(300),
+                interval: Duration::from_secs(2),
+            };
+            homelab_executor::run(config, shutdown).await
+        }
+        Commands::Ui { broker, http } => {
+            let config = homelab_ui::Config {
+                listen: http,
+                broker: broker.broker,
+                layout,
+                topics,
+                token: std::env::var("HOMELAB_UI_TOKEN").ok(),
+                metrics: Some(homelab::metrics()),
+            };
+            homelab_ui::run(config, shutdown).await
+        }
+        Commands::Check { .. } | Commands::Emit { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! No event lost: the agent, observer and broker each run as their own
+//! process (the real binary; Mosquitto too), the agent reaches the broker
+//! through a TCP proxy the test can cut, and faults are injected mid-stream.
+//! After each, the observer's event log must hold every emitted event
+//! exactly once, in `seq` order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use homelab_core::{Event, Layout, Name, Severity};
+use serde_json::{json, Value};
+
+/// Ports for the brokers, which run as child processes and so cannot be
+/// handed a bound socket. Taken from a range below the kernel's ephemeral
+/// ports, one process-wide counter, so two labs running at once never pick
+/// the same port (a port from `bind(0)` is free again once released, and a
+/// parallel test could be handed it before our broker binds it).
+fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A node name of its own for each lab.
+fn node_name() -> String {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(1);
+    format!("edge{}", NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP proxy between the agent and the broker: the node's uplink.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, links2) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the link is down
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                links2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { addr, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Broker {
+    Embedded,
+    Mosquitto,
+}
+
+struct Lab {
+    node: String,
+    dir: tempfile::TempDir,
+    kind: Broker,
+    broker_port: u16,
+    proxy: Proxy,
+    agent_args: Vec<String>,
+    broker: Option<Proc>,
+    observer: Option<Proc>,
+    agent: Option<Proc>,
+    next_i: u64,
+}
+
+impl Drop for Lab {
+    /// A failed test keeps its logs (processes, logs and roots).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
+impl Lab {
+    async fn start(kind: Broker, agent_args: &[&str]) -> Option<Lab> {
+        if kind == Broker::Mosquitto && Command::new("mosquitto").arg("-h").output().is_err() {
+            assert!(std::env::var("CI").is_err(), "mosquitto is not installed");
+            eprintln!("\n*** SKIPPED: mosquitto is not installed ***\n");
+            return None;
+        }
+        let node = node_name();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("repo/inventory")).unwrap();
+        std::fs::write(
+            dir.path().join("repo/inventory/topology.yaml"),
+            format!("nodes:\n  {node}: {{}}\n"),
+        )
+        .unwrap();
+        let broker_port = free_port();
+        let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], broker_port))).await;
+        let mut lab = Lab {
+            node,
+            dir,
+            kind,
+            broker_port,
+            proxy,
+            agent_args: agent_args.iter().map(|s| s.to_string()).collect(),
+            broker: None,
+            observer: None,
+            agent: None,
+            next_i: 0,
+        };
+        lab.start_broker().await;
+        lab.start_observer();
+        lab.start_agent();
+        Some(lab)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&self, name: &str, program: &str, args: &[String]) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info,rumqttd=off")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc(child)
+    }
+
+    async fn start_broker(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.broker_port);
+        let proc = match self.kind {
+            Broker::Embedded => self.spawn(
+                "broker",
+                env!("CARGO_BIN_EXE_homelab"),
+                &["broker".into(), "--listen".into(), listen],
+            ),
+            // Debian's Mosquitto with its default configuration.
+            Broker::Mosquitto => self.spawn(
+                "broker",
+                "mosquitto",
+                &["-p".into(), self.broker_port.to_string()],
+            ),
+        };
+        self.broker = Some(proc);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.broker_port)).is_err() {
+            assert!(Instant::now() < deadline, "broker did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // It is our broker that answers, not someone else's on that port.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let exited = self.broker.as_mut().unwrap().0.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "broker exited: {exited:?}; see {}",
+            self.path("broker.log").display()
+        );
+    }
+
+    fn start_observer(&mut self) {
+        let args = vec![
+            "observer".into(),
+            "--broker".into(),
+            format!("127.0.0.1:{}", self.broker_port),
+            "--root".into(),
+            self.path("observer-root").display().to_string(),
+            "--repo".into(),
+            self.path("repo").display().to_string(),
+        ];
+        self.observer = Some(self.spawn("observer", env!("CARGO_BIN_EXE_homelab"), &args));
+    }
+
+    fn start_agent(&mut self) {
+        let mut args = vec![
+            "agent".into(),
+            "--broker".into(),
+            self.proxy.addr.to_string(),
+            "--node".into(),
+            self.node.clone(),
+            "--root".into(),
+            self.agent_root().display().to_string(),
+            // No Docker here: the agent reports that and goes on.
+            "--docker-host".into(),
+            format!("unix://{}/no-docker.sock", self.dir.path().display()),
+            "--resend-after".into(),
+            "2s".into(),
+        ];
+        args.extend(self.agent_args.iter().cloned());
+        self.agent = Some(self.spawn("agent", env!("CARGO_BIN_EXE_homelab"), &args));
+    }
+
+    fn agent_root(&self) -> PathBuf {
+        self.path("agent-root")
+    }
+
+    /// Hands `n` events to the agent as `homelab emit` does (the same
+    /// spool), numbered in `data.i`.
+    fn emit(&mut self, n: u64) {
+        let spool = Layout::new(self.agent_root()).agent_spool(&Name::parse(&self.node).unwrap());
+        for _ in 0..n {
+            let event = Event {
+                v: 1,
+                id: homelab_core::event::new_id(),
+                ts: chrono::Utc::now(),
+                node: Name::parse(&self.node).unwrap(),
+                seq: 0,
+                source: "emit".into(),
+                kind: "test_event".into(),
+                service: None,
+                severity: Severity::Info,
+                message: format!("event {}", self.next_i),
+                data: json!({"i": self.next_i, "pad": "x".repeat(200)}),
+            };
+            homelab_agent::spool::hand_over(&spool, &event).unwrap();
+            self.next_i += 1;
+        }
+    }
+
+    /// The same through the real command line.
+    fn emit_cli(&mut self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_homelab"))
+            .args([
+                "emit",
+                "--node",
+                &self.node,
+                "--type",
+                "test_event",
+                "--message",
+                "from the cli",
+            ])
+            .arg("--data")
+            .arg(json!({"i": self.next_i}).to_string())
+            .arg("--root")
+            .arg(self.agent_root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim().len(),
+            26,
+            "emit prints the event id"
+        );
+        self.next_i += 1;
+    }
+
+    /// Every event of the node in the observer's log, in file order.
+    fn logged(&self) -> Vec<Value> {
+        let events = self.path("observer-root/events");
+        let mut days: Vec<PathBuf> = std::fs::read_dir(&events)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        days.sort();
+        let mut out = Vec::new();
+        for day in days {
+            let text = std::fs::read_to_string(day.join(&self.node).join("events.jsonl"))
+                .unwrap_or_default();
+            out.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+            );
+        }
+        out
+    }
+
+    fn test_events(&self) -> BTreeMap<u64, usize> {
+        let mut seen = BTreeMap::new();
+        for e in self.logged().iter().filter(|e| e["type"] == "test_event") {
+            *seen.entry(e["data"]["i"].as_u64().unwrap()).or_default() += 1;
+        }
+        seen
+    }
+
+    async fn wait_logged(&self, count: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.test_events();
+            if (0..count).all(|i| seen.contains_key(&i)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<u64> = (0..count).filter(|i| !seen.contains_key(i)).collect();
+                panic!(
+                    "{} of {count} events missing after {timeout:?}: {:?}…\nlogs in {}",
+                    missing.len(),
+                    &missing[..missing.len().min(20)],
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every emitted event once, and the node's log in `seq` order.
+    async fn assert_delivered_exactly_once(&self) {
+        self.wait_logged(self.next_i, Duration::from_secs(90)).await;
+        // Let late duplicates arrive, if any were to be stored.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let seen = self.test_events();
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(twice.is_empty(), "stored more than once: {twice:?}");
+        assert_eq!(seen.len() as u64, self.next_i);
+        let seqs: Vec<u64> = self
+            .logged()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "log not in seq order: {seqs:?}"
+        );
+    }
+}
+
+fn until(lab: &Lab, n: u64) -> impl std::future::Future<Output = ()> + '_ {
+    lab.wait_logged(n, Duration::from_secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_cut_and_restored() {
+    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
+        return;
+    };
+    for _ in 0..5 {
+        lab.emit_cli();
+    }
+    until(&lab, 5).await;
+    lab.proxy.cut();
+    lab.emit(100);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(lab.test_events().len(), 5, "nothing crosses a cut link");
+    lab.emit_cli();
+    lab.proxy.restore();
+    lab.assert_delivered_exactly_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_stream_and_restarted() {
+    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
+        return;
+    };
+    lab.emit(300);
+    until(&lab, 20).await;
+    drop(lab.agent.take()); // SIGKILL
+    lab.emit(50);
+    lab.start_agent();
+    lab.assert_delivered_exactly_once().await;
+}
+
+async fn broker_restarted(kind: Broker) {
+    let Some(mut lab) = Lab::start(kind, &[]).await else {
+        return;
+    };
+    lab.emit(300);
+    until(&lab, 20).await;
+    drop(lab.broker.take()); // SIGKILL: queued and retained messages are gone
+    lab.emit(50);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.start_broker().await;
+    lab.assert_delivered_exactly_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_restarted_mid_stream() {
+    broker_restarted(Broker::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_restarted_mid_stream() {
+    broker_restarted(Broker::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_killed_mid_stream_and_restarted() {
+    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
+        return;
+    };
+    lab.emit(300);
+    until(&lab, 20).await;
+    drop(lab.observer.take()); // SIGKILL
+    lab.emit(50);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.start_observer();
+    lab.assert_delivered_exactly_once().await;
+}
+
+/// Mosquitto's default `max_queued_messages 1000` drops QoS 1 messages to a
+/// subscriber that is away: the end-to-end ack makes the agent send them
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_queue_limit_loses_nothing() {
+    let Some(mut lab) = Lab::start(Broker::Mosquitto, &[]).await else {
+        return;
+    };
+    lab.emit(5);
+    until(&lab, 5).await;
+    drop(lab.observer.take());
+    lab.emit(1500);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lab.start_observer();
+    lab.assert_delivered_exactly_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_bound_drops_the_oldest_and_says_so() {
+    let Some(mut lab) = Lab::start(Broker::Embedded, &["--outbox-max-bytes", "40000"]).await else {
+        return;
+    };
+    lab.proxy.cut();
+    lab.emit(300); // about 150 kB of events for a 40 kB outbox
+                   // Wait until the spool is drained into the outbox.
+    let spool = Layout::new(lab.agent_root()).agent_spool(&Name::parse(&lab.node).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(Instant::now() < deadline, "spool not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.proxy.restore();
+    // The newest arrive; the oldest went, and events_dropped says so.
+    lab.wait_logged_from(299).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logged = lab.logged();
+    let notices: Vec<&Value> = logged
+        .iter()
+        .filter(|e| e["type"] == "events_dropped")
+        .collect();
+    assert!(!notices.is_empty(), "an events_dropped event is logged");
+    let through = notices
+        .iter()
+        .map(|e| e["data"]["through_seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let dropped: u64 = notices
+        .iter()
+        .map(|e| e["data"]["dropped"].as_u64().unwrap())
+        .sum();
+    assert!(
+        logged
+            .iter()
+            .filter(|e| e["type"] == "test_event")
+            .all(|e| e["seq"].as_u64().unwrap() > through),
+        "no test event at or below the announced drop survives"
+    );
+    // Nothing after the announced drop is missing, nothing is twice.
+    let seen = lab.test_events();
+    assert!(seen.values().all(|n| *n == 1));
+    let first_kept = *seen.keys().next().unwrap();
+    assert!(
+        (first_kept..300).all(|i| seen.contains_key(&i)),
+        "every event after the oldest kept one arrived"
+    );
+    assert!(
+        first_kept >= 1 && dropped >= first_kept,
+        "{dropped} dropped announced, {first_kept} test events missing"
+    );
+    let seqs: Vec<u64> = logged.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "log in seq order");
+    // The observer's watermark moved past the gap.
+    lab.wait_ack(*seqs.last().unwrap()).await;
+}
+
+impl Lab {
+    async fn wait_logged_from(&self, last: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.test_events().contains_key(&last) {
+            assert!(
+                Instant::now() < deadline,
+                "event {last} never arrived; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the retained watermark on `homelab/acks/<node>`, read
+    /// with mosquitto_sub, reaches `seq`.
+    async fn wait_ack(&self, seq: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sub = Command::new("mosquitto_sub")
+                .args([
+                    "-p",
+                    &self.broker_port.to_string(),
+                    "-t",
+                    &format!("homelab/acks/{}", self.node),
+                    "-C",
+                    "1",
+                    "-W",
+                    "2",
+                ])
+                .output();
+            if let Ok(out) = sub {
+                let got: u64 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if got >= seq {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "watermark did not reach {seq}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

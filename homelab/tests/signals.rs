@@ -1,0 +1,108 @@
+//! `homelab up` as a user runs it: the real binary, stopped by SIGTERM or
+//! ctrl-c (SIGINT), exits cleanly and promptly.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Ports from a counter below the ephemeral range, so the two tests here
+/// (run at once) never pick the same port for their child processes.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 30_000 + (std::process::id() % 200) as u16 * 10;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % 2_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn healthy(port: u16) -> bool {
+    use std::io::Write;
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+fn stops_cleanly_on(signal: i32) {
+    let root = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("inventory")).unwrap();
+    std::fs::write(
+        repo.path().join("inventory/topology.yaml"),
+        "nodes:\n  sig: {}\n",
+    )
+    .unwrap();
+    let (mqtt, http) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .args([
+            "up",
+            "--node",
+            "sig",
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .arg("--root")
+        .arg(root.path())
+        .arg("--repo")
+        .arg(repo.path())
+        .env("RUST_LOG", "info,rumqttd=off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start homelab up");
+    let started = Instant::now();
+    while !healthy(http) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("homelab up exited early: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "homelab up did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stopping.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("homelab up did not stop within 20 s of signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(status.success(), "exit status {status}\n{logs}");
+    assert!(logs.contains("homelab stopped"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+    assert!(!healthy(http), "nothing listens after exit");
+}
+
+#[test]
+fn up_stops_cleanly_on_sigterm() {
+    stops_cleanly_on(libc::SIGTERM);
+}
+
+#[test]
+fn up_stops_cleanly_on_ctrl_c() {
+    stops_cleanly_on(libc::SIGINT);
+}

@@ -1,0 +1,368 @@
+//! Test harness: the whole system (`homelab::up`) in-process on free
+//! loopback ports, with a temporary root and repo, probed from outside the
+//! way a user would: an independent MQTT client, plain HTTP, the files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-operator-token";
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rumqttd=off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A loopback address for a listener the system under test binds itself.
+/// Ports come from a process-wide counter in a range below the kernel's
+/// ephemeral ports, so tests running at once never pick the same one (a
+/// port from `bind(0)` is free again once released and may be handed to a
+/// parallel test before ours binds it).
+pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % 10_000;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+}
+
+/// Writes `files` (path, text) under a new temporary folder.
+pub fn write_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+pub struct System {
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    pub root: tempfile::TempDir,
+    pub repo: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+pub struct Options {
+    pub agent_node: Option<&'static str>,
+    pub sync_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            agent_node: None,
+            sync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl System {
+    pub async fn start(repo: tempfile::TempDir, options: Options) -> System {
+        init_logs();
+        let root = tempfile::tempdir().unwrap();
+        let (mqtt, http) = (free_addr(), free_addr());
+        let config = homelab::UpConfig {
+            root: root.path().to_path_buf(),
+            repo: repo.path().to_path_buf(),
+            mqtt,
+            http,
+            topics: homelab_core::Topics::default(),
+            agent_node: options
+                .agent_node
+                .map(|n| homelab_core::Name::parse(n).unwrap()),
+            ui_token: Some(TOKEN.into()),
+            default_grace: Duration::ZERO,
+            sync_interval: options.sync_interval,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(homelab::up(config, shutdown.clone()));
+        let system = System {
+            mqtt,
+            http,
+            root,
+            repo,
+            shutdown,
+            task: Some(task),
+        };
+        wait_for("ui answers /healthz", Duration::from_secs(20), || async {
+            matches!(
+                http_request(http, "GET", "/healthz", None, None).await,
+                Ok((200, _))
+            )
+        })
+        .await;
+        system
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn action_file(&self, state: &str, id: &str) -> PathBuf {
+        self.root()
+            .join("actions")
+            .join(state)
+            .join(format!("{id}.json"))
+    }
+
+    pub fn event_log(&self, node: &str) -> PathBuf {
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        self.root()
+            .join("events")
+            .join(day)
+            .join(node)
+            .join("events.jsonl")
+    }
+
+    /// Events on disk for `node` today, in file order.
+    pub fn logged(&self, node: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.event_log(node))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event log line is JSON"))
+            .collect()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_request(self.http, "GET", path, None, None)
+            .await
+            .expect("http get")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        http_request(self.http, "POST", path, token, body)
+            .await
+            .expect("http post")
+    }
+
+    /// Stops the system and waits for it.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.context("up task")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = token {
+        request += &format!("Authorization: Bearer {token}\r\n");
+    }
+    if !body.is_empty() {
+        request += "Content-Type: application/json\r\n";
+    }
+    request += "\r\n";
+    request += body;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .context("http response without header end")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out += &tail[..size];
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `check` until it holds; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An independent MQTT client (plain rumqttc), as a user's script or Home
+/// Assistant would be.
+pub struct Probe {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
+}
+
+impl Probe {
+    pub async fn connect(addr: SocketAddr, subscriptions: &[&str]) -> Probe {
+        let id = format!("probe-{}", ulid::Ulid::generate());
+        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options
+            .set_keep_alive(Duration::from_secs(10))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        for filter in subscriptions {
+            client.subscribe(*filter, QoS::AtLeastOnce).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+                .await
+                .expect("suback")
+                .unwrap();
+        }
+        Probe { client, rx }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// The next message whose topic is `topic` and for which `accept` holds.
+    pub async fn expect(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some((t, payload, _))) if t == topic && accept(&payload) => return payload,
+                Ok(Some(_)) => continue,
+                _ => panic!("no matching message on {topic} within {timeout:?}"),
+            }
+        }
+    }
+}
+
+/// An event as an agent would publish it.
+pub fn event(node: &str, seq: u64, kind: &str, service: Option<&str>, data: Value) -> Value {
+    let mut event = json!({
+        "v": 1,
+        "id": ulid::Ulid::generate().to_string(),
+        "ts": homelab_core::time::format(&chrono::Utc::now()),
+        "node": node,
+        "seq": seq,
+        "source": "node-agent",
+        "type": kind,
+        "severity": "info",
+        "message": format!("{kind} #{seq}"),
+        "data": data,
+    });
+    if let Some(service) = service {
+        event["service"] = json!(service);
+    }
+    event
+}
+
+/// A `node_snapshot` data object for (service, docker state) pairs.
+pub fn snapshot(containers: &[(&str, &str)]) -> Value {
+    let containers: Vec<Value> = containers
+        .iter()
+        .map(|(service, state)| {
+            json!({"id": format!("id-{service}"), "name": format!("{service}-1"), "service": service,
+                   "image": "test:latest", "state": state, "status": state})
+        })
+        .collect();
+    json!({ "containers": containers })
+}
+
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+pub fn ensure(cond: bool, what: &str) -> Result<()> {
+    if !cond {
+        bail!("{what}");
+    }
+    Ok(())
+}

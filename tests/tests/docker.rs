@@ -1,0 +1,226 @@
+//! With a real container on the machine's Docker engine: the agent sees it
+//! stop, the supervisor proposes container_restart, an operator approves,
+//! the agent restarts it, and it runs again. Also: the agent keeps running
+//! and says so when Docker is unreachable.
+//!
+//! Needs the image `homelab-test/busybox:latest` (`.ci/test-image`). Without
+//! Docker or the image the test says loudly that it skips, unless
+//! `HOMELAB_REQUIRE_DOCKER=1` (as in CI), where that is a failure.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use homelab_tests::*;
+use serde_json::Value;
+
+const IMAGE: &str = "homelab-test/busybox:latest";
+const T: Duration = Duration::from_secs(30);
+
+async fn docker() -> Option<Docker> {
+    let required = std::env::var("HOMELAB_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let found = async {
+        let docker = Docker::connect_with_defaults()
+            .ok()?
+            .negotiate_version()
+            .await
+            .ok()?;
+        docker.inspect_image(IMAGE).await.ok()?;
+        Some(docker)
+    }
+    .await;
+    if found.is_none() {
+        assert!(!required, "HOMELAB_REQUIRE_DOCKER=1 but Docker or the image {IMAGE} is missing (run .ci/test-image)");
+        eprintln!("\n*** SKIPPED: no Docker engine or no image {IMAGE}; run .ci/test-image ***\n");
+    }
+    found
+}
+
+/// Removes the container when the test ends, passed or failed.
+struct Removal(String);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+async fn start_container(docker: &Docker, name: &str, service: &str) -> Removal {
+    let labels = HashMap::from([(
+        "com.docker.compose.service".to_string(),
+        service.to_string(),
+    )]);
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        cmd: Some(vec!["sleep".into(), "3600".into()]),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    docker
+        .create_container(Some(options), body)
+        .await
+        .expect("create test container");
+    let removal = Removal(name.to_string());
+    docker
+        .start_container(name, None)
+        .await
+        .expect("start test container");
+    removal
+}
+
+async fn running(docker: &Docker, name: &str) -> bool {
+    docker
+        .inspect_container(name, None::<InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|c| c.state)
+        .and_then(|s| s.running)
+        .unwrap_or(false)
+}
+
+async fn service_running(system: &System, service: &str) -> bool {
+    let (_, body) = system.get("/api/services").await;
+    serde_json::from_str::<Value>(&body).is_ok_and(|v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == service && s["status"] == "running")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_container_is_restarted_after_approval() {
+    let Some(docker) = docker().await else { return };
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let service = format!("web-{}", &tag[tag.len() - 8..]);
+    let container = format!("homelab-test-{service}");
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  dockhost: {role: server}\n",
+        ),
+        (
+            "hosts/dockhost/services.yaml",
+            &format!("services:\n  {service}: {{grace_period: 0s}}\n"),
+        ),
+    ]);
+    let _removal = start_container(&docker, &container, &service).await;
+    let system = System::start(
+        repo,
+        Options {
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+        },
+    )
+    .await;
+
+    // The agent lists it through bollard; the world shows it running.
+    wait_for("world shows the container running", T, || {
+        service_running(&system, &service)
+    })
+    .await;
+
+    // It stops behind everyone's back.
+    docker
+        .stop_container(
+            &container,
+            Some(StopContainerOptions {
+                t: Some(1),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let id = format!("container-restart-dockhost-{service}");
+    wait_for("pending container_restart", T, || async {
+        system.action_file("pending", &id).exists()
+    })
+    .await;
+    let logged = system.logged("dockhost");
+    assert!(
+        logged
+            .iter()
+            .any(|e| e["type"] == "containers_not_running" && e["service"] == service.as_str()),
+        "the event log records the stop"
+    );
+
+    // Approved; the agent restarts it with bollard.
+    let (status, body) = system
+        .post(&format!("/api/actions/{id}/approve"), Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for("completed", T, || async {
+        system.action_file("completed", &id).exists()
+    })
+    .await;
+    let completed = read_json(&system.action_file("completed", &id)).unwrap();
+    assert_eq!(completed["result"]["ok"], true, "{completed}");
+    assert!(
+        running(&docker, &container).await,
+        "the container runs again"
+    );
+    wait_for("world shows it running again", T, || {
+        service_running(&system, &service)
+    })
+    .await;
+    // Completion is final: the same drift is not proposed again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!system.action_file("pending", &id).exists());
+    system.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reports_docker_unreachable_and_keeps_running() {
+    init_logs();
+    let root = tempfile::tempdir().unwrap();
+    let mqtt = free_addr();
+    homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
+    let mut probe = Probe::connect(
+        mqtt,
+        &["homelab/events/lonely", "homelab/nodes/lonely/status"],
+    )
+    .await;
+    let mut config = homelab_agent::Config::new(
+        homelab_core::Name::parse("lonely").unwrap(),
+        &mqtt.to_string(),
+        homelab_core::Layout::new(root.path()),
+    );
+    config.docker_host = Some(format!("unix://{}/no-docker.sock", root.path().display()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(homelab_agent::run(config, shutdown.clone()));
+
+    probe
+        .expect("homelab/nodes/lonely/status", T, |p| p == b"online")
+        .await;
+    let event = probe
+        .expect("homelab/events/lonely", T, |p| {
+            serde_json::from_slice::<Value>(p).is_ok_and(|e| e["type"] == "docker_unreachable")
+        })
+        .await;
+    let event: Value = serde_json::from_slice(&event).unwrap();
+    assert_eq!(event["severity"], "error");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-docker.sock"),
+        "{event}"
+    );
+    assert!(!agent.is_finished(), "the agent keeps running");
+
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    probe
+        .expect("homelab/nodes/lonely/status", T, |p| p == b"offline")
+        .await;
+}
