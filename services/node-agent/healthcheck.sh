@@ -1,0 +1,3 @@
+#!/bin/sh
+# Exit 0 when node-agent answers, non-zero otherwise.
+homelab --version >/dev/null
