@@ -362,6 +362,21 @@ impl Lab {
             seqs.windows(2).all(|w| w[0] < w[1]),
             "log not in seq order: {seqs:?}"
         );
+        self.assert_emit_order();
+    }
+
+    /// Events emitted one after another are logged in that order.
+    fn assert_emit_order(&self) {
+        let order: Vec<u64> = self
+            .logged()
+            .iter()
+            .filter(|e| e["type"] == "test_event")
+            .map(|e| e["data"]["i"].as_u64().unwrap())
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "test events not logged in the order they were emitted: {order:?}"
+        );
     }
 }
 
@@ -460,8 +475,9 @@ async fn outbox_bound_drops_the_oldest_and_says_so() {
         return;
     };
     lab.proxy.cut();
-    lab.emit(300); // about 150 kB of events for a 40 kB outbox
-                   // Wait until the spool is drained into the outbox.
+    // About 150 kB of events for a 40 kB outbox; wait until the spool is
+    // drained into the outbox.
+    lab.emit(300);
     let spool = Layout::new(lab.agent_root()).agent_spool(&Name::parse(&lab.node).unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) > 0 {
@@ -497,10 +513,15 @@ async fn outbox_bound_drops_the_oldest_and_says_so() {
     // Nothing after the announced drop is missing, nothing is twice.
     let seen = lab.test_events();
     assert!(seen.values().all(|n| *n == 1));
+    lab.assert_emit_order();
     let first_kept = *seen.keys().next().unwrap();
+    let missing: Vec<u64> = (first_kept..300)
+        .filter(|i| !seen.contains_key(i))
+        .collect();
     assert!(
-        (first_kept..300).all(|i| seen.contains_key(&i)),
-        "every event after the oldest kept one arrived"
+        missing.is_empty(),
+        "events after the oldest kept one ({first_kept}) are missing: {missing:?}; logs in {}",
+        lab.dir.path().display()
     );
     assert!(
         first_kept >= 1 && dropped >= first_kept,
