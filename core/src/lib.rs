@@ -10,6 +10,7 @@ pub mod event;
 pub mod eventlog;
 pub mod fsutil;
 pub mod layout;
+pub mod maintenance;
 pub mod name;
 pub mod store;
 pub mod time;

@@ -236,7 +236,8 @@ fn check(repo: &std::path::Path) -> ExitCode {
             for problem in &problems {
                 println!("{problem}");
             }
-            eprintln!("{} problem(s)", problems.len());
+            let n = problems.len();
+            eprintln!("{n} problem{}", if n == 1 { "" } else { "s" });
             ExitCode::FAILURE
         }
     }

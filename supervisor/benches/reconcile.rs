@@ -19,7 +19,7 @@ fn main() {
     let name = |s: String| Name::parse(&s).unwrap();
     let mut desired = Desired {
         topology: Topology::default(),
-        hosts: BTreeMap::new(),
+        ..Default::default()
     };
     let mut nodes = Vec::new();
     let mut services = Vec::new();

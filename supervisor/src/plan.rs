@@ -235,7 +235,7 @@ mod tests {
                     (n("piha"), NodeSpec::default()),
                 ]),
             },
-            hosts: BTreeMap::new(),
+            ..Default::default()
         };
         for (node, service, spec) in services {
             d.hosts

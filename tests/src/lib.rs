@@ -43,12 +43,33 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// Writes `files` (path, text) under a new temporary folder.
+/// A desired-state repo with these files, plus an empty
+/// `services/<service>/service.yaml` for each service a
+/// `hosts/*/services.yaml` names and `files` does not define.
 pub fn write_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, text) in files {
         let path = dir.path().join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+    for (path, text) in files {
+        if !(path.starts_with("hosts/") && path.ends_with("/services.yaml")) {
+            continue;
+        }
+        let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+            continue;
+        };
+        let Some(services) = value.get("services").and_then(|s| s.as_mapping()) else {
+            continue;
+        };
+        for name in services.keys().filter_map(|k| k.as_str()) {
+            let def = dir.path().join("services").join(name).join("service.yaml");
+            if !def.exists() {
+                std::fs::create_dir_all(def.parent().unwrap()).unwrap();
+                std::fs::write(def, "").unwrap();
+            }
+        }
     }
     dir
 }
