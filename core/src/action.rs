@@ -107,6 +107,9 @@ pub mod cancel_reasons {
     pub const REMOVED_FROM_DESIRED: &str = "service_removed_from_desired_state";
 }
 
+/// Who approves an action of a `remediation: auto` service, in its history.
+pub const APPROVED_BY_POLICY: &str = "policy";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Transition {
@@ -136,6 +139,10 @@ pub struct Action {
     #[serde(rename = "type")]
     pub kind: ActionKind,
     pub node: Name,
+    /// The name the node's agent reports under, when that is one of its
+    /// aliases: commands go to `homelab/commands/<target>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Name>,
     pub risk: Risk,
@@ -198,6 +205,7 @@ impl Action {
             id,
             kind,
             node,
+            target: None,
             service,
             risk,
             state: ActionState::Pending,

@@ -111,6 +111,12 @@ pub struct Incident {
     pub message: String,
     #[serde(with = "time")]
     pub opened_at: Timestamp,
+    /// How many times it happened (a restart loop, a repeated alert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The maintenance window that covers it now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::maintenance::Active>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -156,7 +156,7 @@ async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Act
         v: 1,
         id: homelab_core::event::new_id(),
         action_id: action.id.clone(),
-        node: action.node.clone(),
+        node: action.target.clone().unwrap_or_else(|| action.node.clone()),
         op,
         issued_at: now,
         deadline,
@@ -172,7 +172,7 @@ async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Act
     }
     let payload = serde_json::to_vec(&command).expect("command serializes");
     match mqtt
-        .publish(&config.topics.commands(&action.node), payload, false)
+        .publish(&config.topics.commands(&command.node), payload, false)
         .await
     {
         Ok(()) => {

@@ -87,6 +87,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             repo: config.repo.clone(),
             default_grace: config.default_grace,
             interval: Duration::from_secs(5),
+            auto_limit: homelab_supervisor::plan::Settings::default().auto_limit,
         };
         let token = child();
         tasks.spawn(async move { ("supervisor", homelab_supervisor::run(cfg, token).await) });

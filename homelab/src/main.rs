@@ -98,6 +98,9 @@ enum Commands {
         repo: RepoArg,
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace_period: Duration,
+        /// Runs of one action an hour that `remediation: auto` may approve.
+        #[arg(long, default_value_t = 3)]
+        auto_limit: usize,
     },
     /// Carries out approved actions.
     Executor {
@@ -308,6 +311,7 @@ async fn run(cli: Cli) -> Result<()> {
             broker,
             repo,
             grace_period,
+            auto_limit,
         } => {
             let config = homelab_supervisor::Config {
                 broker: broker.broker,
@@ -316,6 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
                 repo: repo.repo,
                 default_grace: grace_period,
                 interval: Duration::from_secs(5),
+                auto_limit,
             };
             homelab_supervisor::run(config, shutdown).await
         }

@@ -53,6 +53,10 @@ struct Observer {
     sequences: BTreeMap<Name, Sequence>,
     world: World,
     expected: BTreeMap<Name, Vec<Name>>,
+    maintenance: Vec<homelab_core::maintenance::Window>,
+    /// The incidents last written, to notice when time alone changes them
+    /// (an alert expires, a maintenance window opens).
+    last_incidents: Vec<homelab_core::world::Incident>,
     started: chrono::DateTime<Utc>,
     published: HashMap<String, String>,
     open_files: HashMap<PathBuf, File>,
@@ -78,7 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = inventory_tick.tick() => {
-                if observer.load_inventory() {
+                if observer.load_inventory() || observer.incidents(Utc::now()) != observer.last_incidents {
                     flush_at.get_or_insert_with(soon);
                 }
             }
@@ -133,6 +137,8 @@ impl Observer {
             sequences: BTreeMap::new(),
             world: World::default(),
             expected: BTreeMap::new(),
+            maintenance: Vec::new(),
+            last_incidents: Vec::new(),
             started: Utc::now(),
             published: HashMap::new(),
             open_files: HashMap::new(),
@@ -183,8 +189,9 @@ impl Observer {
                     .into_iter()
                     .map(|(name, spec)| (name, spec.aliases))
                     .collect();
-                let changed = expected != self.expected;
+                let changed = expected != self.expected || desired.maintenance != self.maintenance;
                 self.expected = expected;
+                self.maintenance = desired.maintenance;
                 changed
             }
             Err(problems) => {
@@ -289,6 +296,12 @@ impl Observer {
                 sequence.fill(event.seq);
                 continue;
             }
+            // Unsequenced (seq 0: an alert from the supervisor): stored
+            // once by id, outside the node's order and watermark.
+            if event.seq == 0 {
+                fresh.push(event);
+                continue;
+            }
             let gaps = sequence.gaps.len();
             match sequence.admit(&event, now) {
                 Admit::Store => {
@@ -354,13 +367,10 @@ impl Observer {
         Ok(fresh)
     }
 
-    async fn flush_world(&mut self, mqtt: &Mqtt) -> Result<()> {
-        let layout = &self.config.layout;
-        let topics = &self.config.topics;
-        let nodes: Vec<_> = self.world.nodes.values().cloned().collect();
-        let services: Vec<_> = self.world.services.values().cloned().collect();
-        let mut incidents = self.world.incidents(&self.expected, self.started);
-        let now = Utc::now();
+    /// Open incidents at `now`, each marked with the maintenance window
+    /// that covers it.
+    fn incidents(&self, now: chrono::DateTime<Utc>) -> Vec<homelab_core::world::Incident> {
+        let mut incidents = self.world.incidents(&self.expected, self.started, now);
         for (node, sequence) in &self.sequences {
             if let Some(gap) = sequence.recent_gap(now) {
                 incidents.push(homelab_core::world::Incident {
@@ -374,9 +384,38 @@ impl Observer {
                         gap.from, gap.to
                     ),
                     opened_at: gap.at,
+                    count: None,
+                    maintenance: None,
                 });
             }
         }
+        for incident in &mut incidents {
+            let node = self.canonical(&incident.node);
+            incident.maintenance = homelab_core::maintenance::active(
+                &self.maintenance,
+                &node,
+                incident.service.as_ref(),
+                now,
+            );
+        }
+        incidents
+    }
+
+    /// The inventory's name for a node that may report under an alias.
+    fn canonical(&self, node: &Name) -> Name {
+        self.expected
+            .iter()
+            .find(|(name, aliases)| *name == node || aliases.contains(node))
+            .map_or_else(|| node.clone(), |(name, _)| name.clone())
+    }
+
+    async fn flush_world(&mut self, mqtt: &Mqtt) -> Result<()> {
+        let layout = &self.config.layout;
+        let topics = &self.config.topics;
+        let nodes: Vec<_> = self.world.nodes.values().cloned().collect();
+        let services: Vec<_> = self.world.services.values().cloned().collect();
+        let incidents = self.incidents(Utc::now());
+        self.last_incidents = incidents.clone();
         let open = blocking(|| -> Result<Vec<homelab_core::Action>> {
             fsutil::write_json_atomic(&layout.world_nodes(), &nodes)?;
             fsutil::write_json_atomic(&layout.world_services(), &services)?;

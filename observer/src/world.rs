@@ -19,10 +19,23 @@ pub struct World {
     /// Nodes whose online/offline came from their status topic; for those,
     /// events do not change the status.
     status_from_topic: BTreeSet<Name>,
+    /// Alerts the supervisor raised, by incident id, open until their time.
+    alerts: BTreeMap<String, (Incident, Timestamp)>,
 }
+
+/// Type of the supervisor's alert-only events.
+pub const ALERT: &str = "alert";
 
 impl World {
     pub fn apply(&mut self, event: &Event) {
+        // Unsequenced events (seq 0) come from the control plane, not from
+        // the node: they say nothing about whether it is alive.
+        if event.seq == 0 {
+            if event.kind == ALERT {
+                self.apply_alert(event);
+            }
+            return;
+        }
         let ts = event.ts;
         let node = self
             .nodes
@@ -71,6 +84,43 @@ impl World {
             kinds::SERVICE_HEALTHY => self.set_service(event, ServiceStatus::Healthy),
             kinds::SERVICE_RECOVERED => self.set_service(event, ServiceStatus::Running),
             _ => {}
+        }
+    }
+
+    fn apply_alert(&mut self, event: &Event) {
+        let trigger = event
+            .data
+            .get("trigger")
+            .and_then(|t| t.as_str())
+            .unwrap_or(ALERT);
+        let until = event
+            .data
+            .get("until")
+            .and_then(|u| u.as_str())
+            .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok())
+            .map(|u| u.with_timezone(&chrono::Utc))
+            .unwrap_or(event.ts + chrono::TimeDelta::hours(1));
+        let id = match &event.service {
+            Some(s) => format!("{trigger}:{}:{s}", event.node),
+            None => format!("{trigger}:{}", event.node),
+        };
+        let incident = Incident {
+            id: id.clone(),
+            kind: trigger.to_string(),
+            node: event.node.clone(),
+            service: event.service.clone(),
+            severity: event.severity,
+            message: event.message.clone(),
+            opened_at: event.ts,
+            count: event.data.get("count").and_then(|c| c.as_u64()),
+            maintenance: None,
+        };
+        if self
+            .alerts
+            .get(&id)
+            .is_none_or(|(old, _)| old.opened_at <= event.ts)
+        {
+            self.alerts.insert(id, (incident, until));
         }
     }
 
@@ -173,6 +223,7 @@ impl World {
         &self,
         expected: &BTreeMap<Name, Vec<Name>>,
         since_start: Timestamp,
+        now: Timestamp,
     ) -> Vec<Incident> {
         let mut out = Vec::new();
         let incident = |kind: &str,
@@ -191,6 +242,8 @@ impl World {
             severity,
             message,
             opened_at,
+            count: None,
+            maintenance: None,
         };
         for (name, aliases) in expected {
             let seen =
@@ -243,6 +296,12 @@ impl World {
                 service.since,
             ));
         }
+        out.extend(
+            self.alerts
+                .values()
+                .filter(|(_, until)| now < *until)
+                .map(|(incident, _)| incident.clone()),
+        );
         out
     }
 }
@@ -351,7 +410,7 @@ mod tests {
             ..event(1, "node_snapshot", None, snapshot(&[]))
         });
         let ids: Vec<String> = world
-            .incidents(&expected, start)
+            .incidents(&expected, start, start)
             .into_iter()
             .map(|i| i.id)
             .collect();

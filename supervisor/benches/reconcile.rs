@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use homelab_core::desired::{Desired, NodeSpec, ServiceSpec, Topology};
 use homelab_core::world::{DockerStatus, NodeState, NodeStatus, ServiceState, ServiceStatus};
-use homelab_core::{Action, ActionKind, Name, Risk};
+use homelab_core::{Action, ActionKind, Event, Name, Risk, Severity};
 use homelab_supervisor::plan::{plan, Inputs, Settings};
 
 fn main() {
@@ -88,8 +88,32 @@ fn main() {
             )
         })
         .collect();
+    // A day of the events the rules read: 20 per node.
+    let kinds = [
+        "containers_not_running",
+        "service_recovered",
+        "mqtt_unreachable",
+        "disk_pressure",
+        "ha_recorder_lag",
+    ];
+    let events: Vec<Event> = (0..nodes_n * 20)
+        .map(|i| Event {
+            v: 1,
+            id: format!("e{i}"),
+            ts: now - chrono::TimeDelta::seconds((i % 86_000) as i64),
+            node: name(format!("node-{}", i % nodes_n)),
+            seq: i as u64 + 1,
+            source: "bench".into(),
+            kind: kinds[i % kinds.len()].into(),
+            service: Some(name(format!("svc-{}", i % services_n))),
+            severity: Severity::Warning,
+            message: String::new(),
+            data: serde_json::json!({"level": if i % 7 == 0 { "high" } else { "low" }}),
+        })
+        .collect();
     let settings = Settings {
         default_grace: Duration::from_secs(30),
+        ..Default::default()
     };
     let inputs = Inputs {
         desired: &desired,
@@ -97,6 +121,7 @@ fn main() {
         services: &services,
         open: &open,
         finished: &[],
+        events: &events,
     };
     let mut times = Vec::new();
     let mut created = 0;
@@ -104,13 +129,14 @@ fn main() {
         let start = Instant::now();
         let p = plan(inputs, &settings, now);
         times.push(start.elapsed());
-        created = p.create.len() + p.cancel.len();
+        created = p.create.len() + p.cancel.len() + p.approve.len() + p.alerts.len();
     }
     times.sort();
     println!(
-        "reconcile pass, {nodes_n} nodes x {services_n} services ({} service states, {} open actions, {created} changes): median {:.1} ms, max {:.1} ms",
+        "reconcile pass, {nodes_n} nodes x {services_n} services ({} service states, {} open actions, {} recent events, {created} changes): median {:.1} ms, max {:.1} ms",
         services.len(),
         open.len(),
+        events.len(),
         times[times.len() / 2].as_secs_f64() * 1e3,
         times.last().unwrap().as_secs_f64() * 1e3
     );

@@ -9,6 +9,7 @@
 //! file does not parse, the pass is skipped.
 
 pub mod plan;
+pub mod recent;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct Config {
     pub default_grace: Duration,
     /// Reconcile at least this often.
     pub interval: Duration,
+    /// Runs of one action id an hour that `remediation: auto` may approve.
+    pub auto_limit: usize,
 }
 
 struct Read {
@@ -46,17 +49,20 @@ struct Supervisor {
     store: ActionStore,
     desired: Option<desired::Desired>,
     last_problems: Vec<String>,
+    recent: recent::Recent,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-supervisor");
-    mqtt_config.subscriptions = vec![config.topics.state_all()];
+    // World changes and new events (for the event rules) wake a pass.
+    mqtt_config.subscriptions = vec![config.topics.state_all(), config.topics.events_all()];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let mut supervisor = Supervisor {
         store: ActionStore::new(config.layout.clone()),
         config: config.clone(),
         desired: None,
         last_problems: Vec::new(),
+        recent: recent::Recent::default(),
     };
     info!(repo = %config.repo.display(), "supervisor started");
 
@@ -148,8 +154,12 @@ impl Supervisor {
                 return;
             }
         };
+        let now = Utc::now();
+        self.recent.refresh(&self.config.layout, now);
         let settings = plan::Settings {
             default_grace: self.config.default_grace,
+            auto_limit: self.config.auto_limit,
+            ..Default::default()
         };
         let inputs = plan::Inputs {
             desired,
@@ -157,8 +167,24 @@ impl Supervisor {
             services: &read.services,
             open: &read.open,
             finished: &read.finished,
+            events: self.recent.events(),
         };
-        let plan = plan::plan(inputs, &settings, Utc::now());
+        let plan = plan::plan(inputs, &settings, now);
+        for alert in &plan.alerts {
+            let event = alert.event(now);
+            info!(node = %alert.node, trigger = %alert.trigger, count = alert.count, "alert raised");
+            metrics::counter!("homelab_alerts_total", "trigger" => alert.trigger.clone())
+                .increment(1);
+            let topic = self.config.topics.events(&event.node);
+            if let Err(error) = mqtt
+                .publish(&topic, event.to_json().into_bytes(), false)
+                .await
+            {
+                warn!(%error, "alert not published");
+            }
+            // Counted for the cooldown until the log has it.
+            self.recent.add(event);
+        }
         for action in plan.create {
             match self.store.create(&action) {
                 Ok(()) => {
@@ -170,6 +196,27 @@ impl Supervisor {
                 Err(error) => {
                     warn!(id = %action.id, error = format!("{error:#}"), "action not written")
                 }
+            }
+        }
+        for id in plan.approve {
+            let mv = Move {
+                from: ActionState::Pending,
+                to: ActionState::Approved,
+                by: homelab_core::action::APPROVED_BY_POLICY,
+                why: "approved by policy (remediation: auto)",
+                at: Utc::now(),
+                result: None,
+            };
+            match self.store.transition(&id, mv) {
+                Ok(action) => {
+                    info!(id = %id, "action approved by policy");
+                    metrics::counter!("homelab_actions_auto_approved_total").increment(1);
+                    self.publish(mqtt, &action).await;
+                }
+                Err(TransitionError::WrongState { actual, .. }) => {
+                    info!(id = %id, %actual, "approval by policy lost the race")
+                }
+                Err(error) => warn!(id = %id, error = format!("{error:#}"), "approval failed"),
             }
         }
         for cancel in plan.cancel {

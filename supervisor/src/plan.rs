@@ -1,45 +1,98 @@
-//! The decision: desired state + world state + open actions + now → the
-//! actions to propose and the pending ones to cancel. Pure: no clock, no
-//! files, no MQTT; the shell in `lib.rs` does the I/O.
+//! The decision: from desired state, world state, open actions, recent
+//! events and the time, the actions to propose, the pending ones to cancel,
+//! the ones to approve by policy, and the alerts to raise. Pure: no clock, no files, no
+//! MQTT; the shell in `lib.rs` does the I/O.
 //!
-//! Rules (walking skeleton):
+//! Routing (DESIGN.md, "Actions"):
 //! - per desired service (`monitor: true`, `remediation` not `off`) on a node
-//!   that is online with a Docker snapshot: `not_running` →
-//!   `container_restart` (low); missing → `redeploy` (guarded, reason
-//!   `service_missing`); `unhealthy` → `redeploy` (guarded);
+//!   that is online with a Docker snapshot: not running, or an
+//!   `mqtt_unreachable` not followed by a recovery → `container_restart`
+//!   (low); missing → `redeploy` (guarded, `service_missing`); unhealthy →
+//!   `redeploy` (guarded);
+//! - the node's latest `disk_pressure` is `high` → `disk_cleanup` (guarded);
+//! - `ha_websocket_dead` (not followed by `ha_websocket_recovered`) →
+//!   `container_restart` of homeassistant, not within 30 min of the last
+//!   completed one; where no restart may be proposed, an alert instead;
+//! - other `ha_*` → an alert, at most one an hour per node and type;
+//! - Home Assistant rules are suppressed while homeassistant had
+//!   `containers_not_running` in the last 5 minutes (or is not running).
+//!
+//! Guards:
 //! - a drift must last its grace period (the service's `grace_period`, else
 //!   the default) before it is proposed;
+//! - a service that went down `loop_threshold` times within `loop_window`
+//!   is in a restart loop: no new action, one alert with the count;
+//! - inside a maintenance window nothing new is proposed (and no alert
+//!   raised) for what the window covers; pending actions stay;
 //! - a node that is offline, has never reported, or whose Docker state is
-//!   unknown gets no per-service action (the observer raises the node
-//!   incident); its pending actions are left alone, not judged blind;
+//!   unknown gets no per-node or per-service action (the observer raises the
+//!   node incident); its pending actions are left alone, not judged blind;
 //! - an id that is open (pending, approved, running) is never proposed again;
-//! - nor is an id for a drift that began before that id last finished
-//!   (completed, failed, rejected or cancelled): the world may not yet show
-//!   the effect of a restart that just completed, and an operator who
-//!   rejected a proposal does not want it back for the same episode. A new
-//!   failure after that (a later `since`) is a new drift;
+//!   nor is an id for a drift that began before that id last finished: the
+//!   world may not yet show the effect of a restart that just completed, and
+//!   an operator who rejected a proposal does not want it back for the same
+//!   episode. A new failure after that (a later `since`) is a new drift;
 //! - only *pending* actions are cancelled: `service_removed_from_desired_state`
 //!   when the service left the desired state (or opted out), else
-//!   `drift_resolved_auto` when its drift is gone.
+//!   `drift_resolved_auto` when its drift is gone;
+//! - low-risk actions of `remediation: auto` services are approved by policy,
+//!   at most `auto_limit` runs of one id an hour; past that they wait for a
+//!   human and an alert says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use homelab_core::action::cancel_reasons;
 use homelab_core::desired::{Desired, Remediation, ServiceSpec};
+use homelab_core::event::kinds;
 use homelab_core::time::Timestamp;
 use homelab_core::world::{DockerStatus, NodeState, NodeStatus, ServiceState, ServiceStatus};
-use homelab_core::{Action, ActionKind, ActionState, Name, Risk};
+use homelab_core::{Action, ActionKind, ActionState, Event, Name, Risk, Severity};
+
+/// The service Home Assistant's events are about.
+pub const HOMEASSISTANT: &str = "homeassistant";
+/// No new restart of homeassistant for a dead websocket this soon after the
+/// last one completed.
+pub const HA_RESTART_COOLDOWN: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
+/// Home Assistant rules wait this long after homeassistant's containers
+/// stopped running: their events are a consequence, not a cause.
+pub const HA_SUPPRESS: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// At most one alert per node, service and trigger this often.
+pub const ALERT_COOLDOWN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// The window of the auto-approval rate limit.
+pub const AUTO_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// Event type of an alert the supervisor raises.
+pub const ALERT: &str = "alert";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub default_grace: Duration,
+    /// Runs of one id an hour that policy may approve.
+    pub auto_limit: usize,
+    /// Times a service may go down within `loop_window` before it counts
+    /// as a restart loop.
+    pub loop_threshold: usize,
+    pub loop_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_grace: Duration::from_secs(30),
+            auto_limit: 3,
+            loop_threshold: 3,
+            loop_window: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub create: Vec<Action>,
     pub cancel: Vec<Cancel>,
+    /// Pending (or just created) actions that policy approves.
+    pub approve: Vec<Name>,
+    pub alerts: Vec<Alert>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +101,44 @@ pub struct Cancel {
     pub reason: &'static str,
 }
 
-/// What is wrong with one service, if anything.
+/// An alert-only outcome: the shell publishes it as an `alert` event, which
+/// the observer shows as an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub node: Name,
+    pub service: Option<Name>,
+    /// What it is about: an `ha_*` type, `restart_loop`, `auto_limit`.
+    pub trigger: String,
+    pub severity: Severity,
+    pub message: String,
+    /// How many times the trigger happened since the last alert about it.
+    pub count: usize,
+}
+
+impl Alert {
+    /// The event the shell publishes (unsequenced: `seq` 0).
+    pub fn event(&self, now: Timestamp) -> Event {
+        Event {
+            v: 1,
+            id: homelab_core::event::new_id(),
+            ts: now,
+            node: self.node.clone(),
+            seq: 0,
+            source: "supervisor".into(),
+            kind: ALERT.into(),
+            service: self.service.clone(),
+            severity: self.severity,
+            message: self.message.clone(),
+            data: serde_json::json!({
+                "trigger": self.trigger,
+                "count": self.count,
+                "until": homelab_core::time::format(&(now + ALERT_COOLDOWN)),
+            }),
+        }
+    }
+}
+
+/// What is wrong with one service or node, if anything.
 #[derive(Debug, Clone, PartialEq)]
 struct Drift {
     kind: ActionKind,
@@ -68,7 +158,114 @@ pub struct Inputs<'a> {
     pub open: &'a [Action],
     /// The latest finished action of each id.
     pub finished: &'a [Action],
+    /// Recent events (a day is plenty), in any order; alerts the shell
+    /// raised itself included.
+    pub events: &'a [Event],
 }
+
+/// Recent events, indexed under canonical node names.
+#[derive(Default)]
+struct Recent<'a> {
+    /// `containers_not_running` times per node and service.
+    down: BTreeMap<(Name, Name), Vec<Timestamp>>,
+    /// Latest `mqtt_unreachable` per node and service.
+    unreachable: BTreeMap<(Name, Name), &'a Event>,
+    /// Latest sign of a service answering again.
+    recovered: BTreeMap<(Name, Name), Timestamp>,
+    /// Latest `disk_pressure` per node.
+    disk: BTreeMap<Name, &'a Event>,
+    /// Latest `ha_websocket_dead` or `ha_websocket_recovered` per node.
+    websocket: BTreeMap<Name, &'a Event>,
+    /// Other `ha_*` per node and type.
+    ha: BTreeMap<(Name, String), Vec<&'a Event>>,
+    /// Latest alert per node, service and trigger.
+    alerted: BTreeMap<(Name, Option<Name>, String), Timestamp>,
+    /// `remediation_started` times per action id.
+    started: BTreeMap<String, Vec<Timestamp>>,
+}
+
+fn later<'a>(slot: &mut Option<&'a Event>, event: &'a Event) {
+    if slot.is_none_or(|e| e.ts <= event.ts) {
+        *slot = Some(event);
+    }
+}
+
+impl<'a> Recent<'a> {
+    fn index(desired: &Desired, events: &'a [Event]) -> Self {
+        let mut r = Recent::default();
+        for event in events {
+            let node = desired.canonical(&event.node);
+            let key = |s: &Name| (node.clone(), s.clone());
+            match (event.kind.as_str(), &event.service) {
+                (kinds::CONTAINERS_NOT_RUNNING, Some(s)) => {
+                    r.down.entry(key(s)).or_default().push(event.ts)
+                }
+                (kinds::MQTT_UNREACHABLE, Some(s)) => {
+                    let mut slot = r.unreachable.get(&key(s)).copied();
+                    later(&mut slot, event);
+                    r.unreachable.insert(key(s), slot.expect("just set"));
+                }
+                (kinds::SERVICE_RECOVERED | kinds::SERVICE_HEALTHY, Some(s)) => {
+                    let at = r.recovered.entry(key(s)).or_insert(event.ts);
+                    *at = (*at).max(event.ts);
+                }
+                (kinds::DISK_PRESSURE, _) => {
+                    let mut slot = r.disk.get(&node).copied();
+                    later(&mut slot, event);
+                    r.disk.insert(node, slot.expect("just set"));
+                }
+                (HA_WEBSOCKET_DEAD | HA_WEBSOCKET_RECOVERED, _) => {
+                    let mut slot = r.websocket.get(&node).copied();
+                    later(&mut slot, event);
+                    r.websocket.insert(node, slot.expect("just set"));
+                }
+                (kind, _) if kind.starts_with("ha_") => {
+                    r.ha.entry((node, kind.to_string()))
+                        .or_default()
+                        .push(event)
+                }
+                (ALERT, service) => {
+                    if let Some(trigger) = event.data.get("trigger").and_then(|t| t.as_str()) {
+                        let at = r
+                            .alerted
+                            .entry((node, service.clone(), trigger.to_string()))
+                            .or_insert(event.ts);
+                        *at = (*at).max(event.ts);
+                    }
+                }
+                (kinds::REMEDIATION_STARTED, _) => {
+                    if let Some(id) = event.action_id() {
+                        r.started.entry(id.to_string()).or_default().push(event.ts);
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// Whether an alert about this may be raised now (none in the cooldown).
+    fn may_alert(
+        &self,
+        node: &Name,
+        service: Option<&Name>,
+        trigger: &str,
+        now: Timestamp,
+    ) -> bool {
+        self.alerted
+            .get(&(node.clone(), service.cloned(), trigger.to_string()))
+            .is_none_or(|at| now - *at >= ALERT_COOLDOWN)
+    }
+
+    fn last_alert(&self, node: &Name, service: Option<&Name>, trigger: &str) -> Option<Timestamp> {
+        self.alerted
+            .get(&(node.clone(), service.cloned(), trigger.to_string()))
+            .copied()
+    }
+}
+
+const HA_WEBSOCKET_DEAD: &str = "ha_websocket_dead";
+const HA_WEBSOCKET_RECOVERED: &str = "ha_websocket_recovered";
 
 pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
     let Inputs {
@@ -77,6 +274,7 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
         services,
         open,
         finished,
+        events,
     } = inputs;
     // World under canonical node names (an alias reports for its node).
     let mut node_by_name: BTreeMap<Name, &NodeState> = BTreeMap::new();
@@ -96,82 +294,390 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
             service,
         );
     }
-    let open_ids: BTreeSet<&Name> = open.iter().map(|a| &a.id).collect();
+    let recent = Recent::index(desired, events);
+    let open_by_id: BTreeMap<&Name, &Action> = open.iter().map(|a| (&a.id, a)).collect();
     // One id may have finished in several states (cancelled once, completed
     // later): the latest counts.
     let mut finished_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
+    let mut completed_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
     for action in finished {
         let at = finished_at.entry(&action.id).or_insert(action.updated_at);
         *at = (*at).max(action.updated_at);
+        if action.state == ActionState::Completed {
+            let at = completed_at.entry(&action.id).or_insert(action.updated_at);
+            *at = (*at).max(action.updated_at);
+        }
     }
     let judged = |node: &Name| {
         node_by_name
             .get(node)
             .is_some_and(|n| n.status == NodeStatus::Online && n.docker == DockerStatus::Ok)
     };
+    let ha = Name::parse(HOMEASSISTANT).expect("a valid name");
+    let ha_suppressed = |node: &Name| {
+        let key = (node.clone(), ha.clone());
+        recent
+            .down
+            .get(&key)
+            .is_some_and(|times| times.iter().any(|t| now - *t < HA_SUPPRESS))
+            || service_by_key
+                .get(&key)
+                .is_some_and(|s| s.status == ServiceStatus::NotRunning)
+    };
 
     let mut plan = Plan::default();
-    // Ids whose drift holds now (grace aside), per managed service.
+    // Ids whose drift holds now (grace and guards aside).
     let mut drifting: BTreeSet<Name> = BTreeSet::new();
-    for (node, services) in &desired.hosts {
+    // Nodes with a disk_pressure that says low: a pending cleanup may go.
+    let mut disk_relieved: BTreeSet<Name> = BTreeSet::new();
+    let propose = |plan: &mut Plan,
+                   drifting: &mut BTreeSet<Name>,
+                   node: &Name,
+                   service: Option<&Name>,
+                   drift: Drift,
+                   grace: Duration,
+                   blocked: bool| {
+        let id = Action::id_for(drift.kind, node, service);
+        drifting.insert(id.clone());
+        let lasted = (now - drift.since).to_std().unwrap_or(Duration::ZERO);
+        let answered = finished_at.get(&id).is_some_and(|at| *at >= drift.since);
+        if blocked || lasted < grace || open_by_id.contains_key(&id) || answered {
+            return;
+        }
+        let mut action = Action::new(
+            drift.kind,
+            node.clone(),
+            service.cloned(),
+            drift.risk,
+            drift.reason,
+            &drift.message,
+            now,
+        );
+        let reporting = &node_by_name[node].node;
+        if reporting != node {
+            action.target = Some(reporting.clone());
+        }
+        plan.create.push(action);
+    };
+
+    // Every node of the inventory (and any with services listed): disk and
+    // Home Assistant rules hold for a node without desired services too.
+    let no_services = BTreeMap::new();
+    let all_nodes: BTreeSet<&Name> = desired
+        .topology
+        .nodes
+        .keys()
+        .chain(desired.hosts.keys())
+        .collect();
+    for node in all_nodes {
+        let services = desired.hosts.get(node).unwrap_or(&no_services);
         if !judged(node) {
             continue;
         }
         let node_state = node_by_name[node];
-        for (service, spec) in services.iter().filter(|(_, spec)| managed(spec)) {
-            let Some(drift) = drift(
-                node_state,
-                service_by_key
-                    .get(&(node.clone(), service.clone()))
-                    .copied(),
-            ) else {
+        let node_window = desired.in_maintenance(node, None, now).is_some();
+
+        // Disk.
+        if let Some(event) = recent.disk.get(node) {
+            match event.data.get("level").and_then(|l| l.as_str()) {
+                Some("high") => {
+                    let drift = Drift {
+                        kind: ActionKind::DiskCleanup,
+                        risk: Risk::Guarded,
+                        reason: kinds::DISK_PRESSURE,
+                        message: event.message.clone(),
+                        since: event.ts,
+                    };
+                    let grace = settings.default_grace;
+                    propose(
+                        &mut plan,
+                        &mut drifting,
+                        node,
+                        None,
+                        drift,
+                        grace,
+                        node_window,
+                    );
+                }
+                _ => {
+                    disk_relieved.insert(node.clone());
+                }
+            }
+        }
+
+        for (service, spec) in services {
+            let key = (node.clone(), service.clone());
+            let in_window = desired.in_maintenance(node, Some(service), now).is_some();
+            let world = service_by_key.get(&key).copied();
+            let mut drift = managed(spec).then(|| drift(node_state, world)).flatten();
+            // Answering MQTT is part of running.
+            if drift.is_none() && managed(spec) {
+                if let Some(event) = recent.unreachable.get(&key) {
+                    let recovered = recent.recovered.get(&key).is_some_and(|t| *t >= event.ts);
+                    if !recovered {
+                        drift = Some(Drift {
+                            kind: ActionKind::ContainerRestart,
+                            risk: Risk::Low,
+                            reason: kinds::MQTT_UNREACHABLE,
+                            message: event.message.clone(),
+                            since: event.ts,
+                        });
+                    }
+                }
+            }
+            // Home Assistant's dead websocket.
+            let mut ws_unanswered = None;
+            if service == &ha && drift.is_none() {
+                if let Some(event) = recent
+                    .websocket
+                    .get(node)
+                    .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
+                {
+                    if managed(spec) {
+                        let cooling = completed_at
+                            .get(&Action::id_for(
+                                ActionKind::ContainerRestart,
+                                node,
+                                Some(service),
+                            ))
+                            .is_some_and(|at| now - *at < HA_RESTART_COOLDOWN);
+                        let drift = Drift {
+                            kind: ActionKind::ContainerRestart,
+                            risk: Risk::Low,
+                            reason: HA_WEBSOCKET_DEAD,
+                            message: event.message.clone(),
+                            since: event.ts,
+                        };
+                        let blocked = cooling || in_window || ha_suppressed(node);
+                        let grace = spec.grace_period.unwrap_or(settings.default_grace);
+                        propose(
+                            &mut plan,
+                            &mut drifting,
+                            node,
+                            Some(service),
+                            drift,
+                            grace,
+                            blocked,
+                        );
+                        continue;
+                    }
+                    ws_unanswered = Some(*event);
+                }
+            }
+            if let Some(event) = ws_unanswered {
+                websocket_alert(
+                    &mut plan,
+                    &recent,
+                    node,
+                    event,
+                    in_window || ha_suppressed(node),
+                    now,
+                );
+            }
+            let Some(drift) = drift else { continue };
+            // A restart loop: one alert with the count, no new action.
+            let downs = recent.down.get(&key).map_or(0, |times| {
+                times
+                    .iter()
+                    .filter(|t| {
+                        (now - **t).to_std().is_ok_and(|d| d < settings.loop_window) || **t > now
+                    })
+                    .count()
+            });
+            let looping = downs >= settings.loop_threshold;
+            if looping
+                && !in_window
+                && !node_window
+                && recent.may_alert(node, Some(service), RESTART_LOOP, now)
+            {
+                plan.alerts.push(Alert {
+                    node: node.clone(),
+                    service: Some(service.clone()),
+                    trigger: RESTART_LOOP.into(),
+                    severity: Severity::Error,
+                    message: format!(
+                        "{service} went down {downs} times in {}; no more actions are proposed for it until it settles",
+                        humanize(settings.loop_window)
+                    ),
+                    count: downs,
+                });
+            }
+            let grace = spec.grace_period.unwrap_or(settings.default_grace);
+            let blocked = looping || in_window || node_window;
+            propose(
+                &mut plan,
+                &mut drifting,
+                node,
+                Some(service),
+                drift,
+                grace,
+                blocked,
+            );
+        }
+
+        // A dead websocket of a Home Assistant this repo does not list.
+        if !services.contains_key(&ha) {
+            if let Some(event) = recent
+                .websocket
+                .get(node)
+                .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
+            {
+                let quiet = node_window || ha_suppressed(node);
+                websocket_alert(&mut plan, &recent, node, event, quiet, now);
+            }
+        }
+
+        // Other Home Assistant events: alert only.
+        for ((ha_node, trigger), list) in recent.ha.range((node.clone(), String::new())..) {
+            if ha_node != node {
+                break;
+            }
+            let last_alert = recent.last_alert(node, None, trigger);
+            let fresh: Vec<&&Event> = list
+                .iter()
+                .filter(|e| now - e.ts < ALERT_COOLDOWN && last_alert.is_none_or(|t| e.ts > t))
+                .collect();
+            let Some(latest) = fresh.iter().max_by_key(|e| e.ts) else {
                 continue;
             };
-            let id = Action::id_for(drift.kind, node, Some(service));
-            drifting.insert(id.clone());
-            let grace = spec.grace_period.unwrap_or(settings.default_grace);
-            let lasted = (now - drift.since).to_std().unwrap_or(Duration::ZERO);
-            let answered = finished_at.get(&id).is_some_and(|at| *at >= drift.since);
-            if lasted < grace || open_ids.contains(&id) || answered {
+            let in_window = desired.in_maintenance(node, Some(&ha), now).is_some();
+            if in_window || ha_suppressed(node) || !recent.may_alert(node, None, trigger, now) {
                 continue;
             }
-            let action = Action::new(
-                drift.kind,
-                node.clone(),
-                Some(service.clone()),
-                drift.risk,
-                drift.reason,
-                &drift.message,
-                now,
-            );
-            plan.create.push(action);
+            plan.alerts.push(Alert {
+                node: node.clone(),
+                service: None,
+                trigger: trigger.clone(),
+                severity: latest.severity.max(Severity::Warning),
+                message: latest.message.clone(),
+                count: fresh.len(),
+            });
+        }
+    }
+
+    // Policy approvals: low risk, remediation auto, within the rate limit.
+    let candidates = open
+        .iter()
+        .filter(|a| a.state == ActionState::Pending)
+        .chain(plan.create.iter());
+    let mut approve = Vec::new();
+    let mut limited = Vec::new();
+    for action in candidates {
+        let auto = action.risk == Risk::Low
+            && action
+                .service
+                .as_ref()
+                .and_then(|s| desired.hosts.get(&action.node)?.get(s))
+                .is_some_and(|spec| managed(spec) && spec.remediation == Remediation::Auto);
+        if !auto {
+            continue;
+        }
+        let runs = recent.started.get(action.id.as_str()).map_or(0, |times| {
+            times.iter().filter(|t| now - **t < AUTO_WINDOW).count()
+        });
+        if runs < settings.auto_limit {
+            approve.push(action.id.clone());
+        } else {
+            limited.push((action.node.clone(), action.service.clone(), runs));
+        }
+    }
+    plan.approve = approve;
+    for (node, service, runs) in limited {
+        if recent.may_alert(&node, service.as_ref(), AUTO_LIMIT, now) {
+            plan.alerts.push(Alert {
+                message: format!(
+                    "remediation: auto ran {runs} times in the last hour; the next action waits for a human"
+                ),
+                node,
+                service,
+                trigger: AUTO_LIMIT.into(),
+                severity: Severity::Warning,
+                count: runs,
+            });
         }
     }
 
     for action in open.iter().filter(|a| a.state == ActionState::Pending) {
-        let Some(service) = &action.service else {
-            continue;
-        };
-        if !matches!(
-            action.kind,
-            ActionKind::ContainerRestart | ActionKind::Redeploy
-        ) {
-            continue;
-        }
-        let spec = desired.hosts.get(&action.node).and_then(|s| s.get(service));
-        if !spec.is_some_and(managed) {
-            plan.cancel.push(Cancel {
-                id: action.id.clone(),
-                reason: cancel_reasons::REMOVED_FROM_DESIRED,
-            });
-        } else if judged(&action.node) && !drifting.contains(&action.id) {
-            plan.cancel.push(Cancel {
-                id: action.id.clone(),
-                reason: cancel_reasons::DRIFT_RESOLVED,
-            });
+        match (action.kind, &action.service) {
+            (ActionKind::ContainerRestart | ActionKind::Redeploy, Some(service)) => {
+                let spec = desired.hosts.get(&action.node).and_then(|s| s.get(service));
+                if !spec.is_some_and(managed) {
+                    plan.cancel.push(Cancel {
+                        id: action.id.clone(),
+                        reason: cancel_reasons::REMOVED_FROM_DESIRED,
+                    });
+                } else if judged(&action.node) && !drifting.contains(&action.id) {
+                    plan.cancel.push(Cancel {
+                        id: action.id.clone(),
+                        reason: cancel_reasons::DRIFT_RESOLVED,
+                    });
+                }
+            }
+            (ActionKind::DiskCleanup, _) => {
+                if !desired.topology.nodes.contains_key(&action.node) {
+                    plan.cancel.push(Cancel {
+                        id: action.id.clone(),
+                        reason: cancel_reasons::REMOVED_FROM_DESIRED,
+                    });
+                } else if judged(&action.node) && disk_relieved.contains(&action.node) {
+                    plan.cancel.push(Cancel {
+                        id: action.id.clone(),
+                        reason: cancel_reasons::DRIFT_RESOLVED,
+                    });
+                }
+            }
+            _ => {}
         }
     }
     plan
+}
+
+/// A dead websocket no restart may answer (homeassistant not managed
+/// here): an alert, once per episode and cooldown.
+fn websocket_alert(
+    plan: &mut Plan,
+    recent: &Recent<'_>,
+    node: &Name,
+    event: &Event,
+    quiet: bool,
+    now: Timestamp,
+) {
+    let ha = Name::parse(HOMEASSISTANT).expect("a valid name");
+    let trigger = HA_WEBSOCKET_DEAD;
+    if quiet
+        || now - event.ts >= ALERT_COOLDOWN
+        || !recent.may_alert(node, Some(&ha), trigger, now)
+        || recent
+            .last_alert(node, Some(&ha), trigger)
+            .is_some_and(|t| t >= event.ts)
+    {
+        return;
+    }
+    plan.alerts.push(Alert {
+        node: node.clone(),
+        service: Some(ha),
+        trigger: trigger.into(),
+        severity: Severity::Error,
+        message: format!(
+            "Home Assistant's websocket is dead and no restart may be proposed here: {}",
+            event.message
+        ),
+        count: 1,
+    });
+}
+
+/// Alert trigger: a service in a restart loop.
+pub const RESTART_LOOP: &str = "restart_loop";
+/// Alert trigger: policy approvals hit their rate limit.
+pub const AUTO_LIMIT: &str = "auto_limit";
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 fn managed(spec: &ServiceSpec) -> bool {
@@ -280,6 +786,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             default_grace: Duration::from_secs(30),
+            ..Default::default()
         }
     }
 
@@ -302,6 +809,7 @@ mod tests {
                 services,
                 open,
                 finished: &[],
+                events: &[],
             },
             settings,
             now,
@@ -504,6 +1012,7 @@ mod tests {
                 services: &down,
                 open: &[],
                 finished: &finished,
+                events: &[],
             };
             assert_eq!(
                 ids(&plan(inputs, &settings(), at(now))).0,
@@ -517,6 +1026,438 @@ mod tests {
         check(60, 100, &["container-restart-vps-mosquitto"]);
     }
 
+    fn ev(
+        node: &str,
+        kind: &str,
+        service: Option<&str>,
+        secs: i64,
+        data: serde_json::Value,
+    ) -> Event {
+        Event {
+            v: 1,
+            id: format!("{kind}-{node}-{secs}-{}", service.unwrap_or("")),
+            ts: at(secs),
+            node: n(node),
+            seq: 1,
+            source: "t".into(),
+            kind: kind.into(),
+            service: service.map(n),
+            severity: Severity::Warning,
+            message: format!("{kind} at {secs}"),
+            data,
+        }
+    }
+
+    /// A world where vps is online and every desired service of it runs.
+    struct Case {
+        desired: Desired,
+        nodes: Vec<NodeState>,
+        services: Vec<ServiceState>,
+        open: Vec<Action>,
+        finished: Vec<Action>,
+        events: Vec<Event>,
+    }
+
+    impl Case {
+        fn new(specs: &[(&str, ServiceSpec)]) -> Case {
+            let specs: Vec<_> = specs
+                .iter()
+                .map(|(s, spec)| ("vps", *s, spec.clone()))
+                .collect();
+            let services = specs
+                .iter()
+                .map(|(node, s, _)| svc(node, s, ServiceStatus::Running, 0))
+                .collect();
+            Case {
+                desired: desired(&specs),
+                nodes: vec![node("vps", NodeStatus::Online)],
+                services,
+                open: vec![],
+                finished: vec![],
+                events: vec![],
+            }
+        }
+
+        fn event(mut self, node: &str, kind: &str, service: Option<&str>, secs: i64) -> Case {
+            self.events
+                .push(ev(node, kind, service, secs, serde_json::json!({})));
+            self
+        }
+
+        fn disk(mut self, level: &str, secs: i64) -> Case {
+            self.events.push(ev(
+                "vps",
+                "disk_pressure",
+                None,
+                secs,
+                serde_json::json!({"level": level}),
+            ));
+            self
+        }
+
+        fn status(mut self, service: &str, status: ServiceStatus, since: i64) -> Case {
+            for s in &mut self.services {
+                if s.service.as_str() == service {
+                    s.status = status;
+                    s.since = at(since);
+                }
+            }
+            self
+        }
+
+        fn plan(&self, now: i64) -> Plan {
+            plan(
+                Inputs {
+                    desired: &self.desired,
+                    nodes: &self.nodes,
+                    services: &self.services,
+                    open: &self.open,
+                    finished: &self.finished,
+                    events: &self.events,
+                },
+                &settings(),
+                at(now),
+            )
+        }
+    }
+
+    fn created(p: &Plan) -> Vec<(String, String, Risk)> {
+        p.create
+            .iter()
+            .map(|a| (a.id.to_string(), a.reason.clone(), a.risk))
+            .collect()
+    }
+
+    fn alerts(p: &Plan) -> Vec<(String, Option<String>, String, usize)> {
+        p.alerts
+            .iter()
+            .map(|a| {
+                (
+                    a.node.to_string(),
+                    a.service.as_ref().map(|s| s.to_string()),
+                    a.trigger.clone(),
+                    a.count,
+                )
+            })
+            .collect()
+    }
+
+    fn restart(id: &str, reason: &str) -> Vec<(String, String, Risk)> {
+        vec![(id.to_string(), reason.to_string(), Risk::Low)]
+    }
+
+    #[test]
+    fn mqtt_unreachable_restarts_until_the_service_answers_again() {
+        let case = Case::new(&[("mosquitto", spec())]).event(
+            "vps",
+            "mqtt_unreachable",
+            Some("mosquitto"),
+            10,
+        );
+        assert_eq!(
+            created(&case.plan(100)),
+            restart("container-restart-vps-mosquitto", "mqtt_unreachable")
+        );
+        assert_eq!(case.plan(20).create, vec![], "inside the grace period");
+        // An alias reports for its node; the command goes to the alias.
+        let mut aliased = Case::new(&[("mosquitto", spec())]).event(
+            "node-1",
+            "mqtt_unreachable",
+            Some("mosquitto"),
+            10,
+        );
+        aliased.nodes = vec![node("node-1", NodeStatus::Online)];
+        aliased.services[0].node = n("node-1");
+        let p = aliased.plan(100);
+        assert_eq!(p.create[0].node.as_str(), "vps");
+        assert_eq!(
+            p.create[0].target.as_ref().map(Name::as_str),
+            Some("node-1")
+        );
+        // Recovered: nothing, and the pending restart is cancelled.
+        let mut case = case.event("vps", "service_recovered", Some("mosquitto"), 50);
+        case.open = vec![pending(ActionKind::ContainerRestart, "vps", "mosquitto")];
+        let p = case.plan(100);
+        assert_eq!(p.create, vec![]);
+        assert_eq!(
+            ids(&p).1,
+            vec![(
+                "container-restart-vps-mosquitto".to_string(),
+                "drift_resolved_auto"
+            )]
+        );
+    }
+
+    #[test]
+    fn disk_pressure_high_proposes_a_guarded_cleanup_and_low_cancels_it() {
+        let case = Case::new(&[]).disk("high", 10);
+        assert_eq!(
+            created(&case.plan(100)),
+            vec![(
+                "disk-cleanup-vps".to_string(),
+                "disk_pressure".to_string(),
+                Risk::Guarded
+            )]
+        );
+        let mut case = case.disk("low", 60);
+        assert_eq!(case.plan(100), Plan::default());
+        case.open = vec![Action::new(
+            ActionKind::DiskCleanup,
+            n("vps"),
+            None,
+            Risk::Guarded,
+            "disk_pressure",
+            "m",
+            at(20),
+        )];
+        assert_eq!(
+            ids(&case.plan(100)).1,
+            vec![("disk-cleanup-vps".to_string(), "drift_resolved_auto")]
+        );
+        // Offline: not judged blind.
+        case.nodes[0].status = NodeStatus::Offline;
+        assert_eq!(case.plan(100), Plan::default());
+    }
+
+    #[test]
+    fn dead_websocket_restarts_homeassistant_with_a_cooldown() {
+        let id = "container-restart-vps-homeassistant";
+        let case =
+            Case::new(&[("homeassistant", spec())]).event("vps", "ha_websocket_dead", None, 3000);
+        assert_eq!(created(&case.plan(3100)), restart(id, "ha_websocket_dead"));
+        // Completed 10 minutes ago (before this episode): cooling down.
+        let mut done = pending(ActionKind::ContainerRestart, "vps", "homeassistant");
+        done.state = ActionState::Completed;
+        done.updated_at = at(2500);
+        let mut cooling = Case {
+            finished: vec![done.clone()],
+            ..case
+        };
+        assert_eq!(cooling.plan(3100).create, vec![]);
+        // 35 minutes after that completion, it may be proposed again.
+        cooling.finished[0].updated_at = at(1000);
+        assert_eq!(
+            created(&cooling.plan(3100)),
+            restart(id, "ha_websocket_dead")
+        );
+        // Recovered: nothing, and a pending restart is cancelled.
+        let mut recovered = cooling.event("vps", "ha_websocket_recovered", None, 3050);
+        recovered.open = vec![pending(
+            ActionKind::ContainerRestart,
+            "vps",
+            "homeassistant",
+        )];
+        let p = recovered.plan(3100);
+        assert_eq!(p.create, vec![]);
+        assert_eq!(ids(&p).1, vec![(id.to_string(), "drift_resolved_auto")]);
+    }
+
+    #[test]
+    fn dead_websocket_of_an_unmanaged_homeassistant_is_an_alert() {
+        let off = ServiceSpec {
+            monitor: false,
+            ..spec()
+        };
+        let case =
+            Case::new(&[("homeassistant", off)]).event("vps", "ha_websocket_dead", None, 3000);
+        let p = case.plan(3100);
+        assert_eq!(p.create, vec![]);
+        assert_eq!(
+            alerts(&p),
+            vec![(
+                "vps".into(),
+                Some("homeassistant".into()),
+                "ha_websocket_dead".into(),
+                1
+            )]
+        );
+        // Not listed at all: the same.
+        let case = Case::new(&[]).event("vps", "ha_websocket_dead", None, 3000);
+        assert_eq!(alerts(&case.plan(3100)).len(), 1);
+    }
+
+    #[test]
+    fn other_ha_events_alert_once_an_hour() {
+        let case = Case::new(&[("homeassistant", spec())])
+            .event("vps", "ha_integration_failed", None, 1000)
+            .event("vps", "ha_integration_failed", None, 1100);
+        let p = case.plan(1200);
+        assert_eq!(p.create, vec![], "alert only");
+        assert_eq!(
+            alerts(&p),
+            vec![("vps".into(), None, "ha_integration_failed".into(), 2)]
+        );
+        // The alert, once raised, holds the next ones back for an hour.
+        let mut alert = p.alerts[0].event(at(1200));
+        alert.id = "alert-1".into();
+        let mut raised = case;
+        raised.events.push(alert);
+        let raised = raised.event("vps", "ha_integration_failed", None, 2000);
+        assert_eq!(alerts(&raised.plan(2100)), vec![]);
+        // After the cooldown, what happened since is reported, with its count.
+        assert_eq!(
+            alerts(&raised.plan(1200 + 3600)),
+            vec![("vps".into(), None, "ha_integration_failed".into(), 1)]
+        );
+        // Events older than the cooldown alone do not alert.
+        assert_eq!(alerts(&raised.plan(2000 + 3600)), vec![]);
+    }
+
+    #[test]
+    fn ha_rules_are_suppressed_while_homeassistant_is_down() {
+        let case = Case::new(&[("homeassistant", spec())])
+            .event("vps", "containers_not_running", Some("homeassistant"), 1000)
+            .event("vps", "ha_websocket_dead", None, 1010)
+            .event("vps", "ha_recorder_lag", None, 1010);
+        // Within 5 minutes of the containers stopping: no HA rule fires.
+        assert_eq!(alerts(&case.plan(1100)), vec![]);
+        assert_eq!(case.plan(1100).create, vec![]);
+        // Later, with homeassistant running again, they do.
+        let p = case.plan(1000 + 301);
+        assert_eq!(
+            alerts(&p),
+            vec![("vps".into(), None, "ha_recorder_lag".into(), 1)]
+        );
+        assert_eq!(
+            created(&p),
+            restart("container-restart-vps-homeassistant", "ha_websocket_dead")
+        );
+        // While its container is not running, the container rule acts, not HA's.
+        let down = case.status("homeassistant", ServiceStatus::NotRunning, 1000);
+        let p = down.plan(2000);
+        assert_eq!(alerts(&p), vec![]);
+        assert_eq!(
+            created(&p),
+            restart(
+                "container-restart-vps-homeassistant",
+                "containers_not_running"
+            )
+        );
+    }
+
+    #[test]
+    fn a_restart_loop_is_one_alert_with_its_count_not_actions() {
+        let case = Case::new(&[("mosquitto", spec())])
+            .event("vps", "containers_not_running", Some("mosquitto"), 100)
+            .event("vps", "containers_not_running", Some("mosquitto"), 400)
+            .event("vps", "containers_not_running", Some("mosquitto"), 700)
+            .status("mosquitto", ServiceStatus::NotRunning, 700);
+        let p = case.plan(800);
+        assert_eq!(p.create, vec![]);
+        assert_eq!(
+            alerts(&p),
+            vec![(
+                "vps".into(),
+                Some("mosquitto".into()),
+                "restart_loop".into(),
+                3
+            )]
+        );
+        // Two downs are not a loop.
+        let mut two = case;
+        two.events.remove(0);
+        assert_eq!(alerts(&two.plan(800)), vec![]);
+        assert_eq!(
+            created(&two.plan(800)),
+            restart("container-restart-vps-mosquitto", "containers_not_running")
+        );
+        // Downs older than the window do not count.
+        let mut old = two.event("vps", "containers_not_running", Some("mosquitto"), -2000);
+        old.events.rotate_right(1);
+        assert_eq!(alerts(&old.plan(800)), vec![]);
+    }
+
+    #[test]
+    fn auto_remediation_is_approved_by_policy_within_its_rate_limit() {
+        let auto = ServiceSpec {
+            remediation: Remediation::Auto,
+            ..spec()
+        };
+        let case = Case::new(&[("mosquitto", auto.clone()), ("npm", auto)])
+            .status("mosquitto", ServiceStatus::NotRunning, 0)
+            .status("npm", ServiceStatus::Unhealthy, 0);
+        let p = case.plan(100);
+        let id = "container-restart-vps-mosquitto";
+        assert_eq!(
+            created(&p),
+            vec![
+                (
+                    id.to_string(),
+                    "containers_not_running".to_string(),
+                    Risk::Low
+                ),
+                (
+                    "redeploy-vps-npm".to_string(),
+                    "service_unhealthy".to_string(),
+                    Risk::Guarded
+                ),
+            ]
+        );
+        assert_eq!(p.approve, vec![n(id)], "guarded actions wait for a human");
+        // Three runs in the last hour: the next one waits, and says why.
+        let mut limited = case;
+        for secs in [-3000, -2000, -1000] {
+            limited.events.push(ev(
+                "vps",
+                "remediation_started",
+                None,
+                secs,
+                serde_json::json!({"action_id": id}),
+            ));
+        }
+        let p = limited.plan(100);
+        assert_eq!(p.approve, vec![]);
+        assert_eq!(
+            alerts(&p),
+            vec![(
+                "vps".into(),
+                Some("mosquitto".into()),
+                "auto_limit".into(),
+                3
+            )]
+        );
+        // An hour after the first of them, one run is allowed again.
+        assert_eq!(limited.plan(3000 + 100).approve.len(), 1);
+    }
+
+    #[test]
+    fn maintenance_holds_new_actions_and_keeps_pending_ones() {
+        let mut case = Case::new(&[("outline", spec()), ("npm", spec())])
+            .status("outline", ServiceStatus::NotRunning, 0)
+            .status("npm", ServiceStatus::NotRunning, 0);
+        let window = |yaml: &str| {
+            serde_yaml::from_str::<homelab_core::maintenance::WindowSpec>(yaml)
+                .unwrap()
+                .check()
+                .unwrap()
+        };
+        // at(0) is 2027-01-15T08:00:00Z.
+        case.desired.maintenance = vec![window(
+            "{name: w, node: vps, services: [outline], from: 2027-01-15T08:00:00Z, until: 2027-01-15T09:00:00Z}",
+        )];
+        case.open = vec![pending(ActionKind::ContainerRestart, "vps", "outline")];
+        let p = case.plan(100);
+        assert_eq!(
+            ids(&p).0,
+            vec!["container-restart-vps-npm"],
+            "only outside the window"
+        );
+        assert_eq!(p.cancel, vec![], "the pending action stays for after");
+        case.open.clear();
+        assert_eq!(ids(&case.plan(100)).0, vec!["container-restart-vps-npm"]);
+        assert_eq!(
+            ids(&case.plan(3600 + 100)).0,
+            vec!["container-restart-vps-npm", "container-restart-vps-outline"],
+            "after the window"
+        );
+        // A window for the whole node holds everything, disk included.
+        case.desired.maintenance = vec![window(
+            "{name: w, node: vps, cron: '0 8 * * *', duration: 1h}",
+        )];
+        let case = case.disk("high", 10);
+        assert_eq!(case.plan(100).create, vec![]);
+    }
+
     fn arb_status() -> impl Strategy<Value = Option<ServiceStatus>> {
         prop_oneof![
             Just(None),
@@ -527,24 +1468,46 @@ mod tests {
         ]
     }
 
+    fn arb_event() -> impl Strategy<Value = (usize, usize, usize, i64)> {
+        (0usize..2, 0usize..9, 0usize..4, -4000i64..200)
+    }
+
+    const EVENT_KINDS: [(&str, bool); 9] = [
+        ("containers_not_running", true),
+        ("mqtt_unreachable", true),
+        ("service_recovered", true),
+        ("disk_pressure", false),
+        ("ha_websocket_dead", false),
+        ("ha_websocket_recovered", false),
+        ("ha_recorder_lag", false),
+        ("remediation_started", false),
+        ("disk_pressure", false),
+    ];
+
     proptest! {
         /// Applying a plan and planning again changes nothing; no id is open
         /// twice; monitor:false and offline nodes never get actions;
-        /// approved/running are never cancelled.
+        /// approved/running are never cancelled; only low-risk actions of
+        /// auto services are approved.
         #[test]
         fn plan_is_idempotent_and_safe(
             statuses in proptest::collection::vec((0usize..2, 0usize..4, arb_status(), 0i64..100, any::<bool>()), 0..12),
             monitor in proptest::collection::vec(any::<bool>(), 4),
+            remediation in proptest::collection::vec(0usize..3, 4),
             online in proptest::collection::vec(any::<bool>(), 2),
             open_states in proptest::collection::vec((0usize..2, 0usize..4, 0usize..3, any::<bool>()), 0..6),
+            events in proptest::collection::vec(arb_event(), 0..16),
             now in 0i64..200,
         ) {
             let nodes_names = ["vps", "piha"];
-            let svc_names = ["a", "b", "c", "d"];
+            let svc_names = ["a", "b", "homeassistant", "d"];
             let mut specs = vec![];
             for (ni, node) in nodes_names.iter().enumerate() {
                 for (si, s) in svc_names.iter().enumerate() {
-                    if si < 3 { specs.push((*node, *s, ServiceSpec { monitor: monitor[(si + ni) % 4], ..spec() })); }
+                    if si < 3 {
+                        let remediation = [Remediation::Off, Remediation::Propose, Remediation::Auto][remediation[(si + ni) % 4]];
+                        specs.push((*node, *s, ServiceSpec { monitor: monitor[(si + ni) % 4], remediation, ..spec() }));
+                    }
                 }
             }
             let d = desired(&specs);
@@ -564,8 +1527,25 @@ mod tests {
                 open.insert(a.id.clone(), a);
             }
             let open: Vec<_> = open.into_values().collect();
+            let mut recent: Vec<Event> = Vec::new();
+            for (i, (ni, ki, si, secs)) in events.iter().enumerate() {
+                let (kind, with_service) = EVENT_KINDS[*ki];
+                let data = match kind {
+                    "disk_pressure" => serde_json::json!({"level": if *ki == 3 { "high" } else { "low" }}),
+                    "remediation_started" => serde_json::json!({"action_id": format!("container-restart-{}-{}", nodes_names[*ni], svc_names[*si])}),
+                    _ => serde_json::json!({}),
+                };
+                let mut e = ev(nodes_names[*ni], kind, with_service.then_some(svc_names[*si]), *secs, data);
+                e.id = format!("e{i}");
+                recent.push(e);
+            }
+            let run = |open: &[Action], events: &[Event]| plan(
+                Inputs { desired: &d, nodes: &nodes, services: &services, open, finished: &[], events },
+                &settings(),
+                at(now),
+            );
 
-            let first = run(&d, &nodes, &services, &open, &settings(), at(now));
+            let first = run(&open, &recent);
             for c in &first.cancel {
                 let a = open.iter().find(|a| a.id == c.id).unwrap();
                 prop_assert_eq!(a.state, ActionState::Pending);
@@ -574,16 +1554,36 @@ mod tests {
             for a in &first.create {
                 prop_assert!(created.insert(a.id.clone()), "id proposed twice");
                 prop_assert!(!open.iter().any(|o| o.id == a.id), "open id proposed again");
-                let spec = &d.hosts[&a.node][a.service.as_ref().unwrap()];
-                prop_assert!(spec.monitor);
+                if let Some(service) = &a.service {
+                    let spec = &d.hosts[&a.node][service];
+                    prop_assert!(spec.monitor && spec.remediation != Remediation::Off);
+                }
                 let n = nodes.iter().find(|n| n.node == a.node).unwrap();
                 prop_assert_eq!(n.status, NodeStatus::Online);
             }
-            // Apply, then plan again: nothing more to do.
+            for id in &first.approve {
+                let a = open.iter().chain(&first.create).find(|a| &a.id == id).unwrap();
+                prop_assert_eq!(a.risk, Risk::Low);
+                prop_assert_eq!(d.hosts[&a.node][a.service.as_ref().unwrap()].remediation, Remediation::Auto);
+                prop_assert!(a.state == ActionState::Pending);
+            }
+            // Apply (alerts come back as events), then plan again: nothing
+            // more to do.
             let cancelled: BTreeSet<_> = first.cancel.iter().map(|c| c.id.clone()).collect();
             let mut after: Vec<Action> = open.iter().filter(|a| !cancelled.contains(&a.id)).cloned().collect();
             after.extend(first.create.iter().cloned());
-            let second = run(&d, &nodes, &services, &after, &settings(), at(now));
+            for a in &mut after {
+                if first.approve.contains(&a.id) {
+                    a.state = ActionState::Approved;
+                }
+            }
+            let mut events_after = recent.clone();
+            for (i, alert) in first.alerts.iter().enumerate() {
+                let mut e = alert.event(at(now));
+                e.id = format!("alert{i}");
+                events_after.push(e);
+            }
+            let second = run(&after, &events_after);
             prop_assert_eq!(second, Plan::default());
         }
     }
