@@ -175,3 +175,50 @@ async fn a_maintenance_window_holds_actions_and_marks_incidents() {
     assert!(web.get("maintenance").is_none(), "{web}");
     system.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_to_the_alias_the_node_reports_under() {
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  vps: {role: edge, aliases: [node-1]}\n",
+        ),
+        (
+            "hosts/vps/services.yaml",
+            "services:\n  app: {grace_period: 0s}\n",
+        ),
+    ]);
+    let system = System::start(repo, Options::default()).await;
+    let mut probe = Probe::connect(system.mqtt, &["homelab/commands/+"]).await;
+    probe
+        .publish_retained("homelab/nodes/node-1/status", "online")
+        .await;
+    let snapshot = event(
+        "node-1",
+        1,
+        "node_snapshot",
+        None,
+        snapshot(&[("app", "exited")]),
+    );
+    probe
+        .publish("homelab/events/node-1", snapshot.to_string())
+        .await;
+
+    let id = "container-restart-vps-app";
+    wait_for("pending under the canonical name", T, || async {
+        system.action_file("pending", id).exists()
+    })
+    .await;
+    let pending = read_json(&system.action_file("pending", id)).unwrap();
+    assert_eq!(pending["node"], "vps");
+    assert_eq!(pending["target"], "node-1");
+    let (status, body) = system
+        .post(&format!("/api/actions/{id}/approve"), Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let command = probe.expect("homelab/commands/node-1", T, |_| true).await;
+    let command: Value = serde_json::from_slice(&command).unwrap();
+    assert_eq!(command["action_id"], id);
+    assert_eq!(command["node"], "node-1");
+    system.stop().await.unwrap();
+}
