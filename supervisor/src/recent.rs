@@ -66,8 +66,8 @@ impl Recent {
         for path in files {
             let offset = self.offsets.get(&path).copied().unwrap_or(0);
             match read_from(&path, offset) {
-                Ok((lines, consumed)) => {
-                    self.offsets.insert(path, offset + consumed);
+                Ok((lines, next)) => {
+                    self.offsets.insert(path, next);
                     for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                         // A torn line that recovery closed is skipped.
                         let Ok(event) = Event::from_payload(line) else {
@@ -96,28 +96,17 @@ impl Recent {
     }
 }
 
-/// The complete lines from `offset` on, and how many bytes they take.
+/// The complete lines from `offset` on (from the start if the file is now
+/// shorter: replaced or truncated), and the offset after them.
 fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
     let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len < offset {
-        // Replaced or truncated: read it again from the start.
-        return read_from_start(file);
-    }
+    let offset = if file.metadata()?.len() < offset { 0 } else { offset };
     file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     bytes.truncate(complete);
-    Ok((bytes, complete as u64))
-}
-
-fn read_from_start(mut file: std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    bytes.truncate(complete);
-    Ok((bytes, complete as u64))
+    Ok((bytes, offset + complete as u64))
 }
 
 #[cfg(test)]
