@@ -100,7 +100,11 @@ impl Recent {
 /// shorter: replaced or truncated), and the offset after them.
 fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
     let mut file = std::fs::File::open(path)?;
-    let offset = if file.metadata()?.len() < offset { 0 } else { offset };
+    let offset = if file.metadata()?.len() < offset {
+        0
+    } else {
+        offset
+    };
     file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
