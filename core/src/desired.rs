@@ -42,6 +42,21 @@ pub struct Topology {
     pub nodes: BTreeMap<Name, NodeSpec>,
 }
 
+impl Topology {
+    /// Maps an alias (`node-1`) to its canonical node name (`vps`); other
+    /// names map to themselves.
+    pub fn canonical(&self, node: &Name) -> Name {
+        if self.nodes.contains_key(node) {
+            return node.clone();
+        }
+        self.nodes
+            .iter()
+            .find(|(_, spec)| spec.aliases.contains(node))
+            .map(|(name, _)| name.clone())
+            .unwrap_or_else(|| node.clone())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
@@ -287,15 +302,7 @@ impl Desired {
     /// Maps an alias (`node-1`) to its canonical node name (`vps`); other
     /// names map to themselves.
     pub fn canonical(&self, node: &Name) -> Name {
-        if self.topology.nodes.contains_key(node) {
-            return node.clone();
-        }
-        self.topology
-            .nodes
-            .iter()
-            .find(|(_, spec)| spec.aliases.contains(node))
-            .map(|(name, _)| name.clone())
-            .unwrap_or_else(|| node.clone())
+        self.topology.canonical(node)
     }
 
     /// The maintenance window covering `node` (and `service`) at `now`.

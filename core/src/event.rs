@@ -39,6 +39,9 @@ pub mod kinds {
     /// Project-defined: the agent reaches the Docker engine again.
     pub const DOCKER_RECOVERED: &str = "docker_recovered";
     pub const EVENTS_DROPPED: &str = "events_dropped";
+    /// Project-defined: an alert-only outcome the supervisor raised
+    /// (unsequenced, `seq` 0).
+    pub const ALERT: &str = "alert";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -52,7 +52,8 @@ struct Observer {
     ids: HashSet<String>,
     sequences: BTreeMap<Name, Sequence>,
     world: World,
-    expected: BTreeMap<Name, Vec<Name>>,
+    /// The inventory: which nodes should report, under which aliases.
+    inventory: homelab_core::desired::Topology,
     maintenance: Vec<homelab_core::maintenance::Window>,
     /// The incidents last written, to notice when time alone changes them
     /// (an alert expires, a maintenance window opens).
@@ -136,7 +137,7 @@ impl Observer {
             ids: HashSet::new(),
             sequences: BTreeMap::new(),
             world: World::default(),
-            expected: BTreeMap::new(),
+            inventory: Default::default(),
             maintenance: Vec::new(),
             last_incidents: Vec::new(),
             started: Utc::now(),
@@ -183,14 +184,9 @@ impl Observer {
         };
         match desired::load(repo) {
             Ok(desired) => {
-                let expected: BTreeMap<Name, Vec<Name>> = desired
-                    .topology
-                    .nodes
-                    .into_iter()
-                    .map(|(name, spec)| (name, spec.aliases))
-                    .collect();
-                let changed = expected != self.expected || desired.maintenance != self.maintenance;
-                self.expected = expected;
+                let changed =
+                    desired.topology != self.inventory || desired.maintenance != self.maintenance;
+                self.inventory = desired.topology;
                 self.maintenance = desired.maintenance;
                 changed
             }
@@ -370,7 +366,7 @@ impl Observer {
     /// Open incidents at `now`, each marked with the maintenance window
     /// that covers it.
     fn incidents(&self, now: chrono::DateTime<Utc>) -> Vec<homelab_core::world::Incident> {
-        let mut incidents = self.world.incidents(&self.expected, self.started, now);
+        let mut incidents = self.world.incidents(&self.inventory, self.started, now);
         for (node, sequence) in &self.sequences {
             if let Some(gap) = sequence.recent_gap(now) {
                 incidents.push(homelab_core::world::Incident {
@@ -390,7 +386,7 @@ impl Observer {
             }
         }
         for incident in &mut incidents {
-            let node = self.canonical(&incident.node);
+            let node = self.inventory.canonical(&incident.node);
             incident.maintenance = homelab_core::maintenance::active(
                 &self.maintenance,
                 &node,
@@ -399,14 +395,6 @@ impl Observer {
             );
         }
         incidents
-    }
-
-    /// The inventory's name for a node that may report under an alias.
-    fn canonical(&self, node: &Name) -> Name {
-        self.expected
-            .iter()
-            .find(|(name, aliases)| *name == node || aliases.contains(node))
-            .map_or_else(|| node.clone(), |(name, _)| name.clone())
     }
 
     async fn flush_world(&mut self, mqtt: &Mqtt) -> Result<()> {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use homelab_core::desired::Topology;
 use homelab_core::event::kinds;
 use homelab_core::time::Timestamp;
 use homelab_core::world::{
@@ -23,15 +24,12 @@ pub struct World {
     alerts: BTreeMap<String, (Incident, Timestamp)>,
 }
 
-/// Type of the supervisor's alert-only events.
-pub const ALERT: &str = "alert";
-
 impl World {
     pub fn apply(&mut self, event: &Event) {
         // Unsequenced events (seq 0) come from the control plane, not from
         // the node: they say nothing about whether it is alive.
         if event.seq == 0 {
-            if event.kind == ALERT {
+            if event.kind == kinds::ALERT {
                 self.apply_alert(event);
             }
             return;
@@ -92,7 +90,7 @@ impl World {
             .data
             .get("trigger")
             .and_then(|t| t.as_str())
-            .unwrap_or(ALERT);
+            .unwrap_or(kinds::ALERT);
         let until = event
             .data
             .get("until")
@@ -221,7 +219,7 @@ impl World {
     /// aliases); one that never reported is a node incident.
     pub fn incidents(
         &self,
-        expected: &BTreeMap<Name, Vec<Name>>,
+        inventory: &Topology,
         since_start: Timestamp,
         now: Timestamp,
     ) -> Vec<Incident> {
@@ -245,9 +243,9 @@ impl World {
             count: None,
             maintenance: None,
         };
-        for (name, aliases) in expected {
-            let seen =
-                self.nodes.contains_key(name) || aliases.iter().any(|a| self.nodes.contains_key(a));
+        for (name, spec) in &inventory.nodes {
+            let seen = self.nodes.contains_key(name)
+                || spec.aliases.iter().any(|a| self.nodes.contains_key(a));
             if !seen {
                 out.push(incident(
                     "node_never_reported",
@@ -309,6 +307,7 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use homelab_core::desired::NodeSpec;
     use homelab_core::world::Container;
     use serde_json::json;
 
@@ -400,17 +399,23 @@ mod tests {
         let start = "2026-11-22T09:00:00Z".parse().unwrap();
         world.apply(&event(1, "containers_not_running", Some("npm"), json!({})));
         world.set_status(&n("piha"), NodeStatus::Offline, start);
-        let expected = BTreeMap::from([
-            (n("vps"), vec![n("node-1")]),
-            (n("piha"), vec![]),
-            (n("saturn"), vec![]),
-        ]);
+        let node = |aliases: Vec<Name>| NodeSpec {
+            aliases,
+            ..Default::default()
+        };
+        let inventory = Topology {
+            nodes: BTreeMap::from([
+                (n("vps"), node(vec![n("node-1")])),
+                (n("piha"), node(vec![])),
+                (n("saturn"), node(vec![])),
+            ]),
+        };
         world.apply(&Event {
             node: n("node-1"),
             ..event(1, "node_snapshot", None, snapshot(&[]))
         });
         let ids: Vec<String> = world
-            .incidents(&expected, start, start)
+            .incidents(&inventory, start, start)
             .into_iter()
             .map(|i| i.id)
             .collect();

@@ -61,8 +61,7 @@ pub const HA_SUPPRESS: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 pub const ALERT_COOLDOWN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// The window of the auto-approval rate limit.
 pub const AUTO_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-/// Event type of an alert the supervisor raises.
-pub const ALERT: &str = "alert";
+use kinds::ALERT;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -163,6 +162,20 @@ pub struct Inputs<'a> {
     pub events: &'a [Event],
 }
 
+/// Whether the rules read events of this type: the shell keeps only these.
+pub fn reads(kind: &str) -> bool {
+    matches!(
+        kind,
+        kinds::CONTAINERS_NOT_RUNNING
+            | kinds::MQTT_UNREACHABLE
+            | kinds::SERVICE_RECOVERED
+            | kinds::SERVICE_HEALTHY
+            | kinds::DISK_PRESSURE
+            | kinds::REMEDIATION_STARTED
+            | ALERT
+    ) || kind.starts_with("ha_")
+}
+
 /// Recent events, indexed under canonical node names.
 #[derive(Default)]
 struct Recent<'a> {
@@ -184,9 +197,22 @@ struct Recent<'a> {
     started: BTreeMap<String, Vec<Timestamp>>,
 }
 
-fn later<'a>(slot: &mut Option<&'a Event>, event: &'a Event) {
-    if slot.is_none_or(|e| e.ts <= event.ts) {
-        *slot = Some(event);
+/// Keeps the later of what `map` holds under `key` and `value`.
+fn keep_latest<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    at: impl Fn(&V) -> Timestamp,
+) {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        std::collections::btree_map::Entry::Occupied(mut slot) => {
+            if at(slot.get()) <= at(&value) {
+                slot.insert(value);
+            }
+        }
     }
 }
 
@@ -201,23 +227,14 @@ impl<'a> Recent<'a> {
                     r.down.entry(key(s)).or_default().push(event.ts)
                 }
                 (kinds::MQTT_UNREACHABLE, Some(s)) => {
-                    let mut slot = r.unreachable.get(&key(s)).copied();
-                    later(&mut slot, event);
-                    r.unreachable.insert(key(s), slot.expect("just set"));
+                    keep_latest(&mut r.unreachable, key(s), event, |e| e.ts)
                 }
                 (kinds::SERVICE_RECOVERED | kinds::SERVICE_HEALTHY, Some(s)) => {
-                    let at = r.recovered.entry(key(s)).or_insert(event.ts);
-                    *at = (*at).max(event.ts);
+                    keep_latest(&mut r.recovered, key(s), event.ts, |t| *t)
                 }
-                (kinds::DISK_PRESSURE, _) => {
-                    let mut slot = r.disk.get(&node).copied();
-                    later(&mut slot, event);
-                    r.disk.insert(node, slot.expect("just set"));
-                }
+                (kinds::DISK_PRESSURE, _) => keep_latest(&mut r.disk, node, event, |e| e.ts),
                 (HA_WEBSOCKET_DEAD | HA_WEBSOCKET_RECOVERED, _) => {
-                    let mut slot = r.websocket.get(&node).copied();
-                    later(&mut slot, event);
-                    r.websocket.insert(node, slot.expect("just set"));
+                    keep_latest(&mut r.websocket, node, event, |e| e.ts)
                 }
                 (kind, _) if kind.starts_with("ha_") => {
                     r.ha.entry((node, kind.to_string()))
@@ -226,11 +243,8 @@ impl<'a> Recent<'a> {
                 }
                 (ALERT, service) => {
                     if let Some(trigger) = event.data.get("trigger").and_then(|t| t.as_str()) {
-                        let at = r
-                            .alerted
-                            .entry((node, service.clone(), trigger.to_string()))
-                            .or_insert(event.ts);
-                        *at = (*at).max(event.ts);
+                        let key = (node, service.clone(), trigger.to_string());
+                        keep_latest(&mut r.alerted, key, event.ts, |t| *t);
                     }
                 }
                 (kinds::REMEDIATION_STARTED, _) => {
@@ -295,17 +309,17 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
         );
     }
     let recent = Recent::index(desired, events);
+    let loop_window =
+        chrono::TimeDelta::from_std(settings.loop_window).unwrap_or(chrono::TimeDelta::MAX);
     let open_by_id: BTreeMap<&Name, &Action> = open.iter().map(|a| (&a.id, a)).collect();
     // One id may have finished in several states (cancelled once, completed
     // later): the latest counts.
     let mut finished_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
     let mut completed_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
     for action in finished {
-        let at = finished_at.entry(&action.id).or_insert(action.updated_at);
-        *at = (*at).max(action.updated_at);
+        keep_latest(&mut finished_at, &action.id, action.updated_at, |t| *t);
         if action.state == ActionState::Completed {
-            let at = completed_at.entry(&action.id).or_insert(action.updated_at);
-            *at = (*at).max(action.updated_at);
+            keep_latest(&mut completed_at, &action.id, action.updated_at, |t| *t);
         }
     }
     let judged = |node: &Name| {
@@ -425,71 +439,48 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
                     }
                 }
             }
-            // Home Assistant's dead websocket.
-            let mut ws_unanswered = None;
-            if service == &ha && drift.is_none() {
+            // Home Assistant's dead websocket, where a restart may answer it.
+            if service == &ha && drift.is_none() && managed(spec) {
                 if let Some(event) = recent
                     .websocket
                     .get(node)
                     .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
                 {
-                    if managed(spec) {
-                        let cooling = completed_at
-                            .get(&Action::id_for(
-                                ActionKind::ContainerRestart,
-                                node,
-                                Some(service),
-                            ))
-                            .is_some_and(|at| now - *at < HA_RESTART_COOLDOWN);
-                        let drift = Drift {
-                            kind: ActionKind::ContainerRestart,
-                            risk: Risk::Low,
-                            reason: HA_WEBSOCKET_DEAD,
-                            message: event.message.clone(),
-                            since: event.ts,
-                        };
-                        let blocked = cooling || in_window || ha_suppressed(node);
-                        let grace = spec.grace_period.unwrap_or(settings.default_grace);
-                        propose(
-                            &mut plan,
-                            &mut drifting,
+                    let cooling = completed_at
+                        .get(&Action::id_for(
+                            ActionKind::ContainerRestart,
                             node,
                             Some(service),
-                            drift,
-                            grace,
-                            blocked,
-                        );
-                        continue;
-                    }
-                    ws_unanswered = Some(*event);
+                        ))
+                        .is_some_and(|at| now - *at < HA_RESTART_COOLDOWN);
+                    let drift = Drift {
+                        kind: ActionKind::ContainerRestart,
+                        risk: Risk::Low,
+                        reason: HA_WEBSOCKET_DEAD,
+                        message: event.message.clone(),
+                        since: event.ts,
+                    };
+                    let blocked = cooling || in_window || ha_suppressed(node);
+                    let grace = spec.grace_period.unwrap_or(settings.default_grace);
+                    propose(
+                        &mut plan,
+                        &mut drifting,
+                        node,
+                        Some(service),
+                        drift,
+                        grace,
+                        blocked,
+                    );
+                    continue;
                 }
-            }
-            if let Some(event) = ws_unanswered {
-                websocket_alert(
-                    &mut plan,
-                    &recent,
-                    node,
-                    event,
-                    in_window || ha_suppressed(node),
-                    now,
-                );
             }
             let Some(drift) = drift else { continue };
             // A restart loop: one alert with the count, no new action.
             let downs = recent.down.get(&key).map_or(0, |times| {
-                times
-                    .iter()
-                    .filter(|t| {
-                        (now - **t).to_std().is_ok_and(|d| d < settings.loop_window) || **t > now
-                    })
-                    .count()
+                times.iter().filter(|t| now - **t < loop_window).count()
             });
             let looping = downs >= settings.loop_threshold;
-            if looping
-                && !in_window
-                && !node_window
-                && recent.may_alert(node, Some(service), RESTART_LOOP, now)
-            {
+            if looping && !in_window && recent.may_alert(node, Some(service), RESTART_LOOP, now) {
                 plan.alerts.push(Alert {
                     node: node.clone(),
                     service: Some(service.clone()),
@@ -503,7 +494,8 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
                 });
             }
             let grace = spec.grace_period.unwrap_or(settings.default_grace);
-            let blocked = looping || in_window || node_window;
+            // A window for the whole node covers each of its services.
+            let blocked = looping || in_window;
             propose(
                 &mut plan,
                 &mut drifting,
@@ -515,14 +507,16 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
             );
         }
 
-        // A dead websocket of a Home Assistant this repo does not list.
-        if !services.contains_key(&ha) {
+        // A dead websocket no restart may answer (homeassistant opted out,
+        // remediation off, or not listed): an alert instead.
+        if !services.get(&ha).is_some_and(managed) {
             if let Some(event) = recent
                 .websocket
                 .get(node)
                 .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
             {
-                let quiet = node_window || ha_suppressed(node);
+                let quiet =
+                    desired.in_maintenance(node, Some(&ha), now).is_some() || ha_suppressed(node);
                 websocket_alert(&mut plan, &recent, node, event, quiet, now);
             }
         }

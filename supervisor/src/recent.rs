@@ -8,27 +8,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use chrono::TimeDelta;
-use homelab_core::event::kinds;
 use homelab_core::time::Timestamp;
 use homelab_core::{Event, Layout};
 use tracing::warn;
 
 /// How long events are kept for the rules.
 pub const KEEP: TimeDelta = TimeDelta::hours(24);
-
-/// Whether the rules read events of this type.
-pub fn relevant(kind: &str) -> bool {
-    matches!(
-        kind,
-        kinds::CONTAINERS_NOT_RUNNING
-            | kinds::MQTT_UNREACHABLE
-            | kinds::SERVICE_RECOVERED
-            | kinds::SERVICE_HEALTHY
-            | kinds::DISK_PRESSURE
-            | kinds::REMEDIATION_STARTED
-            | crate::plan::ALERT
-    ) || kind.starts_with("ha_")
-}
 
 #[derive(Default)]
 pub struct Recent {
@@ -90,7 +75,7 @@ impl Recent {
     /// An event from elsewhere (an alert this supervisor just raised, not
     /// yet in the log).
     pub fn add(&mut self, event: Event) {
-        if relevant(&event.kind) && self.ids.insert(event.id.clone()) {
+        if crate::plan::reads(&event.kind) && self.ids.insert(event.id.clone()) {
             self.events.push(event);
         }
     }
