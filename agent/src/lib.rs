@@ -11,6 +11,7 @@ pub mod docker;
 pub mod outbox;
 pub mod spool;
 pub mod sync;
+pub mod window;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,14 +177,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     .ok()
                     .and_then(|s| s.trim().parse::<u64>().ok())
                 {
-                    Some(watermark) => {
-                        if let Err(error) = blocking(|| agent.outbox.ack(watermark)) {
-                            warn!(
-                                error = format!("{error:#}"),
-                                "ack not applied to the outbox"
-                            );
+                    Some(watermark) => match blocking(|| agent.outbox.ack(watermark)) {
+                        Ok(outbox::Ack::Repeat { resend: true }) => {
+                            info!(
+                                watermark,
+                                "observer repeated its watermark; sending again from there"
+                            )
                         }
-                    }
+                        Ok(_) => {}
+                        Err(error) => warn!(
+                            error = format!("{error:#}"),
+                            "ack not applied to the outbox"
+                        ),
+                    },
                     None => warn!(topic = %message.topic, "ack watermark is not a number"),
                 }
             }
@@ -244,10 +250,24 @@ async fn publish_loop(
             }
             agent.outbox.mark_sent(event.seq);
         }
+        // The resend deadline is an absolute instant kept by the window:
+        // waking up to send new events never postpones it.
+        let resend_after = agent.config.resend_after;
+        let deadline = agent.outbox.deadline(resend_after);
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = agent.outbox.wait() => {}
-            _ = tokio::time::sleep(agent.config.resend_after / 4) => agent.outbox.resend_if_stalled(agent.config.resend_after),
+            _ = timer => {
+                if agent.outbox.on_timer(resend_after) {
+                    info!(acked = agent.outbox.acked(), "no progress from the observer; sending again");
+                }
+            }
         }
     }
 }

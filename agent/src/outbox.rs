@@ -13,12 +13,13 @@
 //! - push: one write transaction per batch (one fsync), assigning `seq`s,
 //!   enforcing the bound;
 //! - send: the publisher takes events past `sent_upto` in `seq` order while
-//!   connected (`sent_upto` lives in memory: after a restart everything not
-//!   acknowledged is sent again);
+//!   connected, within the send window (`crate::window`, which lives in
+//!   memory: after a restart everything not acknowledged is sent again);
 //! - ack: drops every event with `seq <= watermark`. Its commit is not
 //!   synced: a crash can only bring back events the observer already has,
 //!   which it drops as duplicates;
-//! - resend: after every CONNACK and when acks stall, `sent_upto` falls back
+//! - resend: after every CONNACK, when the observer repeats its watermark,
+//!   and when acks stall (`crate::window` decides), `sent_upto` falls back
 //!   to the watermark;
 //! - lost state: a watermark above our own last `seq` means this node's
 //!   state was lost (a new disk, a wiped root). Unacknowledged events are
@@ -27,6 +28,9 @@
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::window::Window;
+pub use crate::window::{Ack, SEND_WINDOW};
 
 use anyhow::{Context, Result};
 use homelab_core::event::{kinds, SOURCE_AGENT};
@@ -40,13 +44,6 @@ use tracing::warn;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// At most this many events are sent and not yet acknowledged. Brokers
-/// queue a bounded number of messages for a subscriber (rumqttd a few
-/// segments, Mosquitto 1,000 by default) and drop the rest; sending a long
-/// backlog all at once would overflow that queue and end in resend after
-/// resend. The window keeps what is in flight inside it.
-pub const SEND_WINDOW: u64 = 500;
 
 /// Default bound: a day of a busy node (an event a second of 1 KiB is
 /// 84 MiB) with room for snapshots.
@@ -62,11 +59,9 @@ pub struct Outbox {
 
 struct State {
     next_seq: u64,
-    acked: u64,
+    window: Window,
     bytes: u64,
     count: u64,
-    sent_upto: u64,
-    last_progress: Instant,
 }
 
 fn db_err(e: impl Into<redb::Error>) -> anyhow::Error {
@@ -104,11 +99,9 @@ impl Outbox {
         txn.commit().map_err(db_err)?;
         let state = State {
             next_seq,
-            acked,
+            window: Window::new(acked, next_seq - 1, Instant::now()),
             bytes,
             count,
-            sent_upto: acked,
-            last_progress: Instant::now(),
         };
         Ok(Outbox {
             db,
@@ -206,13 +199,14 @@ impl Outbox {
                 stored.retain(|e| e.seq > slot);
                 stored.insert(0, notice);
                 // The notice may sit below what was already sent.
-                state.sent_upto = state.sent_upto.min(slot - 1).max(state.acked);
+                state.window.notice_at(slot);
             }
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert("next_seq", next_seq).map_err(db_err)?;
         }
         txn.commit().map_err(db_err).context("commit outbox")?;
         state.next_seq = next_seq;
+        state.window.pushed(next_seq - 1);
         state.bytes = bytes;
         state.count = count;
         drop(state);
@@ -221,15 +215,25 @@ impl Outbox {
         Ok(stored)
     }
 
-    /// The observer has every event up to `watermark` on disk.
-    pub fn ack(&self, watermark: u64) -> Result<()> {
+    /// The observer's watermark arrived: it has every event up to it on
+    /// disk. Returns what the window made of it (a repeat may have started
+    /// a resend).
+    pub fn ack(&self, watermark: u64) -> Result<Ack> {
         let mut state = self.lock();
-        if watermark >= state.next_seq {
-            drop(state);
-            return self.renumber_above(watermark);
-        }
-        if watermark <= state.acked {
-            return Ok(());
+        let answer = state.window.on_ack(watermark, Instant::now());
+        match answer {
+            Ack::AheadOfUs => {
+                drop(state);
+                self.renumber_above(watermark)?;
+                return Ok(answer);
+            }
+            Ack::Old | Ack::Repeat { resend: false } => return Ok(answer),
+            Ack::Repeat { resend: true } => {
+                drop(state);
+                self.notify.notify_one();
+                return Ok(answer);
+            }
+            Ack::Progress => {}
         }
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::None)
@@ -255,15 +259,12 @@ impl Outbox {
                 .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        state.acked = watermark;
         state.bytes -= freed;
         state.count -= removed;
-        state.sent_upto = state.sent_upto.max(watermark);
-        state.last_progress = Instant::now();
         drop(state);
         // The send window has room again.
         self.notify.notify_one();
-        Ok(())
+        Ok(answer)
     }
 
     fn renumber_above(&self, watermark: u64) -> Result<()> {
@@ -300,8 +301,9 @@ impl Outbox {
         }
         txn.commit().map_err(db_err)?;
         state.next_seq = next_seq;
-        state.acked = watermark;
-        state.sent_upto = watermark;
+        state
+            .window
+            .renumbered(watermark, next_seq - 1, Instant::now());
         drop(state);
         self.notify.notify_one();
         Ok(())
@@ -309,32 +311,29 @@ impl Outbox {
 
     /// Sends everything not acknowledged again.
     pub fn resend(&self) {
-        let mut state = self.lock();
-        state.sent_upto = state.acked;
-        state.last_progress = Instant::now();
-        drop(state);
+        self.lock().window.resend(Instant::now());
         self.notify.notify_one();
     }
 
-    /// Resends if events were sent but no ack came for `after`.
-    pub fn resend_if_stalled(&self, after: Duration) {
-        let stalled = {
-            let state = self.lock();
-            state.sent_upto > state.acked && state.last_progress.elapsed() >= after
-        };
-        if stalled {
-            self.resend();
+    /// When [`Outbox::on_timer`] has something to do, if ever.
+    pub fn deadline(&self, resend_after: Duration) -> Option<Instant> {
+        self.lock().window.deadline(resend_after)
+    }
+
+    /// Resends if acks stalled or a repeated watermark is owed an answer;
+    /// true if it did.
+    pub fn on_timer(&self, resend_after: Duration) -> bool {
+        let resend = self.lock().window.on_timer(Instant::now(), resend_after);
+        if resend {
+            self.notify.notify_one();
         }
+        resend
     }
 
     /// The next event to send, if any, and if the send window has room.
     pub fn next_to_send(&self) -> Result<Option<Event>> {
-        let from = {
-            let state = self.lock();
-            if state.sent_upto >= state.acked + SEND_WINDOW {
-                return Ok(None);
-            }
-            state.sent_upto + 1
+        let Some(from) = self.lock().window.next_to_send() else {
+            return Ok(None);
         };
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(EVENTS).map_err(db_err)?;
@@ -348,8 +347,12 @@ impl Outbox {
     }
 
     pub fn mark_sent(&self, seq: u64) {
-        let mut state = self.lock();
-        state.sent_upto = state.sent_upto.max(seq);
+        self.lock().window.sent(seq, Instant::now());
+    }
+
+    /// The observer's watermark as last seen.
+    pub fn acked(&self) -> u64 {
+        self.lock().window.acked()
     }
 
     /// Events not yet acknowledged.

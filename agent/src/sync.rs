@@ -26,7 +26,7 @@ pub fn services(containers: &[Container]) -> Services {
         let line = format!("{}: {}", container.name, container.status);
         out.entry(container.service.clone())
             .and_modify(|(worst, message)| {
-                if rank(status) > rank(*worst) {
+                if status.rank() > worst.rank() {
                     *worst = status;
                     *message = line.clone();
                 }
@@ -34,15 +34,6 @@ pub fn services(containers: &[Container]) -> Services {
             .or_insert((status, line));
     }
     out
-}
-
-fn rank(status: ServiceStatus) -> u8 {
-    match status {
-        ServiceStatus::Healthy => 0,
-        ServiceStatus::Running => 1,
-        ServiceStatus::Unhealthy => 2,
-        ServiceStatus::NotRunning => 3,
-    }
 }
 
 /// The events that lead from `before` (None: the first sync since start) to

@@ -61,17 +61,26 @@ pub struct Event {
     #[serde(with = "time")]
     pub ts: Timestamp,
     pub node: Name,
+    /// Per node and increasing, set by the agent's outbox. Publishers that
+    /// are not agents leave it out (0): the event is unsequenced, stored
+    /// once by id outside the node's order.
+    #[serde(default)]
     pub seq: u64,
     pub source: String,
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Name>,
+    #[serde(default = "info")]
     pub severity: Severity,
     #[serde(default)]
     pub message: String,
     #[serde(default = "empty_object")]
     pub data: Value,
+}
+
+fn info() -> Severity {
+    Severity::Info
 }
 
 fn empty_object() -> Value {
@@ -220,6 +229,23 @@ mod tests {
         assert!(event
             .to_json()
             .contains(r#""type":"containers_not_running""#));
+    }
+
+    #[test]
+    fn third_party_events_need_no_seq_or_severity() {
+        let event = Event::from_payload(
+            br#"{"v":1,"id":"x1","ts":"2026-11-22T10:00:00Z","node":"piha","source":"backup","type":"backup_failed","message":"disk full"}"#,
+        )
+        .unwrap();
+        assert_eq!((event.seq, event.severity), (0, Severity::Info));
+        // What is required, and why: v (the format), id (idempotent
+        // delivery), ts (the log's day), node (checked against the topic),
+        // source (who says so), type (what happened).
+        for field in ["v", "id", "ts", "node", "source", "type"] {
+            let mut value: Value = serde_json::from_str(GOOD).unwrap();
+            value.as_object_mut().unwrap().remove(field);
+            check(&value.to_string(), Err("malformed"));
+        }
     }
 
     #[test]

@@ -44,11 +44,25 @@ pub enum ServiceStatus {
     Healthy,
     Unhealthy,
     NotRunning,
+    /// Seen on the node before, and absent from its latest snapshot; `since`
+    /// is when it went missing.
+    Missing,
 }
 
 impl ServiceStatus {
     pub fn is_ok(self) -> bool {
         matches!(self, ServiceStatus::Running | ServiceStatus::Healthy)
+    }
+
+    /// How bad it is, to pick the worst of several containers.
+    pub fn rank(self) -> u8 {
+        match self {
+            ServiceStatus::Healthy => 0,
+            ServiceStatus::Running => 1,
+            ServiceStatus::Unhealthy => 2,
+            ServiceStatus::NotRunning => 3,
+            ServiceStatus::Missing => 4,
+        }
     }
 }
 

@@ -232,9 +232,9 @@ impl Lab {
             // No Docker here: the agent reports that and goes on.
             "--docker-host".into(),
             format!("unix://{}/no-docker.sock", self.dir.path().display()),
-            "--resend-after".into(),
-            "2s".into(),
         ];
+        // Every timer at its default (`--resend-after` 30 s): recovery
+        // must not rest on a shortened one.
         args.extend(self.agent_args.iter().cloned());
         self.agent = Some(self.spawn("agent", env!("CARGO_BIN_EXE_homelab"), &args));
     }
@@ -576,4 +576,88 @@ impl Lab {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+impl Lab {
+    /// How many times the agent has logged a CONNACK.
+    fn agent_connects(&self) -> usize {
+        std::fs::read_to_string(self.path("agent.log"))
+            .unwrap_or_default()
+            .matches("mqtt connected")
+            .count()
+    }
+}
+
+/// The sequence: the broker and the observer die; the broker is
+/// back at once, the observer only `delay` after the agent reconnected,
+/// while the node emits about 2 events a second throughout (70 s at
+/// least). Events the agent resent while nobody listened must not be
+/// given up: the observer never skips them, and its watermark repeated on
+/// resubscribing makes the agent send them again.
+async fn observer_back_after_agent(kind: Broker, delay: Duration) {
+    let Some(mut lab) = Lab::start(kind, &[]).await else {
+        return;
+    };
+    let started = Instant::now();
+    for _ in 0..10 {
+        lab.emit(1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    until(&lab, 10).await;
+    let connects = lab.agent_connects();
+    drop(lab.broker.take());
+    drop(lab.observer.take());
+    lab.start_broker().await;
+    let mut reconnected: Option<Instant> = None;
+    let mut observer_at: Option<Instant> = None;
+    loop {
+        lab.emit(1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if reconnected.is_none() && lab.agent_connects() > connects {
+            reconnected = Some(Instant::now());
+        }
+        if let Some(at) = reconnected {
+            if observer_at.is_none() && at.elapsed() >= delay {
+                lab.start_observer();
+                observer_at = Some(Instant::now());
+            }
+        }
+        let done = observer_at.is_some_and(|at| at.elapsed() >= Duration::from_secs(5));
+        if done && started.elapsed() >= Duration::from_secs(70) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the agent never reconnected; logs in {}",
+            lab.dir.path().display()
+        );
+    }
+    lab.assert_delivered_exactly_once().await;
+    let log = std::fs::read_to_string(lab.path("observer.log")).unwrap();
+    assert!(!log.contains("gap"), "the observer skipped events: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_back_1s_after_the_agent() {
+    observer_back_after_agent(Broker::Embedded, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_back_3s_after_the_agent() {
+    observer_back_after_agent(Broker::Embedded, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_back_3s_after_the_agent_on_mosquitto() {
+    observer_back_after_agent(Broker::Mosquitto, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_back_10s_after_the_agent() {
+    observer_back_after_agent(Broker::Embedded, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_back_120s_after_the_agent() {
+    observer_back_after_agent(Broker::Embedded, Duration::from_secs(120)).await;
 }

@@ -7,10 +7,15 @@
 //! task that polls it for the life of the connection and:
 //! - after an error waits with exponential backoff and jitter (backon)
 //!   before polling again, resetting the backoff once a CONNACK arrives;
-//! - after every CONNACK (re)subscribes to the configured filters at QoS 1
-//!   and reports [`Incoming::Connected`], so a caller can resend what the
-//!   broker may have lost (rumqttc drops unacknowledged QoS 1 publishes when
-//!   it reconnects without a session; durability is the caller's);
+//! - after every CONNACK (re)subscribes to the configured filters at QoS 1,
+//!   waits for the broker's SUBACK, and only then reports
+//!   [`Incoming::Connected`], so a caller can resend what the broker may
+//!   have lost (rumqttc drops unacknowledged QoS 1 publishes when it
+//!   reconnects without a session; durability is the caller's) knowing its
+//!   subscriptions hold. The SUBSCRIBE waits for room in rumqttc's request
+//!   queue like any publish (it is never dropped because the queue is full),
+//!   and it is sent again until a SUBACK grants every filter: a component
+//!   whose subscription was lost would be deaf for good;
 //! - hands every publish to the caller, in order, on a bounded channel.
 //!
 //! All publishes are QoS 1. Stopping is explicit: [`Mqtt::close`] sends a
@@ -99,7 +104,8 @@ pub struct Message {
 
 #[derive(Debug, Clone)]
 pub enum Incoming {
-    /// A CONNACK arrived; subscriptions have been requested again.
+    /// Connected, and every configured subscription is confirmed by the
+    /// broker's SUBACK on this connection.
     Connected {
         session_present: bool,
     },
@@ -194,6 +200,37 @@ impl Mqtt {
     }
 }
 
+/// How long to wait for a SUBACK before subscribing again.
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait before subscribing again after a broker refused a
+/// filter (an ACL, say): it is logged each time, and retried.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
+/// Whether a SUBACK grants every filter asked for.
+fn granted(codes: &[rumqttc::SubscribeReasonCode], asked: usize) -> bool {
+    codes.len() == asked
+        && codes
+            .iter()
+            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+}
+
+/// Queues a SUBSCRIBE for every configured filter. It waits for room in
+/// rumqttc's request queue on a task of its own, since the queue only
+/// drains while the event loop is polled by the caller.
+fn request_subscribe(client: &AsyncClient, config: &Config) -> JoinHandle<()> {
+    let client = client.clone();
+    let filters: Vec<_> = config
+        .subscriptions
+        .iter()
+        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .collect();
+    tokio::spawn(async move {
+        if let Err(error) = client.subscribe_many(filters).await {
+            debug!(%error, "mqtt subscribe not queued");
+        }
+    })
+}
+
 fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -212,9 +249,28 @@ async fn drive(
 ) {
     let mut delays = backoff();
     let mut connected = false;
+    // While subscriptions are unconfirmed on this connection: when to ask
+    // again, and the request still waiting for room in the queue.
+    let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    let mut queued: Option<JoinHandle<()>> = None;
+    let mut session_present = false;
     loop {
+        let resubscribe = async {
+            match resubscribe_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = resubscribe => {
+                warn!(client = %config.client_id, "mqtt subscription not confirmed; subscribing again");
+                if queued.as_ref().is_none_or(|q| q.is_finished()) {
+                    queued = Some(request_subscribe(&client, &config));
+                }
+                resubscribe_at = Some(tokio::time::Instant::now() + SUBACK_TIMEOUT);
+                continue;
+            }
             event = eventloop.poll() => event,
         };
         match event {
@@ -222,23 +278,33 @@ async fn drive(
                 delays = backoff();
                 connected = true;
                 info!(client = %config.client_id, broker = %config.broker, session_present = ack.session_present, "mqtt connected");
-                if !config.subscriptions.is_empty() {
-                    let filters = config
-                        .subscriptions
-                        .iter()
-                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                    if let Err(error) = client.try_subscribe_many(filters) {
-                        warn!(%error, "mqtt subscribe request failed");
-                    }
-                }
-                if tx
-                    .send(Incoming::Connected {
+                if config.subscriptions.is_empty() {
+                    let connected = Incoming::Connected {
                         session_present: ack.session_present,
-                    })
-                    .await
-                    .is_err()
-                {
-                    debug!("mqtt receiver dropped");
+                    };
+                    if tx.send(connected).await.is_err() {
+                        debug!("mqtt receiver dropped");
+                    }
+                } else {
+                    if queued.as_ref().is_none_or(|q| q.is_finished()) {
+                        queued = Some(request_subscribe(&client, &config));
+                    }
+                    resubscribe_at = Some(tokio::time::Instant::now() + SUBACK_TIMEOUT);
+                    session_present = ack.session_present;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(suback))) if resubscribe_at.is_some() => {
+                if granted(&suback.return_codes, config.subscriptions.len()) {
+                    resubscribe_at = None;
+                    debug!(client = %config.client_id, "mqtt subscriptions confirmed");
+                    let connected = Incoming::Connected { session_present };
+                    if tx.send(connected).await.is_err() {
+                        debug!("mqtt receiver dropped");
+                    }
+                } else {
+                    warn!(client = %config.client_id, codes = ?suback.return_codes, filters = ?config.subscriptions, "broker refused a subscription; asking again");
+                    metrics::counter!("homelab_mqtt_subscribe_refused_total").increment(1);
+                    resubscribe_at = Some(tokio::time::Instant::now() + REFUSED_RETRY);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -255,6 +321,7 @@ async fn drive(
             }
             Ok(_) => {}
             Err(error) => {
+                resubscribe_at = None;
                 if connected {
                     warn!(client = %config.client_id, %error, "mqtt connection lost");
                     connected = false;
@@ -269,6 +336,9 @@ async fn drive(
                 }
             }
         }
+    }
+    if let Some(queued) = queued {
+        queued.abort();
     }
 }
 
@@ -286,6 +356,23 @@ mod tests {
         assert!(parse_addr("localhost").is_err());
         assert!(parse_addr(":1883").is_err());
         assert!(parse_addr("h:99999").is_err());
+    }
+
+    #[test]
+    fn suback_grants() {
+        use rumqttc::SubscribeReasonCode::{Failure, Success};
+        let check = |codes: &[rumqttc::SubscribeReasonCode], asked, expected| {
+            assert_eq!(granted(codes, asked), expected, "{codes:?} for {asked}");
+        };
+        check(&[Success(QoS::AtLeastOnce)], 1, true);
+        check(
+            &[Success(QoS::AtMostOnce), Success(QoS::AtLeastOnce)],
+            2,
+            true,
+        );
+        check(&[Success(QoS::AtLeastOnce), Failure], 2, false);
+        check(&[Success(QoS::AtLeastOnce)], 2, false);
+        check(&[], 1, false);
     }
 
     #[test]

@@ -54,6 +54,8 @@ struct Observer {
     world: World,
     /// The inventory: which nodes should report, under which aliases.
     inventory: homelab_core::desired::Topology,
+    /// Monitored services per canonical node: which should be running.
+    desired: world::DesiredServices,
     maintenance: Vec<homelab_core::maintenance::Window>,
     /// The incidents last written, to notice when time alone changes them
     /// (an alert expires, a maintenance window opens).
@@ -61,6 +63,9 @@ struct Observer {
     started: chrono::DateTime<Utc>,
     published: HashMap<String, String>,
     open_files: HashMap<PathBuf, File>,
+    /// Nodes that sent an event ahead of a missing one in the current
+    /// batch: their watermark is repeated, asking the agent to resend.
+    early: BTreeSet<Name>,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -138,11 +143,13 @@ impl Observer {
             sequences: BTreeMap::new(),
             world: World::default(),
             inventory: Default::default(),
+            desired: Default::default(),
             maintenance: Vec::new(),
             last_incidents: Vec::new(),
             started: Utc::now(),
             published: HashMap::new(),
             open_files: HashMap::new(),
+            early: BTreeSet::new(),
         };
         let mut count = 0usize;
         let layout = observer.config.layout.clone();
@@ -184,10 +191,24 @@ impl Observer {
         };
         match desired::load(repo) {
             Ok(desired) => {
-                let changed =
-                    desired.topology != self.inventory || desired.maintenance != self.maintenance;
+                let services: world::DesiredServices = desired
+                    .hosts
+                    .iter()
+                    .map(|(node, services)| {
+                        let monitored = services
+                            .iter()
+                            .filter(|(_, spec)| spec.monitor)
+                            .map(|(name, _)| name.clone())
+                            .collect();
+                        (node.clone(), monitored)
+                    })
+                    .collect();
+                let changed = desired.topology != self.inventory
+                    || desired.maintenance != self.maintenance
+                    || services != self.desired;
                 self.inventory = desired.topology;
                 self.maintenance = desired.maintenance;
+                self.desired = services;
                 changed
             }
             Err(problems) => {
@@ -207,7 +228,10 @@ impl Observer {
         for item in batch {
             match item {
                 Incoming::Connected { .. } => {
-                    // The broker may have forgotten everything retained.
+                    // Subscribed (again): announce every watermark. The
+                    // broker may have forgotten them, and an agent that
+                    // sent while nobody listened takes its repeated
+                    // watermark as the cue to send again at once.
                     self.published.clear();
                     for (node, sequence) in &self.sequences {
                         mqtt.publish(&topics.acks(node), sequence.watermark().to_string(), true)
@@ -230,22 +254,35 @@ impl Observer {
         if events.is_empty() {
             return Ok(changed);
         }
-        let touched: BTreeSet<Name> = events.iter().map(|e| e.node.clone()).collect();
+        let before: BTreeMap<Name, u64> = events
+            .iter()
+            .map(|e| (e.node.clone(), self.watermark(&e.node)))
+            .collect();
         let stored = blocking(|| self.append(events))?;
         for event in &stored {
             self.ids.insert(event.id.clone());
             self.world.apply(event);
         }
-        for node in touched {
-            let mark = self
-                .sequences
-                .get(&node)
-                .map(Sequence::watermark)
-                .unwrap_or(0);
-            mqtt.publish(&topics.acks(&node), mark.to_string(), true)
-                .await?;
+        // A watermark that moved is published; one that did not is
+        // repeated only for a node that sent an event ahead of a missing
+        // one (the agent resends), not for mere duplicates, which would
+        // set off needless resends.
+        let early = std::mem::take(&mut self.early);
+        for (node, before) in before {
+            let mark = self.watermark(&node);
+            if mark != before || early.contains(&node) {
+                mqtt.publish(&topics.acks(&node), mark.to_string(), true)
+                    .await?;
+            }
         }
         Ok(changed || !stored.is_empty())
+    }
+
+    fn watermark(&self, node: &Name) -> u64 {
+        self.sequences
+            .get(node)
+            .map(Sequence::watermark)
+            .unwrap_or(0)
     }
 
     fn node_status(
@@ -298,16 +335,8 @@ impl Observer {
                 fresh.push(event);
                 continue;
             }
-            let gaps = sequence.gaps.len();
             match sequence.admit(&event, now) {
-                Admit::Store => {
-                    if sequence.gaps.len() > gaps {
-                        let gap = sequence.gaps.last().expect("gap just recorded");
-                        warn!(node = %event.node, from = gap.from, to = gap.to, "seq gap that nothing explains; accepted");
-                        metrics::counter!("homelab_events_seq_gaps_total").increment(1);
-                    }
-                    fresh.push(event);
-                }
+                Admit::Store => fresh.push(event),
                 Admit::Behind => {
                     debug!(node = %event.node, seq = event.seq, id = %event.id, "seq behind the watermark; dropped");
                     metrics::counter!("homelab_events_duplicate_total", "by" => "seq").increment(1);
@@ -315,6 +344,7 @@ impl Observer {
                 Admit::Early => {
                     debug!(node = %event.node, seq = event.seq, "ahead of a missing seq; left for the resend");
                     metrics::counter!("homelab_events_out_of_order_total").increment(1);
+                    self.early.insert(event.node.clone());
                 }
             }
         }
@@ -366,20 +396,22 @@ impl Observer {
     /// Open incidents at `now`, each marked with the maintenance window
     /// that covers it.
     fn incidents(&self, now: chrono::DateTime<Utc>) -> Vec<homelab_core::world::Incident> {
-        let mut incidents = self.world.incidents(&self.inventory, self.started, now);
+        let mut incidents = self
+            .world
+            .incidents(&self.inventory, &self.desired, self.started, now);
         for (node, sequence) in &self.sequences {
-            if let Some(gap) = sequence.recent_gap(now) {
+            if let Some(since) = sequence.stalled(now) {
                 incidents.push(homelab_core::world::Incident {
-                    id: format!("seq_gap:{node}"),
-                    kind: "seq_gap".into(),
+                    id: format!("delivery_stalled:{node}"),
+                    kind: "delivery_stalled".into(),
                     node: node.clone(),
                     service: None,
                     severity: homelab_core::Severity::Warning,
                     message: format!(
-                        "events with seq {} to {} never arrived and nothing said they were dropped",
-                        gap.from, gap.to
+                        "later events wait for seq {}, which has not arrived; the agent is asked to send it again",
+                        sequence.watermark() + 1
                     ),
-                    opened_at: gap.at,
+                    opened_at: since,
                     count: None,
                     maintenance: None,
                 });
@@ -398,6 +430,14 @@ impl Observer {
     }
 
     async fn flush_world(&mut self, mqtt: &Mqtt) -> Result<()> {
+        if self.config.repo.is_some() {
+            let (inventory, desired) = (&self.inventory, &self.desired);
+            self.world.forget_missing(|node, service| {
+                desired
+                    .get(&inventory.canonical(node))
+                    .is_some_and(|s| s.contains(service))
+            });
+        }
         let layout = &self.config.layout;
         let topics = &self.config.topics;
         let nodes: Vec<_> = self.world.nodes.values().cloned().collect();

@@ -1,16 +1,17 @@
 //! Per-node delivery order: which `seq` the observer stores next.
 //!
 //! The log of a node is kept in `seq` order, go-back-N style: only the next
-//! expected `seq` is stored; a later one is left unacknowledged (the agent
-//! sends everything past the watermark again, in order, when acks stall),
-//! and an earlier one is a duplicate. Two things move the watermark past
-//! events that will never come:
-//! - an `events_dropped` notice whose range (`data.first_seq` up to its own
-//!   `seq`) starts at or before the next expected `seq`: the agent's full
-//!   outbox dropped them, and said so;
-//! - a gap nothing fills for [`GAP_GRACE`] while later events keep coming: it
-//!   is accepted, counted and shown as an incident, so a lost event cannot
-//!   stall a node forever.
+//! expected `seq` is stored; a later one is left unacknowledged and the
+//! observer repeats its watermark, which the agent answers by sending
+//! everything past it again, in order; an earlier one is a duplicate.
+//!
+//! The watermark never moves past an event the agent may still hold. Only
+//! the agent can say an event is gone: an `events_dropped` notice whose
+//! range (`data.first_seq` up to its own `seq`) starts at or before the
+//! next expected `seq` (its full outbox dropped them), or a renumbering
+//! after it lost its own state (it then sends from above the watermark).
+//! A node whose next event does not come is shown as waiting, never
+//! skipped: time alone proves nothing about an edge site on a dead uplink.
 //!
 //! Pure: the caller passes the time.
 
@@ -18,18 +19,9 @@ use homelab_core::event::kinds;
 use homelab_core::time::Timestamp;
 use homelab_core::Event;
 
-/// How long later events may wait for a missing one before the gap is
-/// accepted. Longer than the agent's default resend timeout (30 s).
-pub const GAP_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
-/// How long an accepted gap stays an open incident.
-pub const GAP_SHOWN: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gap {
-    pub from: u64,
-    pub to: u64,
-    pub at: Timestamp,
-}
+/// How long later events may wait for a missing one before the node is
+/// shown as stalled (an incident; nothing is skipped).
+pub const STALL_SHOWN_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -45,7 +37,6 @@ pub enum Admit {
 pub struct Sequence {
     next: u64,
     early_since: Option<Timestamp>,
-    pub gaps: Vec<Gap>,
 }
 
 impl Default for Sequence {
@@ -53,7 +44,6 @@ impl Default for Sequence {
         Sequence {
             next: 1,
             early_since: None,
-            gaps: Vec::new(),
         }
     }
 }
@@ -78,16 +68,7 @@ impl Sequence {
         if seq < self.next {
             return Admit::Behind;
         }
-        let since = *self.early_since.get_or_insert(now);
-        if now - since >= GAP_GRACE {
-            self.gaps.push(Gap {
-                from: self.next,
-                to: seq - 1,
-                at: now,
-            });
-            self.advance_to(seq);
-            return Admit::Store;
-        }
+        self.early_since.get_or_insert(now);
         Admit::Early
     }
 
@@ -111,14 +92,11 @@ impl Sequence {
         self.early_since = None;
     }
 
-    /// Later events waiting for a missing one.
-    pub fn waiting(&self) -> bool {
-        self.early_since.is_some()
-    }
-
-    /// The latest gap accepted within [`GAP_SHOWN`].
-    pub fn recent_gap(&self, now: Timestamp) -> Option<&Gap> {
-        self.gaps.last().filter(|g| now - g.at < GAP_SHOWN)
+    /// Since when later events have been waiting for the next `seq`, once
+    /// that is longer than [`STALL_SHOWN_AFTER`].
+    pub fn stalled(&self, now: Timestamp) -> Option<Timestamp> {
+        self.early_since
+            .filter(|since| now - *since >= STALL_SHOWN_AFTER)
     }
 }
 
@@ -191,35 +169,29 @@ mod tests {
         check(&[(notice(40, 1), 0, Store), (event(41), 0, Store)], 41);
         check(&[(event(1), 0, Store), (notice(40, 1), 0, Store)], 40);
         check(&[(notice(40, 5), 0, Early)], 0);
-        // A gap nothing fills is accepted after the grace.
+        // A gap is never skipped, however long later events wait.
         check(
             &[
                 (event(1), 0, Store),
                 (event(5), 10, Early),
                 (event(6), 30, Early),
-                (event(5), 70, Store),
+                (event(5), 86_400, Early),
+                (event(2), 86_401, Store),
             ],
-            5,
+            2,
         );
     }
 
     #[test]
-    fn accepted_gaps_are_remembered() {
+    fn a_node_waiting_for_a_missing_event_is_shown_stalled() {
         let mut s = Sequence::default();
         s.admit(&event(1), at(0));
         s.admit(&event(4), at(0));
-        assert!(s.waiting());
-        s.admit(&event(4), at(61));
-        assert_eq!(
-            s.recent_gap(at(62)),
-            Some(&Gap {
-                from: 2,
-                to: 3,
-                at: at(61)
-            })
-        );
-        assert!(s.recent_gap(at(61 + 86_400)).is_none());
-        s.fill(5);
-        assert_eq!(s.watermark(), 5);
+        assert_eq!(s.stalled(at(59)), None);
+        assert_eq!(s.stalled(at(61)), Some(at(0)));
+        s.admit(&event(2), at(62));
+        assert_eq!(s.stalled(at(63)), None);
+        s.fill(3);
+        assert_eq!(s.watermark(), 3);
     }
 }

@@ -13,6 +13,13 @@ use homelab_core::world::{
 use homelab_core::{Event, Name, Severity};
 use tracing::warn;
 
+/// How long a node may report without a container snapshot before that is
+/// an incident (the agent sends one at start and on every change).
+pub const NO_SNAPSHOT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
+/// Monitored services per canonical node name, from the desired state.
+pub type DesiredServices = BTreeMap<Name, BTreeSet<Name>>;
+
 #[derive(Debug, Clone, Default)]
 pub struct World {
     pub nodes: BTreeMap<Name, NodeState>,
@@ -130,18 +137,21 @@ impl World {
                 .or_default()
                 .push(container);
         }
-        self.services
-            .retain(|(n, s), _| n != node || grouped.contains_key(s));
+        // A service that was there and is not now is missing from this
+        // moment: its drift (and grace period) counts from here.
+        for ((n, s), state) in self.services.iter_mut() {
+            if n == node && !grouped.contains_key(s) && state.status != ServiceStatus::Missing {
+                state.status = ServiceStatus::Missing;
+                state.since = ts;
+                state.message = "no container of this service on the node".into();
+                state.containers.clear();
+            }
+        }
         for (service, containers) in grouped {
             let worst = containers
                 .iter()
                 .map(|c| c.service_status())
-                .max_by_key(|s| match s {
-                    ServiceStatus::Healthy => 0,
-                    ServiceStatus::Running => 1,
-                    ServiceStatus::Unhealthy => 2,
-                    ServiceStatus::NotRunning => 3,
-                })
+                .max_by_key(|s| s.rank())
                 .unwrap_or(ServiceStatus::Running);
             let message = containers
                 .iter()
@@ -195,6 +205,14 @@ impl World {
         state.message = event.message.clone();
     }
 
+    /// Forgets missing services that `keep` does not want (those no longer
+    /// in the desired state): a container removed on purpose is not news
+    /// forever.
+    pub fn forget_missing(&mut self, keep: impl Fn(&Name, &Name) -> bool) {
+        self.services
+            .retain(|(n, s), state| state.status != ServiceStatus::Missing || keep(n, s));
+    }
+
     /// A retained `online`/`offline` on the node's status topic (the agent's
     /// own, or its Last Will).
     pub fn set_status(&mut self, node: &Name, status: NodeStatus, at: Timestamp) {
@@ -215,11 +233,14 @@ impl World {
         }
     }
 
-    /// Open incidents. `expected` are the inventory's nodes (with their
-    /// aliases); one that never reported is a node incident.
+    /// Open incidents. `inventory` holds the nodes that should report (with
+    /// their aliases): one that never reported is a node incident.
+    /// `desired` holds the monitored services per canonical node: one that
+    /// is missing on a node that sends snapshots is a service incident.
     pub fn incidents(
         &self,
         inventory: &Topology,
+        desired: &DesiredServices,
         since_start: Timestamp,
         now: Timestamp,
     ) -> Vec<Incident> {
@@ -268,6 +289,42 @@ impl World {
                     node.since,
                 ));
             }
+            if node.status == NodeStatus::Online
+                && node.docker == DockerStatus::Unknown
+                && now - node.first_seen >= NO_SNAPSHOT_AFTER
+            {
+                out.push(incident(
+                    "no_snapshot",
+                    &node.node,
+                    None,
+                    Severity::Warning,
+                    format!(
+                        "node {} reports but has sent no container snapshot: its services cannot be judged",
+                        node.node
+                    ),
+                    node.first_seen + NO_SNAPSHOT_AFTER,
+                ));
+            }
+            // Desired services that never appeared on a node whose
+            // containers are known.
+            if node.status == NodeStatus::Online && node.docker == DockerStatus::Ok {
+                let canonical = inventory.canonical(&node.node);
+                for service in desired.get(&canonical).into_iter().flatten() {
+                    if !self
+                        .services
+                        .contains_key(&(node.node.clone(), service.clone()))
+                    {
+                        out.push(incident(
+                            "service_missing",
+                            &node.node,
+                            Some(service),
+                            Severity::Warning,
+                            "desired here, and no container of it has been seen on the node".into(),
+                            node.since,
+                        ));
+                    }
+                }
+            }
             if node.docker == DockerStatus::Unreachable {
                 out.push(incident(
                     "docker_unreachable",
@@ -282,6 +339,7 @@ impl World {
         for service in self.services.values() {
             let kind = match service.status {
                 ServiceStatus::NotRunning => "service_not_running",
+                ServiceStatus::Missing => "service_missing",
                 ServiceStatus::Unhealthy => "service_unhealthy",
                 _ => continue,
             };
@@ -367,6 +425,23 @@ mod tests {
             None,
             snapshot(&[("mosquitto", "running")]),
         ));
+        // npm went missing at the second snapshot, and says so from then.
+        let npm = &world.services[&(n("piha"), n("npm"))];
+        assert_eq!(npm.status, ServiceStatus::Missing);
+        assert_eq!(npm.since, event(2, "x", None, json!({})).ts);
+        assert!(npm.containers.is_empty());
+        world.apply(&event(
+            3,
+            "node_snapshot",
+            None,
+            snapshot(&[("mosquitto", "running")]),
+        ));
+        assert_eq!(
+            world.services[&(n("piha"), n("npm"))].since,
+            event(2, "x", None, json!({})).ts,
+            "still missing since the snapshot it vanished from"
+        );
+        world.forget_missing(|_, s| s.as_str() != "npm");
         assert_eq!(
             world
                 .services
@@ -377,20 +452,20 @@ mod tests {
         );
         // `since` moves only when the status changes.
         world.apply(&event(
-            3,
+            4,
             "containers_not_running",
             Some("mosquitto"),
             json!({}),
         ));
         let since = world.services[&(n("piha"), n("mosquitto"))].since;
         world.apply(&event(
-            4,
+            5,
             "node_snapshot",
             None,
             snapshot(&[("mosquitto", "exited")]),
         ));
         assert_eq!(world.services[&(n("piha"), n("mosquitto"))].since, since);
-        assert_eq!(world.nodes[&n("piha")].last_seq, 4);
+        assert_eq!(world.nodes[&n("piha")].last_seq, 5);
     }
 
     #[test]
@@ -414,18 +489,34 @@ mod tests {
             node: n("node-1"),
             ..event(1, "node_snapshot", None, snapshot(&[]))
         });
-        let ids: Vec<String> = world
-            .incidents(&inventory, start, start)
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        // vps (as node-1) should run mosquitto, never seen there.
+        let desired = BTreeMap::from([(n("vps"), BTreeSet::from([n("mosquitto")]))]);
+        let ids = |world: &World, now| -> Vec<String> {
+            world
+                .incidents(&inventory, &desired, start, now)
+                .into_iter()
+                .map(|i| i.id)
+                .collect()
+        };
         assert_eq!(
-            ids,
+            ids(&world, start),
             vec![
                 "node_never_reported:saturn",
+                "service_missing:node-1:mosquitto",
                 "node_offline:piha",
                 "service_not_running:piha:npm"
             ]
         );
+        // saturn reports, but never sends a snapshot: after two minutes
+        // that is an incident of its own.
+        world.apply(&Event {
+            node: n("saturn"),
+            ts: start,
+            ..event(1, "test_event", None, json!({}))
+        });
+        let later = start + NO_SNAPSHOT_AFTER;
+        assert!(!ids(&world, later - chrono::TimeDelta::seconds(1))
+            .contains(&"no_snapshot:saturn".to_string()));
+        assert!(ids(&world, later).contains(&"no_snapshot:saturn".to_string()));
     }
 }

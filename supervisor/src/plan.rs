@@ -680,7 +680,8 @@ fn managed(spec: &ServiceSpec) -> bool {
 
 fn drift(node: &NodeState, service: Option<&ServiceState>) -> Option<Drift> {
     let Some(service) = service else {
-        // Missing since the node (re)appeared at the latest.
+        // Never seen on the node: missing since it (re)appeared at the
+        // latest.
         return Some(Drift {
             kind: ActionKind::Redeploy,
             risk: Risk::Guarded,
@@ -697,6 +698,8 @@ fn drift(node: &NodeState, service: Option<&ServiceState>) -> Option<Drift> {
             "containers_not_running",
         ),
         ServiceStatus::Unhealthy => (ActionKind::Redeploy, Risk::Guarded, "service_unhealthy"),
+        // Seen, then gone from a snapshot: missing since that snapshot.
+        ServiceStatus::Missing => (ActionKind::Redeploy, Risk::Guarded, "service_missing"),
     };
     Some(Drift {
         kind,
@@ -856,6 +859,34 @@ mod tests {
         // Inside the grace period nothing is proposed.
         check(Some(ServiceStatus::NotRunning), 29, &[]);
         check(None, 10, &[]);
+    }
+
+    /// A node online for long, whose service leaves its snapshot at 1000:
+    /// the grace counts from then, not from when the node came online;
+    /// likewise a container that stops at 1000.
+    #[test]
+    fn grace_counts_from_when_the_drift_began() {
+        let d = desired(&[("vps", "mosquitto", spec())]);
+        for (status, id) in [
+            (ServiceStatus::Missing, "redeploy-vps-mosquitto"),
+            (ServiceStatus::NotRunning, "container-restart-vps-mosquitto"),
+        ] {
+            let services = [svc("vps", "mosquitto", status, 1000)];
+            let plan_at = |now| {
+                let p = run(
+                    &d,
+                    &[node("vps", NodeStatus::Online)],
+                    &services,
+                    &[],
+                    &settings(),
+                    at(now),
+                );
+                ids(&p).0
+            };
+            assert!(plan_at(1000).is_empty(), "{status:?} at once");
+            assert!(plan_at(1029).is_empty(), "{status:?} inside the grace");
+            assert_eq!(plan_at(1030), vec![id], "{status:?} after the grace");
+        }
     }
 
     #[test]

@@ -1,0 +1,357 @@
+//! The send window: which `seq` to send next, what an ack from the observer
+//! means, and when to send again. Pure protocol state, like rumqttc's
+//! `state.rs`: it changes state and does no I/O; the caller passes the
+//! time. The outbox holds one under its lock and does the disk work.
+//!
+//! The promise it keeps: an event the outbox still holds is sent again
+//! until the observer's watermark covers it, and a watermark that stalls is
+//! answered with a resend within about a second of the observer being there
+//! to receive it, whatever else is being sent.
+//!
+//! - The observer's watermark only grows while it works. A watermark that
+//!   *repeats* while events are in flight means the observer is there but
+//!   lacks the next one: it republishes its watermarks each time it
+//!   (re)subscribes, and whenever an event arrives ahead of a missing one.
+//!   That is a go-back-N request: everything past the watermark is sent
+//!   again at once. Repeats that arrive within [`REPEAT_HOLDOFF`] of a
+//!   resend are answered once, when the holdoff ends, unless the watermark
+//!   moves first (the repeats were about events sent before the resend).
+//! - No ack at all for `resend_after` while events are in flight (an
+//!   observer that is away says nothing): everything past the watermark is
+//!   sent again. The timer counts from the last progress or resend, absolute
+//!   instants, so new events being sent never postpone it.
+//! - A watermark above the last `seq` this node ever gave out means the
+//!   node's own state was lost: the outbox renumbers what it holds.
+
+use std::time::{Duration, Instant};
+
+/// At most this many events are sent and not yet acknowledged. Brokers
+/// queue a bounded number of messages for a subscriber (rumqttd a few
+/// segments, Mosquitto 1,000 by default) and drop the rest; sending a long
+/// backlog all at once would overflow that queue and end in resend after
+/// resend. The window keeps what is in flight inside it.
+pub const SEND_WINDOW: u64 = 500;
+
+/// Repeated watermarks within this long of a resend are answered once, when
+/// it has passed.
+pub const REPEAT_HOLDOFF: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// The watermark moved: events up to it may go.
+    Progress,
+    /// Older than one already seen (a stale retained message): ignored.
+    Old,
+    /// The same watermark again; `resend` says whether it started one.
+    Repeat { resend: bool },
+    /// Above anything this node ever sent: its state was lost.
+    AheadOfUs,
+}
+
+#[derive(Debug, Clone)]
+pub struct Window {
+    acked: u64,
+    last: u64,
+    sent_upto: u64,
+    /// The last time the watermark moved, a resend started, or sending
+    /// started with nothing in flight: the stall timer counts from here.
+    progress_at: Instant,
+    resent_at: Option<Instant>,
+    /// A repeat arrived during the holdoff: resend when it ends.
+    owed: bool,
+}
+
+impl Window {
+    /// After a start: everything past `acked` up to `last` is unsent.
+    pub fn new(acked: u64, last: u64, now: Instant) -> Window {
+        Window {
+            acked,
+            last: last.max(acked),
+            sent_upto: acked,
+            progress_at: now,
+            resent_at: None,
+            owed: false,
+        }
+    }
+
+    /// The observer's watermark.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The highest `seq` given out.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    pub fn sent_upto(&self) -> u64 {
+        self.sent_upto
+    }
+
+    /// New events are stored up to `last`.
+    pub fn pushed(&mut self, last: u64) {
+        self.last = self.last.max(last);
+    }
+
+    /// An `events_dropped` notice took `slot`, which may be below what was
+    /// already sent: send from there.
+    pub fn notice_at(&mut self, slot: u64) {
+        self.sent_upto = self.sent_upto.min(slot.saturating_sub(1)).max(self.acked);
+    }
+
+    /// The first `seq` to send, if the window has room and anything waits.
+    pub fn next_to_send(&self) -> Option<u64> {
+        (self.sent_upto < self.last && self.sent_upto < self.acked + SEND_WINDOW)
+            .then_some(self.sent_upto + 1)
+    }
+
+    /// Events up to `seq` are handed to the broker.
+    pub fn sent(&mut self, seq: u64, now: Instant) {
+        if self.sent_upto == self.acked {
+            // Nothing was in flight: the stall timer starts now, not at the
+            // last ack, which may be long ago.
+            self.progress_at = now;
+        }
+        self.sent_upto = self.sent_upto.max(seq);
+    }
+
+    pub fn on_ack(&mut self, watermark: u64, now: Instant) -> Ack {
+        if watermark > self.last {
+            return Ack::AheadOfUs;
+        }
+        if watermark < self.acked {
+            return Ack::Old;
+        }
+        if watermark > self.acked {
+            self.acked = watermark;
+            self.sent_upto = self.sent_upto.max(watermark);
+            self.progress_at = now;
+            self.owed = false;
+            return Ack::Progress;
+        }
+        if self.sent_upto <= self.acked {
+            // Nothing in flight: the next send carries on from here anyway.
+            return Ack::Repeat { resend: false };
+        }
+        if self
+            .resent_at
+            .is_some_and(|at| now.saturating_duration_since(at) < REPEAT_HOLDOFF)
+        {
+            self.owed = true;
+            return Ack::Repeat { resend: false };
+        }
+        self.resend(now);
+        Ack::Repeat { resend: true }
+    }
+
+    /// Everything past the watermark goes again (after every CONNACK too:
+    /// the broker may have lost what was in flight).
+    pub fn resend(&mut self, now: Instant) {
+        self.sent_upto = self.acked;
+        self.progress_at = now;
+        self.resent_at = Some(now);
+        self.owed = false;
+    }
+
+    /// State was lost and the outbox renumbered its events to follow
+    /// `watermark`, up to `last`.
+    pub fn renumbered(&mut self, watermark: u64, last: u64, now: Instant) {
+        *self = Window::new(watermark, last, now);
+    }
+
+    /// When [`Window::on_timer`] has something to do, if ever.
+    pub fn deadline(&self, resend_after: Duration) -> Option<Instant> {
+        let stall = (self.sent_upto > self.acked).then(|| self.progress_at + resend_after);
+        let owed = self
+            .resent_at
+            .filter(|_| self.owed)
+            .map(|at| at + REPEAT_HOLDOFF);
+        match (stall, owed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Resends if a holdoff ended with a repeat owed, or nothing moved for
+    /// `resend_after` with events in flight. True if it did.
+    pub fn on_timer(&mut self, now: Instant, resend_after: Duration) -> bool {
+        let owed_due = self.owed
+            && self
+                .resent_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= REPEAT_HOLDOFF);
+        let stalled = self.sent_upto > self.acked
+            && now.saturating_duration_since(self.progress_at) >= resend_after;
+        if owed_due || stalled {
+            self.resend(now);
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESEND: Duration = Duration::from_secs(30);
+
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Push(u64),
+        /// Send everything the window allows.
+        Send,
+        Mark(u64),
+        /// Milliseconds pass, then the timer is looked at.
+        Wait(u64),
+    }
+
+    /// Runs `steps` from a fresh window at `acked` 0, and checks what each
+    /// answered: the ack outcome, or for `Send` the seqs sent, or for
+    /// `Wait` whether a resend started.
+    fn check(steps: &[(Step, &str)]) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut w = Window::new(0, 0, now);
+        for (i, (step, expected)) in steps.iter().enumerate() {
+            let got = match *step {
+                Step::Push(last) => {
+                    w.pushed(last);
+                    String::new()
+                }
+                Step::Send => {
+                    let mut seqs = Vec::new();
+                    while let Some(seq) = w.next_to_send() {
+                        w.sent(seq, now);
+                        seqs.push(seq.to_string());
+                    }
+                    seqs.join(",")
+                }
+                Step::Mark(mark) => format!("{:?}", w.on_ack(mark, now)),
+                Step::Wait(ms) => {
+                    now += Duration::from_millis(ms);
+                    w.on_timer(now, RESEND).to_string()
+                }
+            };
+            assert_eq!(got, *expected, "step {i}: {step:?}");
+        }
+    }
+
+    use Step::*;
+
+    #[test]
+    fn sends_in_order_within_the_window() {
+        check(&[
+            (Push(3), ""),
+            (Send, "1,2,3"),
+            (Send, ""),
+            (Mark(2), "Progress"),
+            (Mark(1), "Old"),
+            (Push(4), ""),
+            (Send, "4"),
+        ]);
+        let mut w = Window::new(0, 2000, Instant::now());
+        let mut sent = 0;
+        while let Some(seq) = w.next_to_send() {
+            w.sent(seq, Instant::now());
+            sent += 1;
+        }
+        assert_eq!(sent, SEND_WINDOW);
+    }
+
+    #[test]
+    fn a_repeated_watermark_resends_at_once() {
+        check(&[
+            (Push(5), ""),
+            (Send, "1,2,3,4,5"),
+            (Mark(2), "Progress"),
+            // The observer came back, or 4 arrived ahead of a lost 3.
+            (Mark(2), "Repeat { resend: true }"),
+            (Send, "3,4,5"),
+        ]);
+    }
+
+    #[test]
+    fn a_repeat_with_nothing_in_flight_is_ignored() {
+        check(&[
+            (Push(2), ""),
+            (Send, "1,2"),
+            (Mark(2), "Progress"),
+            (Mark(2), "Repeat { resend: false }"),
+            (Send, ""),
+        ]);
+    }
+
+    #[test]
+    fn repeats_during_the_holdoff_are_answered_once_after_it() {
+        check(&[
+            (Push(5), ""),
+            (Send, "1,2,3,4,5"),
+            (Mark(1), "Progress"),
+            (Mark(1), "Repeat { resend: true }"),
+            (Send, "2,3,4,5"),
+            (Mark(1), "Repeat { resend: false }"),
+            (Mark(1), "Repeat { resend: false }"),
+            (Wait(100), "false"),
+            (Wait(400), "true"),
+            (Send, "2,3,4,5"),
+            (Wait(1000), "false"),
+        ]);
+        // The watermark moved in the meantime: nothing owed.
+        check(&[
+            (Push(5), ""),
+            (Send, "1,2,3,4,5"),
+            (Mark(1), "Progress"),
+            (Mark(1), "Repeat { resend: true }"),
+            (Send, "2,3,4,5"),
+            (Mark(1), "Repeat { resend: false }"),
+            (Mark(5), "Progress"),
+            (Wait(600), "false"),
+        ]);
+    }
+
+    #[test]
+    fn the_stall_timer_is_not_postponed_by_new_sends() {
+        let mut steps = vec![(Push(1), ""), (Send, "1")];
+        // An event every half second, and no ack: the old loop restarted
+        // its timer on each send and never resent.
+        for i in 2..61 {
+            steps.push((Wait(500), "false"));
+            steps.push((Push(i), ""));
+            steps.push((Send, Box::leak(i.to_string().into_boxed_str())));
+        }
+        steps.push((Wait(500), "true"));
+        check(&steps);
+    }
+
+    #[test]
+    fn the_stall_timer_starts_when_sending_starts() {
+        check(&[
+            (Wait(3_600_000), "false"),
+            (Push(1), ""),
+            (Send, "1"),
+            (Wait(29_000), "false"),
+            (Wait(1_000), "true"),
+        ]);
+    }
+
+    #[test]
+    fn a_watermark_past_our_last_seq_means_lost_state() {
+        check(&[(Push(3), ""), (Mark(40), "AheadOfUs")]);
+        let mut w = Window::new(0, 3, Instant::now());
+        w.renumbered(40, 43, Instant::now());
+        assert_eq!((w.acked(), w.last(), w.next_to_send()), (40, 43, Some(41)));
+    }
+
+    #[test]
+    fn deadlines() {
+        let t0 = Instant::now();
+        let mut w = Window::new(0, 3, t0);
+        assert_eq!(w.deadline(RESEND), None, "nothing in flight");
+        w.sent(3, t0);
+        assert_eq!(w.deadline(RESEND), Some(t0 + RESEND));
+        assert_eq!(w.on_ack(0, t0), Ack::Repeat { resend: true });
+        w.sent(3, t0);
+        assert_eq!(w.on_ack(0, t0), Ack::Repeat { resend: false });
+        assert_eq!(w.deadline(RESEND), Some(t0 + REPEAT_HOLDOFF));
+    }
+}
