@@ -9,7 +9,7 @@
 //! problem it found instead of a partial desired state. Callers keep their
 //! last good one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -296,6 +296,63 @@ pub struct Desired {
     pub services: BTreeMap<Name, ServiceDef>,
     pub capabilities: BTreeMap<Name, Capabilities>,
     pub maintenance: Vec<Window>,
+    /// Nodes whose desired services are not known (their files do not load
+    /// and nothing good was read before): nothing is proposed or cancelled
+    /// for them.
+    pub frozen: BTreeSet<Name>,
+}
+
+/// What a repo with problems still says: everything that loaded, and which
+/// parts did not.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// What loaded; a host listed in `bad_hosts` is left out of `hosts`.
+    pub desired: Desired,
+    /// Every problem, sorted by file and line.
+    pub problems: Vec<Problem>,
+    /// The inventory does not load: nothing in the repo can be judged.
+    pub inventory_bad: bool,
+    /// Hosts whose own files have problems, or that list a service whose
+    /// definition has one.
+    pub bad_hosts: BTreeSet<Name>,
+    /// `inventory/maintenance.yaml` has problems.
+    pub maintenance_bad: bool,
+}
+
+impl Loaded {
+    /// This load where it is good, and `last` (the previous result) for
+    /// each part that is not; a bad host with nothing good before is frozen.
+    /// `None` when nothing can be judged (the inventory does not load and
+    /// nothing loaded before).
+    pub fn or_last_good(self, last: Option<&Desired>) -> Option<Desired> {
+        if self.inventory_bad {
+            return last.cloned();
+        }
+        let mut desired = self.desired;
+        for node in &self.bad_hosts {
+            match last.and_then(|l| l.hosts.get(node).map(|h| (l, h))) {
+                Some((last, services)) if !last.frozen.contains(node) => {
+                    for service in services.keys() {
+                        if let Some(def) = last.services.get(service) {
+                            desired
+                                .services
+                                .entry(service.clone())
+                                .or_insert(def.clone());
+                        }
+                    }
+                    desired.hosts.insert(node.clone(), services.clone());
+                }
+                _ => {
+                    desired.hosts.remove(node);
+                    desired.frozen.insert(node.clone());
+                }
+            }
+        }
+        if self.maintenance_bad {
+            desired.maintenance = last.map(|l| l.maintenance.clone()).unwrap_or_default();
+        }
+        Some(desired)
+    }
 }
 
 impl Desired {
@@ -470,6 +527,17 @@ fn clean_absolute(path: &str) -> bool {
 
 /// Loads and checks the repo at `repo`: every problem, or the desired state.
 pub fn load(repo: &Path) -> Result<Desired, Vec<Problem>> {
+    let loaded = load_partial(repo);
+    if loaded.problems.is_empty() {
+        Ok(loaded.desired)
+    } else {
+        Err(loaded.problems)
+    }
+}
+
+/// Loads and checks the repo at `repo`, keeping whatever loads: a bad file
+/// spoils only what it describes.
+pub fn load_partial(repo: &Path) -> Loaded {
     let mut checker = Checker {
         problems: Vec::new(),
     };
@@ -757,16 +825,54 @@ pub fn load(repo: &Path) -> Result<Desired, Vec<Problem>> {
 
     let mut problems = checker.problems;
     problems.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
-    if problems.is_empty() {
-        Ok(Desired {
+    let under = |problem: &Problem, dir: &Path| problem.path.starts_with(dir);
+    let inventory_bad = problems.iter().any(|p| p.path == topology_path);
+    let maintenance_bad = problems.iter().any(|p| p.path == maintenance_path);
+    let bad_services: BTreeSet<&Name> = service_files
+        .keys()
+        .chain(services.keys())
+        .filter(|s| {
+            problems
+                .iter()
+                .any(|p| under(p, &services_dir.join(s.as_str())))
+        })
+        .collect();
+    let hosts_dir = repo.join("hosts");
+    let mut bad_hosts = BTreeSet::new();
+    for entry in std::fs::read_dir(&hosts_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(node) = Name::parse(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let own = problems.iter().any(|p| under(p, &entry.path()));
+        let uses_bad = hosts.get(&node).is_some_and(|listed| {
+            listed
+                .keys()
+                .any(|s| bad_services.contains(s) || !services.contains_key(s))
+        });
+        if own || uses_bad {
+            bad_hosts.insert(node);
+        }
+    }
+    for node in &bad_hosts {
+        hosts.remove(node);
+    }
+    Loaded {
+        desired: Desired {
             topology,
             hosts,
             services,
             capabilities,
             maintenance,
-        })
-    } else {
-        Err(problems)
+            frozen: BTreeSet::new(),
+        },
+        problems,
+        inventory_bad,
+        bad_hosts,
+        maintenance_bad,
     }
 }
 
@@ -1133,5 +1239,68 @@ mod tests {
         assert_eq!(line_of(text, "mosquitto"), Some(3));
         assert_eq!(line_of(text, "npm"), Some(5));
         assert_eq!(line_of(text, "zz"), None);
+    }
+
+    /// One bad host file and one missing service definition freeze only
+    /// the hosts they concern; the others follow the repo as it is now.
+    #[test]
+    fn a_bad_file_spoils_only_what_it_describes() {
+        let good = [
+            (
+                "inventory/topology.yaml",
+                "nodes:\n  a: {}\n  b: {}\n  c: {}\n",
+            ),
+            ("hosts/a/services.yaml", "services:\n  web: {}\n"),
+            ("hosts/b/services.yaml", "services:\n  db: {}\n"),
+            ("hosts/c/services.yaml", "services:\n  cache: {}\n"),
+            ("services/web/service.yaml", ""),
+            ("services/db/service.yaml", ""),
+            ("services/cache/service.yaml", ""),
+        ];
+        let last = load(repo(&good).path()).unwrap();
+
+        let mut files = good.to_vec();
+        files[1] = ("hosts/a/services.yaml", "services:\n  web: {}\n  api: {}\n");
+        files.push(("services/api/service.yaml", ""));
+        files[2] = ("hosts/b/services.yaml", "services:\n  db: {bogus: 1}\n");
+        files.retain(|(p, _)| *p != "services/cache/service.yaml");
+        files.push(("services/cache/README", "no service.yaml"));
+        let dir = repo(&files);
+        let loaded = load_partial(dir.path());
+        assert!(!loaded.inventory_bad);
+        let bad: Vec<&str> = loaded.bad_hosts.iter().map(Name::as_str).collect();
+        assert_eq!(bad, vec!["b", "c"]);
+        let shown: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            shown.iter().any(|p| p.contains("hosts/b/services.yaml:2")),
+            "{shown:?}"
+        );
+
+        let merged = loaded.clone().or_last_good(Some(&last)).unwrap();
+        let services = |node: &str| -> Vec<String> {
+            merged.hosts[&Name::parse(node).unwrap()]
+                .keys()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        assert_eq!(services("a"), vec!["api", "web"], "a follows the repo");
+        assert_eq!(services("b"), vec!["db"], "b keeps its last good state");
+        assert_eq!(services("c"), vec!["cache"]);
+        assert!(merged.services.contains_key(&Name::parse("cache").unwrap()));
+        assert!(merged.frozen.is_empty());
+
+        // Nothing good before: the bad hosts are frozen, not empty.
+        let first = loaded.or_last_good(None).unwrap();
+        let frozen: Vec<&str> = first.frozen.iter().map(Name::as_str).collect();
+        assert_eq!(frozen, vec!["b", "c"]);
+        assert!(first.hosts.contains_key(&Name::parse("a").unwrap()));
+
+        // A bad inventory: the last good state as a whole, or nothing.
+        let mut files = good.to_vec();
+        files[0] = ("inventory/topology.yaml", "nodes: [");
+        let loaded = load_partial(repo(&files).path());
+        assert!(loaded.inventory_bad);
+        assert_eq!(loaded.clone().or_last_good(Some(&last)), Some(last));
+        assert_eq!(loaded.or_last_good(None), None);
     }
 }

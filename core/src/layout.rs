@@ -66,6 +66,11 @@ impl Layout {
     pub fn agent_spool(&self, node: &Name) -> PathBuf {
         self.agent_dir(node).join("spool")
     }
+    /// `state/supervisor/status.json`: reconcile passes so far, the last
+    /// one's time and duration, and the repo's problems.
+    pub fn supervisor_status(&self) -> PathBuf {
+        self.state_dir("supervisor").join("status.json")
+    }
     pub fn config_dir(&self) -> PathBuf {
         self.root.join("config")
     }

@@ -125,9 +125,17 @@ pub struct Incident {
     pub message: String,
     #[serde(with = "time")]
     pub opened_at: Timestamp,
-    /// How many times it happened (a restart loop, a repeated alert).
+    /// How many times it happened (a restart loop, a repeated alert); it
+    /// keeps counting while the incident is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// When it last happened, for a counted incident.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::option"
+    )]
+    pub last_seen: Option<Timestamp>,
     /// The maintenance window that covers it now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<crate::maintenance::Active>,
@@ -147,7 +155,14 @@ pub struct Summary {
     pub services: Counts,
     pub incidents: usize,
     pub actions: std::collections::BTreeMap<String, usize>,
+    /// Problems of the system itself, such as a repo file that does not
+    /// load (`file:line: problem`), each also an incident.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
+
+/// The incident kind of a problem of the system itself (the repo).
+pub const REPO_PROBLEM: &str = "repo_problem";
 
 impl Summary {
     pub fn new(
@@ -178,6 +193,11 @@ impl Summary {
             services: count(services.iter().map(|s| json_word(&s.status)).collect()),
             incidents: incidents.len(),
             actions,
+            problems: incidents
+                .iter()
+                .filter(|i| i.kind == REPO_PROBLEM)
+                .flat_map(|i| i.message.lines().map(str::to_string))
+                .collect(),
         }
     }
 }

@@ -56,6 +56,10 @@ struct Observer {
     inventory: homelab_core::desired::Topology,
     /// Monitored services per canonical node: which should be running.
     desired: world::DesiredServices,
+    /// The last desired state read, good parts kept across bad files.
+    last_desired: Option<homelab_core::desired::Desired>,
+    /// Problems of the repo as incidents, one per node (or `repo`).
+    repo_problems: Vec<homelab_core::world::Incident>,
     maintenance: Vec<homelab_core::maintenance::Window>,
     /// The incidents last written, to notice when time alone changes them
     /// (an alert expires, a maintenance window opens).
@@ -76,7 +80,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     mqtt_config.subscriptions = vec![topics.events_all(), topics.node_status_all()];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
 
+    // World files are written as soon as the observer is idle (nothing more
+    // waiting on the connection) and at least every `FLUSH_UNDER_LOAD`
+    // while messages keep coming: no fixed delay after a change.
     let mut flush_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    let mut flushed = tokio::time::Instant::now();
     let mut inventory_tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         let flush = async {
@@ -89,11 +97,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             _ = shutdown.cancelled() => break,
             _ = inventory_tick.tick() => {
                 if observer.load_inventory() || observer.incidents(Utc::now()) != observer.last_incidents {
-                    flush_at.get_or_insert_with(soon);
+                    flush_at.get_or_insert_with(tokio::time::Instant::now);
                 }
             }
             _ = flush => {
                 flush_at = None;
+                flushed = tokio::time::Instant::now();
                 if let Err(error) = observer.flush_world(&mqtt).await {
                     warn!(error = format!("{error:#}"), "world state not written");
                 }
@@ -108,7 +117,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     }
                 }
                 match observer.handle(batch, &mqtt).await {
-                    Ok(true) => { flush_at.get_or_insert_with(soon); }
+                    Ok(true) => {
+                        let now = tokio::time::Instant::now();
+                        let at = if incoming.is_empty() { now } else { flushed + FLUSH_UNDER_LOAD };
+                        let at = flush_at.map_or(at, |due| due.min(at));
+                        flush_at = Some(at);
+                    }
                     Ok(false) => {}
                     // The watermark has moved on in memory: stop, and let a
                     // restart recover from what is on disk.
@@ -126,9 +140,51 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-fn soon() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_millis(100)
+/// The repo's problems as incidents: one per host they concern (named by
+/// the host's folder), and one `repo_problem:repo` for the rest; the
+/// message lists each as `file:line: problem`, relative to the repo.
+fn repo_problems(
+    repo: &std::path::Path,
+    problems: &[desired::Problem],
+    now: chrono::DateTime<Utc>,
+) -> Vec<homelab_core::world::Incident> {
+    let repo_node = Name::parse("repo").expect("a valid name");
+    let mut by_node: BTreeMap<Name, Vec<String>> = BTreeMap::new();
+    for problem in problems {
+        let relative = problem.path.strip_prefix(repo).unwrap_or(&problem.path);
+        let node = match relative.components().collect::<Vec<_>>()[..] {
+            [first, host, ..] if first.as_os_str() == "hosts" => {
+                Name::parse(&host.as_os_str().to_string_lossy()).unwrap_or(repo_node.clone())
+            }
+            _ => repo_node.clone(),
+        };
+        let shown = desired::Problem {
+            path: relative.to_path_buf(),
+            ..problem.clone()
+        };
+        by_node.entry(node).or_default().push(shown.to_string());
+    }
+    by_node
+        .into_iter()
+        .map(|(node, lines)| homelab_core::world::Incident {
+            id: format!("repo_problem:{node}"),
+            kind: homelab_core::world::REPO_PROBLEM.into(),
+            node,
+            service: None,
+            severity: homelab_core::Severity::Error,
+            message: lines.join("\n"),
+            // The caller keeps the first time while the problem lasts.
+            opened_at: now,
+            count: Some(lines.len() as u64),
+            last_seen: None,
+            maintenance: None,
+        })
+        .collect()
 }
+
+/// While messages keep coming, world files are written at least this
+/// often.
+const FLUSH_UNDER_LOAD: Duration = Duration::from_millis(250);
 
 fn reject(topic: &str, reason: &'static str, error: &dyn std::fmt::Display) {
     warn!(topic, reason, %error, "event rejected");
@@ -144,6 +200,8 @@ impl Observer {
             world: World::default(),
             inventory: Default::default(),
             desired: Default::default(),
+            last_desired: None,
+            repo_problems: Vec::new(),
             maintenance: Vec::new(),
             last_incidents: Vec::new(),
             started: Utc::now(),
@@ -183,41 +241,51 @@ impl Observer {
         self.world.apply(event);
     }
 
-    /// Reloads the inventory's node names; true if they changed. A repo that
-    /// does not load keeps the last good inventory.
+    /// Reloads the desired state (inventory, desired services, windows);
+    /// true if what the observer uses of it changed. A bad file spoils
+    /// only what it describes; its problems become incidents.
     fn load_inventory(&mut self) -> bool {
         let Some(repo) = &self.config.repo else {
             return false;
         };
-        match desired::load(repo) {
-            Ok(desired) => {
-                let services: world::DesiredServices = desired
-                    .hosts
-                    .iter()
-                    .map(|(node, services)| {
-                        let monitored = services
-                            .iter()
-                            .filter(|(_, spec)| spec.monitor)
-                            .map(|(name, _)| name.clone())
-                            .collect();
-                        (node.clone(), monitored)
-                    })
-                    .collect();
-                let changed = desired.topology != self.inventory
-                    || desired.maintenance != self.maintenance
-                    || services != self.desired;
-                self.inventory = desired.topology;
-                self.maintenance = desired.maintenance;
-                self.desired = services;
-                changed
-            }
-            Err(problems) => {
-                for problem in problems {
-                    warn!(%problem, "desired state not loaded; keeping the last good inventory");
-                }
-                false
+        let loaded = desired::load_partial(repo);
+        let mut problems = repo_problems(repo, &loaded.problems, Utc::now());
+        for problem in &mut problems {
+            if let Some(old) = self.repo_problems.iter().find(|o| o.id == problem.id) {
+                problem.opened_at = old.opened_at;
             }
         }
+        let mut changed = problems != self.repo_problems;
+        if changed {
+            for problem in &loaded.problems {
+                warn!(%problem, "desired state has a problem; what it describes keeps its last good state");
+            }
+        }
+        self.repo_problems = problems;
+        let last = self.last_desired.take();
+        let Some(desired) = loaded.or_last_good(last.as_ref()) else {
+            return changed;
+        };
+        let services: world::DesiredServices = desired
+            .hosts
+            .iter()
+            .map(|(node, services)| {
+                let monitored = services
+                    .iter()
+                    .filter(|(_, spec)| spec.monitor)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                (node.clone(), monitored)
+            })
+            .collect();
+        changed |= desired.topology != self.inventory
+            || desired.maintenance != self.maintenance
+            || services != self.desired;
+        self.inventory = desired.topology.clone();
+        self.maintenance = desired.maintenance.clone();
+        self.desired = services;
+        self.last_desired = Some(desired);
+        changed
     }
 
     /// Stores a batch; returns whether the world may have changed.
@@ -399,6 +467,7 @@ impl Observer {
         let mut incidents = self
             .world
             .incidents(&self.inventory, &self.desired, self.started, now);
+        incidents.extend(self.repo_problems.iter().cloned());
         for (node, sequence) in &self.sequences {
             if let Some(since) = sequence.stalled(now) {
                 incidents.push(homelab_core::world::Incident {
@@ -413,6 +482,7 @@ impl Observer {
                     ),
                     opened_at: since,
                     count: None,
+                    last_seen: None,
                     maintenance: None,
                 });
             }

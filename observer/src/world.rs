@@ -2,7 +2,7 @@
 //! feeds it events (live, or replayed from the log at start) and node status
 //! messages, and writes out what it holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use homelab_core::desired::Topology;
 use homelab_core::event::kinds;
@@ -29,10 +29,40 @@ pub struct World {
     status_from_topic: BTreeSet<Name>,
     /// Alerts the supervisor raised, by incident id, open until their time.
     alerts: BTreeMap<String, (Incident, Timestamp)>,
+    /// When events that alerts count happened lately, per node, type and
+    /// service: an open alert's `count` and `last_seen` follow them.
+    happened: BTreeMap<(Name, String, Option<Name>), VecDeque<Timestamp>>,
+}
+
+/// How long `World::happened` remembers (alerts stay open an hour).
+const HAPPENED_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(2);
+const HAPPENED_MAX: usize = 10_000;
+
+/// Whether an event of `kind` (about `service`) is another occurrence of
+/// what an alert with `trigger` (about `about`) counts.
+pub fn counts_toward(
+    trigger: &str,
+    about: Option<&Name>,
+    kind: &str,
+    service: Option<&Name>,
+) -> bool {
+    let same_service = about.is_none() || service.is_none() || about == service;
+    match trigger {
+        // A restart loop counts the service going down.
+        "restart_loop" => kind == kinds::CONTAINERS_NOT_RUNNING && about == service,
+        _ => trigger.starts_with("ha_") && kind == trigger && same_service,
+    }
+}
+
+fn counted(kind: &str) -> bool {
+    kind == kinds::CONTAINERS_NOT_RUNNING || kind.starts_with("ha_")
 }
 
 impl World {
     pub fn apply(&mut self, event: &Event) {
+        if counted(&event.kind) {
+            self.happened_at(event);
+        }
         // Unsequenced events (seq 0) come from the control plane, not from
         // the node: they say nothing about whether it is alive.
         if event.seq == 0 {
@@ -92,6 +122,51 @@ impl World {
         }
     }
 
+    fn happened_at(&mut self, event: &Event) {
+        let key = (
+            event.node.clone(),
+            event.kind.clone(),
+            event.service.clone(),
+        );
+        let times = self.happened.entry(key).or_default();
+        let at = times.partition_point(|t| *t <= event.ts);
+        times.insert(at, event.ts);
+        let newest = *times.back().expect("just inserted");
+        while times
+            .front()
+            .is_some_and(|t| newest - *t > HAPPENED_KEPT || times.len() > HAPPENED_MAX)
+        {
+            times.pop_front();
+        }
+    }
+
+    /// An open alert, its count and last time brought up to date with what
+    /// happened after it was raised.
+    fn alert_now(&self, incident: &Incident) -> Incident {
+        let mut incident = incident.clone();
+        let later = self
+            .happened
+            .range((incident.node.clone(), String::new(), None)..)
+            .take_while(|((node, _, _), _)| *node == incident.node)
+            .filter(|((_, kind, service), _)| {
+                counts_toward(
+                    &incident.kind,
+                    incident.service.as_ref(),
+                    kind,
+                    service.as_ref(),
+                )
+            })
+            .flat_map(|(_, times)| times.iter().filter(|t| **t > incident.opened_at));
+        let (mut more, mut last) = (0u64, incident.opened_at);
+        for t in later {
+            more += 1;
+            last = last.max(*t);
+        }
+        incident.count = Some(incident.count.unwrap_or(1) + more);
+        incident.last_seen = Some(last);
+        incident
+    }
+
     fn apply_alert(&mut self, event: &Event) {
         let trigger = event
             .data
@@ -118,6 +193,7 @@ impl World {
             message: event.message.clone(),
             opened_at: event.ts,
             count: event.data.get("count").and_then(|c| c.as_u64()),
+            last_seen: None,
             maintenance: None,
         };
         if self
@@ -262,6 +338,7 @@ impl World {
             message,
             opened_at,
             count: None,
+            last_seen: None,
             maintenance: None,
         };
         for (name, spec) in &inventory.nodes {
@@ -356,7 +433,7 @@ impl World {
             self.alerts
                 .values()
                 .filter(|(_, until)| now < *until)
-                .map(|(incident, _)| incident.clone()),
+                .map(|(incident, _)| self.alert_now(incident)),
         );
         out
     }
@@ -518,5 +595,97 @@ mod tests {
         assert!(!ids(&world, later - chrono::TimeDelta::seconds(1))
             .contains(&"no_snapshot:saturn".to_string()));
         assert!(ids(&world, later).contains(&"no_snapshot:saturn".to_string()));
+    }
+
+    fn alert(seq_ts: u64, trigger: &str, service: Option<&str>, count: u64) -> Event {
+        Event {
+            seq: 0,
+            id: format!("A{seq_ts}"),
+            source: "supervisor".into(),
+            ..event(
+                seq_ts,
+                "alert",
+                service,
+                json!({"trigger": trigger, "count": count, "until": "2026-11-22T11:00:00Z"}),
+            )
+        }
+    }
+
+    #[test]
+    fn open_alerts_keep_counting() {
+        let inventory = Topology::default();
+        let desired = DesiredServices::new();
+        let now: Timestamp = "2026-11-22T10:01:00Z".parse().unwrap();
+        let mut world = World::default();
+        // Raised at :10 after one integration failure; two more follow,
+        // one of them replayed from the log before the alert itself.
+        world.apply(&event(20, "ha_integration_failed", None, json!({})));
+        world.apply(&alert(10, "ha_integration_failed", None, 1));
+        world.apply(&event(30, "ha_integration_failed", None, json!({})));
+        world.apply(&event(5, "ha_integration_failed", None, json!({})));
+        world.apply(&event(40, "ha_recorder_lag", None, json!({})));
+        // A restart loop raised at :12 with 3 downs; 2 more of that service,
+        // one of another.
+        world.apply(&alert(12, "restart_loop", Some("mosquitto"), 3));
+        for seq in [13, 15] {
+            world.apply(&event(
+                seq,
+                "containers_not_running",
+                Some("mosquitto"),
+                json!({}),
+            ));
+        }
+        world.apply(&event(16, "containers_not_running", Some("npm"), json!({})));
+        let incidents = world.incidents(&inventory, &desired, now, now);
+        let get = |id: &str| incidents.iter().find(|i| i.id == id).unwrap();
+        let ha = get("ha_integration_failed:piha");
+        assert_eq!(ha.count, Some(3));
+        assert_eq!(ha.last_seen, Some(event(30, "x", None, json!({})).ts));
+        let looping = get("restart_loop:piha:mosquitto");
+        assert_eq!(looping.count, Some(5));
+        assert_eq!(looping.last_seen, Some(event(15, "x", None, json!({})).ts));
+    }
+
+    #[test]
+    fn what_counts_toward_an_alert() {
+        let check = |trigger, about: Option<&str>, kind, service: Option<&str>, expected| {
+            let (about, service) = (about.map(n), service.map(n));
+            assert_eq!(
+                counts_toward(trigger, about.as_ref(), kind, service.as_ref()),
+                expected,
+                "{trigger} {about:?} <- {kind} {service:?}"
+            );
+        };
+        check("ha_recorder_lag", None, "ha_recorder_lag", None, true);
+        check("ha_recorder_lag", None, "ha_update_available", None, false);
+        check(
+            "ha_websocket_dead",
+            Some("homeassistant"),
+            "ha_websocket_dead",
+            None,
+            true,
+        );
+        check(
+            "restart_loop",
+            Some("mqtt"),
+            "containers_not_running",
+            Some("mqtt"),
+            true,
+        );
+        check(
+            "restart_loop",
+            Some("mqtt"),
+            "containers_not_running",
+            Some("npm"),
+            false,
+        );
+        check(
+            "restart_loop",
+            Some("mqtt"),
+            "service_unhealthy",
+            Some("mqtt"),
+            false,
+        );
+        check("auto_limit", None, "auto_limit", None, false);
     }
 }

@@ -1,9 +1,12 @@
 //! `homelab supervisor`: compares desired state (the repo) with world state
 //! and writes remediation actions as pending. It never runs anything.
 //!
-//! A reconcile pass runs on every world change (any retained message under
-//! `<prefix>/state/`, debounced) and on a timer (grace periods expire, the
-//! repo may have changed). It reads the repo, `world/*.json` and the open
+//! A reconcile pass runs at once on every world change (any retained
+//! message under `<prefix>/state/`) or event, and on a timer (grace periods
+//! expire, the repo may have changed). What arrives while a pass runs is
+//! coalesced into one more pass right after it: no fixed wait, and no pass
+//! per message under load. Each pass counts `homelab_reconcile_passes_total`
+//! (tests wait on it as a positive sign that the supervisor had its chance). It reads the repo, `world/*.json` and the open
 //! actions, asks [`plan::plan`] what to do, and carries it out. If the repo
 //! does not load, the last good desired state is kept; if a world or action
 //! file does not parse, the pass is skipped.
@@ -18,7 +21,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use homelab_core::store::{CreateError, Move, TransitionError};
 use homelab_core::world::{NodeState, ServiceState};
-use homelab_core::{desired, Action, ActionState, ActionStore, Layout, Topics};
+use homelab_core::{desired, fsutil, Action, ActionState, ActionStore, Layout, Topics};
 use homelab_mqtt::Mqtt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -44,7 +47,18 @@ struct Read {
     finished: Vec<Action>,
 }
 
+/// `state/supervisor/status.json`, written after every pass.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub passes: u64,
+    #[serde(with = "homelab_core::time")]
+    pub last_pass: chrono::DateTime<Utc>,
+    pub duration_ms: f64,
+    pub repo_problems: Vec<String>,
+}
+
 struct Supervisor {
+    passes: u64,
     config: Config,
     store: ActionStore,
     desired: Option<desired::Desired>,
@@ -58,6 +72,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     mqtt_config.subscriptions = vec![config.topics.state_all(), config.topics.events_all()];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let mut supervisor = Supervisor {
+        passes: 0,
         store: ActionStore::new(config.layout.clone()),
         config: config.clone(),
         desired: None,
@@ -67,31 +82,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     info!(repo = %config.repo.display(), "supervisor started");
 
     let mut tick = tokio::time::interval(config.interval);
-    let mut due: Option<tokio::time::Instant> = None;
     loop {
-        let debounce = async {
-            match due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
-            _ = debounce => {}
-            message = incoming.recv() => {
-                match message {
-                    None => break,
-                    Some(_) => { due.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(200)); }
-                }
-                continue;
-            }
+            message = incoming.recv() => if message.is_none() { break },
         }
-        due = None;
+        // Everything that arrived so far is covered by this one pass.
+        while incoming.try_recv().is_ok() {}
+        let started = std::time::Instant::now();
         supervisor
             .reconcile(&mqtt)
             .instrument(info_span!("reconcile"))
             .await;
+        metrics::histogram!("homelab_reconcile_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("homelab_reconcile_passes_total").increment(1);
+        supervisor.passes += 1;
+        let status = Status {
+            passes: supervisor.passes,
+            last_pass: Utc::now(),
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            repo_problems: supervisor.last_problems.clone(),
+        };
+        let path = config.layout.supervisor_status();
+        if let Err(error) = fsutil::write_json_atomic(&path, &status) {
+            warn!(
+                error = format!("{error:#}"),
+                "supervisor status not written"
+            );
+        }
     }
     mqtt.close().await;
     Ok(())
@@ -108,29 +128,29 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -
 }
 
 impl Supervisor {
+    /// Reads the repo. A bad file spoils only what it describes: the hosts
+    /// it concerns keep their last good desired state (or are frozen), the
+    /// others follow the repo as it is now.
     fn load_desired(&mut self) {
-        match desired::load(&self.config.repo) {
-            Ok(desired) => {
-                if !self.last_problems.is_empty() {
-                    info!("desired state loads again");
-                }
-                self.last_problems.clear();
-                self.desired = Some(desired);
+        let loaded = desired::load_partial(&self.config.repo);
+        let lines: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+        if lines != self.last_problems {
+            if lines.is_empty() {
+                info!("desired state loads again");
             }
-            Err(problems) => {
-                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                if lines != self.last_problems {
-                    for line in &lines {
-                        warn!(problem = %line, "desired state does not load; keeping the last good one");
-                    }
-                    metrics::counter!("homelab_desired_state_errors_total").increment(1);
-                    self.last_problems = lines;
-                }
+            for line in &lines {
+                warn!(problem = %line, "desired state has a problem; what it describes keeps its last good state");
             }
+            if !lines.is_empty() {
+                metrics::counter!("homelab_desired_state_errors_total").increment(1);
+            }
+            self.last_problems = lines;
+        }
+        if let Some(desired) = loaded.or_last_good(self.desired.as_ref()) {
+            self.desired = Some(desired);
         }
     }
 
-    /// World state and actions as on disk now.
     fn read(&self) -> Result<Read> {
         let layout = &self.config.layout;
         Ok(Read {

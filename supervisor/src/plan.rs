@@ -24,6 +24,9 @@
 //!   is in a restart loop: no new action, one alert with the count;
 //! - inside a maintenance window nothing new is proposed (and no alert
 //!   raised) for what the window covers; pending actions stay;
+//! - a node whose desired state is not known (`Desired::frozen`: its files
+//!   do not load and never did) is neither proposed for nor has anything
+//!   cancelled;
 //! - a node that is offline, has never reported, or whose Docker state is
 //!   unknown gets no per-node or per-service action (the observer raises the
 //!   node incident); its pending actions are left alone, not judged blind;
@@ -323,9 +326,10 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
         }
     }
     let judged = |node: &Name| {
-        node_by_name
-            .get(node)
-            .is_some_and(|n| n.status == NodeStatus::Online && n.docker == DockerStatus::Ok)
+        !desired.frozen.contains(node)
+            && node_by_name
+                .get(node)
+                .is_some_and(|n| n.status == NodeStatus::Online && n.docker == DockerStatus::Ok)
     };
     let ha = Name::parse(HOMEASSISTANT).expect("a valid name");
     let ha_suppressed = |node: &Name| {
@@ -592,6 +596,9 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
     }
 
     for action in open.iter().filter(|a| a.state == ActionState::Pending) {
+        if desired.frozen.contains(&action.node) {
+            continue;
+        }
         match (action.kind, &action.service) {
             (ActionKind::ContainerRestart | ActionKind::Redeploy, Some(service)) => {
                 let spec = desired.hosts.get(&action.node).and_then(|s| s.get(service));
@@ -887,6 +894,22 @@ mod tests {
             assert!(plan_at(1029).is_empty(), "{status:?} inside the grace");
             assert_eq!(plan_at(1030), vec![id], "{status:?} after the grace");
         }
+    }
+
+    /// A host whose files do not load: its pending actions stay (not
+    /// "removed from the desired state") and nothing new is proposed.
+    #[test]
+    fn a_frozen_node_is_left_alone() {
+        let mut d = desired(&[("vps", "mosquitto", spec())]);
+        let down = [svc("vps", "mosquitto", ServiceStatus::NotRunning, 0)];
+        let online = [node("vps", NodeStatus::Online)];
+        let p = run(&d, &online, &down, &[], &settings(), at(100));
+        assert_eq!(ids(&p).0, vec!["container-restart-vps-mosquitto"]);
+        let open: Vec<Action> = p.create.clone();
+        d.hosts.clear();
+        d.frozen.insert(n("vps"));
+        let p = run(&d, &online, &down, &open, &settings(), at(100));
+        assert_eq!((p.create.len(), p.cancel.len()), (0, 0));
     }
 
     #[test]

@@ -139,6 +139,27 @@ impl System {
         self.root.path()
     }
 
+    /// Reconcile passes the supervisor has finished, from its status file.
+    pub fn passes(&self) -> u64 {
+        read_json(&self.root().join("state/supervisor/status.json"))
+            .ok()
+            .and_then(|v| v["passes"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits for two more reconcile passes: at least one started after
+    /// everything visible now, so the supervisor has had its chance to act
+    /// on it. The positive sign that "nothing happened" needs.
+    pub async fn settle(&self) {
+        let from = self.passes();
+        wait_for(
+            "two more reconcile passes",
+            Duration::from_secs(30),
+            || async { self.passes() >= from + 2 },
+        )
+        .await;
+    }
+
     pub fn action_file(&self, state: &str, id: &str) -> PathBuf {
         self.root()
             .join("actions")

@@ -174,7 +174,7 @@ async fn stopped_container_is_restarted_after_approval() {
     })
     .await;
     // Completion is final: the same drift is not proposed again.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.settle().await;
     assert!(!system.action_file("pending", &id).exists());
     system.stop().await.unwrap();
 }

@@ -282,7 +282,7 @@ async fn rejection_and_the_race_with_cancel() {
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("is rejected, not pending"), "{body}");
     // And the same drift is not proposed again behind the operator's back.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.settle().await;
     assert!(!system.action_file("pending", id).exists());
     let (status, _) = system
         .post("/api/actions/no-such-action/approve", Some(TOKEN), None)
@@ -315,7 +315,7 @@ async fn offline_node_gets_a_node_incident_not_redeploys() {
             .is_ok_and(|v| v.to_string().contains("node_offline:edge"))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.settle().await;
     let pending = system.root().join("actions/pending");
     let count = std::fs::read_dir(&pending).map(|d| d.count()).unwrap_or(0);
     assert_eq!(count, 0, "no per-service actions for an offline node");
@@ -344,7 +344,14 @@ async fn desired_state_reloads_and_a_broken_file_keeps_the_last_good_one() {
     // pending action stays.
     let services = system.repo.path().join("hosts/n1/services.yaml");
     std::fs::write(&services, "services: [\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The supervisor read the broken file (its status says so), and had a
+    // pass after it.
+    wait_for("the problem seen", T, || async {
+        read_json(&system.root().join("state/supervisor/status.json"))
+            .is_ok_and(|s| s["repo_problems"].to_string().contains("services.yaml"))
+    })
+    .await;
+    system.settle().await;
     assert!(
         system.action_file("pending", id).exists(),
         "a broken file must not cancel anything"

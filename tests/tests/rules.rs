@@ -58,7 +58,7 @@ async fn auto_remediation_is_approved_by_policy_and_carried_out() {
         system.action_file("pending", db).exists()
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    system.settle().await;
     assert!(
         system.action_file("pending", db).exists(),
         "not approved by policy"
@@ -100,7 +100,7 @@ async fn home_assistant_events_alert_once_and_show_as_incidents() {
         status == 200 && body.contains("ha_integration_failed:n1")
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    system.settle().await;
     let alerts: Vec<Value> = system
         .logged("n1")
         .into_iter()
@@ -161,7 +161,7 @@ async fn a_maintenance_window_holds_actions_and_marks_incidents() {
         })
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    system.settle().await;
     assert!(!system
         .action_file("pending", "container-restart-n1-app")
         .exists());

@@ -676,6 +676,9 @@ impl From<&Action> for ActionRow {
 #[template(path = "index.html")]
 struct IndexPage {
     authed: bool,
+    /// Problems of the system itself (a repo file that does not load),
+    /// one `file:line: problem` each, shown as a banner.
+    problems: Vec<String>,
     nodes: Vec<NodeRow>,
     services: Vec<ServiceRow>,
     incidents: Vec<IncidentRow>,
@@ -727,8 +730,15 @@ async fn index(
     }
     recent.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
     recent.truncate(20);
+    let problems = world
+        .incidents
+        .iter()
+        .filter(|i| i.kind == homelab_core::world::REPO_PROBLEM)
+        .flat_map(|i| i.message.lines().map(str::to_string))
+        .collect();
     let page = IndexPage {
         authed,
+        problems,
         nodes: world
             .nodes
             .iter()
