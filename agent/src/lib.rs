@@ -10,6 +10,7 @@
 pub mod docker;
 pub mod outbox;
 pub mod spool;
+pub mod status;
 pub mod sync;
 pub mod window;
 
@@ -24,7 +25,7 @@ use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use homelab_core::event::{kinds, SOURCE_AGENT};
 use homelab_core::world::{Container, Snapshot};
-use homelab_core::{Command, Event, Layout, Name, Operation, Severity, Topics};
+use homelab_core::{fsutil, Command, Event, Layout, Name, Operation, Severity, Topics};
 use homelab_mqtt::{Incoming, Mqtt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -151,6 +152,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
+    tasks.spawn(status_loop(
+        agent.clone(),
+        mqtt.clone(),
+        connected.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(spool::drain_loop(
         agent.config.layout.agent_spool(&node),
         agent.clone(),
@@ -170,8 +177,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     warn!(%error, "could not publish online status");
                 }
                 agent.outbox.resend();
+                report_status(&agent, &mqtt, true, true).await;
             }
-            Some(Incoming::Disconnected) => connected.store(false, Ordering::SeqCst),
+            Some(Incoming::Disconnected) => {
+                connected.store(false, Ordering::SeqCst);
+                report_status(&agent, &mqtt, false, true).await;
+            }
             Some(Incoming::Message(message)) if message.topic == topics.acks(&node) => {
                 match std::str::from_utf8(&message.payload)
                     .ok()
@@ -207,12 +218,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // Will, so `offline` is published explicitly).
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
-    if connected.load(Ordering::SeqCst) {
+    let was_connected = connected.load(Ordering::SeqCst);
+    report_status(&agent, &mqtt, was_connected, false).await;
+    if was_connected {
         let _ = mqtt.publish(&status_topic, "offline", true).await;
     }
     mqtt.close().await;
     info!(%node, unacked = agent.outbox.unacked(), "agent stopped");
     Ok(())
+}
+
+/// How often the agent's own state is written and published.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+async fn status_loop(
+    agent: Arc<Agent>,
+    mqtt: Mqtt,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        report_status(&agent, &mqtt, connected.load(Ordering::SeqCst), true).await;
+    }
+}
+
+/// Writes `status.json` and, when connected, publishes it retained.
+async fn report_status(agent: &Agent, mqtt: &Mqtt, connected: bool, running: bool) {
+    let outbox = &agent.outbox;
+    let status = status::AgentStatus {
+        node: agent.config.node.clone(),
+        connected,
+        outbox_events: outbox.unacked(),
+        outbox_bytes: outbox.bytes(),
+        acked: outbox.acked(),
+        last_seq: outbox.last_seq(),
+        oldest_unacked: outbox.oldest().unwrap_or(None),
+        updated: Utc::now(),
+        running,
+    };
+    metrics::gauge!("homelab_agent_outbox_events").set(status.outbox_events as f64);
+    let path = agent.config.layout.agent_status(&agent.config.node);
+    if let Err(error) = blocking(|| fsutil::write_json_atomic(&path, &status)) {
+        warn!(error = format!("{error:#}"), "agent status not written");
+    }
+    if connected {
+        let topic = agent.config.topics.node_agent(&agent.config.node);
+        let payload = serde_json::to_vec(&status).expect("status serializes");
+        if let Err(error) = mqtt.publish(&topic, payload, true).await {
+            debug!(%error, "agent status not published");
+        }
+    }
 }
 
 /// Runs blocking file work (an outbox commit) without stalling the async
@@ -235,20 +295,24 @@ async fn publish_loop(
 ) {
     let topic = agent.config.topics.events(&agent.config.node);
     loop {
-        while connected.load(Ordering::SeqCst) {
-            let event = match agent.outbox.next_to_send() {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
+        // Events go out as stored, a batch per read of the outbox, without
+        // parsing them again.
+        'send: while connected.load(Ordering::SeqCst) {
+            let (epoch, batch) = match agent.outbox.next_batch(256) {
+                Ok((_, batch)) if batch.is_empty() => break,
+                Ok(found) => found,
                 Err(error) => {
                     warn!(error = format!("{error:#}"), "outbox unreadable");
                     break;
                 }
             };
-            if let Err(error) = mqtt.publish(&topic, event.to_json(), false).await {
-                warn!(%error, "publish failed");
-                break;
+            for (seq, payload) in batch {
+                if let Err(error) = mqtt.publish(&topic, payload, false).await {
+                    warn!(%error, "publish failed");
+                    break 'send;
+                }
+                agent.outbox.mark_sent_in(epoch, seq);
             }
-            agent.outbox.mark_sent(event.seq);
         }
         // The resend deadline is an absolute instant kept by the window:
         // waking up to send new events never postpones it.

@@ -45,6 +45,9 @@ use tracing::warn;
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Events to send: each `seq` with the event as stored (its JSON).
+pub type Batch = Vec<(u64, Vec<u8>)>;
+
 /// Default bound: a day of a busy node (an event a second of 1 KiB is
 /// 84 MiB) with room for snapshots.
 pub const DEFAULT_MAX_BYTES: u64 = 128 * 1024 * 1024;
@@ -330,20 +333,42 @@ impl Outbox {
         resend
     }
 
-    /// The next event to send, if any, and if the send window has room.
-    pub fn next_to_send(&self) -> Result<Option<Event>> {
-        let Some(from) = self.lock().window.next_to_send() else {
-            return Ok(None);
+    /// Up to `max` events to send next, as stored (the event JSON), with
+    /// their `seq`, within the send window, read in one transaction; and the
+    /// window's epoch to hand back to [`Outbox::mark_sent`].
+    pub fn next_batch(&self, max: usize) -> Result<(u64, Batch)> {
+        let (epoch, from, upto) = {
+            let state = self.lock();
+            let window = &state.window;
+            let Some(from) = window.next_to_send() else {
+                return Ok((window.epoch(), Vec::new()));
+            };
+            (window.epoch(), from, window.acked() + SEND_WINDOW)
         };
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(EVENTS).map_err(db_err)?;
-        let Some(entry) = table.range(from..).map_err(db_err)?.next() else {
-            return Ok(None);
-        };
-        let (_, bytes) = entry.map_err(db_err)?;
-        Ok(Some(
-            Event::from_payload(bytes.value()).context("outbox holds an unreadable event")?,
-        ))
+        let mut batch = Vec::new();
+        for entry in table.range(from..=upto).map_err(db_err)?.take(max) {
+            let (seq, bytes) = entry.map_err(db_err)?;
+            batch.push((seq.value(), bytes.value().to_vec()));
+        }
+        Ok((epoch, batch))
+    }
+
+    /// The next event to send, if any, and if the send window has room.
+    pub fn next_to_send(&self) -> Result<Option<Event>> {
+        let (_, batch) = self.next_batch(1)?;
+        batch
+            .first()
+            .map(|(_, bytes)| {
+                Event::from_payload(bytes).context("outbox holds an unreadable event")
+            })
+            .transpose()
+    }
+
+    /// Events up to `seq` (taken in `epoch`) are handed to the broker.
+    pub fn mark_sent_in(&self, epoch: u64, seq: u64) {
+        self.lock().window.sent_in(epoch, seq, Instant::now());
     }
 
     pub fn mark_sent(&self, seq: u64) {
@@ -362,6 +387,23 @@ impl Outbox {
 
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// The highest `seq` given out.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().window.last()
+    }
+
+    /// When the oldest event still held was made, if any.
+    pub fn oldest(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(EVENTS).map_err(db_err)?;
+        let Some((_, bytes)) = table.first().map_err(db_err)? else {
+            return Ok(None);
+        };
+        let event =
+            Event::from_payload(bytes.value()).context("outbox holds an unreadable event")?;
+        Ok(Some(event.ts))
     }
 
     pub async fn wait(&self) {

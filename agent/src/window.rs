@@ -59,6 +59,9 @@ pub struct Window {
     resent_at: Option<Instant>,
     /// A repeat arrived during the holdoff: resend when it ends.
     owed: bool,
+    /// Counts resends: what was taken to send before one must not mark
+    /// anything sent after it (that would skip the resend).
+    epoch: u64,
 }
 
 impl Window {
@@ -71,6 +74,20 @@ impl Window {
             progress_at: now,
             resent_at: None,
             owed: false,
+            epoch: 0,
+        }
+    }
+
+    /// Changes with every resend; see [`Window::sent_in`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Events up to `seq`, taken to send in `epoch`, are handed to the
+    /// broker; ignored if a resend started since.
+    pub fn sent_in(&mut self, epoch: u64, seq: u64, now: Instant) {
+        if epoch == self.epoch {
+            self.sent(seq, now);
         }
     }
 
@@ -147,6 +164,7 @@ impl Window {
     /// Everything past the watermark goes again (after every CONNACK too:
     /// the broker may have lost what was in flight).
     pub fn resend(&mut self, now: Instant) {
+        self.epoch += 1;
         self.sent_upto = self.acked;
         self.progress_at = now;
         self.resent_at = Some(now);
@@ -156,7 +174,9 @@ impl Window {
     /// State was lost and the outbox renumbered its events to follow
     /// `watermark`, up to `last`.
     pub fn renumbered(&mut self, watermark: u64, last: u64, now: Instant) {
+        let epoch = self.epoch + 1;
         *self = Window::new(watermark, last, now);
+        self.epoch = epoch;
     }
 
     /// When [`Window::on_timer`] has something to do, if ever.
@@ -340,6 +360,18 @@ mod tests {
         let mut w = Window::new(0, 3, Instant::now());
         w.renumbered(40, 43, Instant::now());
         assert_eq!((w.acked(), w.last(), w.next_to_send()), (40, 43, Some(41)));
+    }
+
+    #[test]
+    fn a_batch_taken_before_a_resend_does_not_skip_it() {
+        let t0 = Instant::now();
+        let mut w = Window::new(0, 10, t0);
+        let epoch = w.epoch();
+        w.sent_in(epoch, 5, t0);
+        assert_eq!(w.on_ack(0, t0), Ack::Repeat { resend: true });
+        // 6..10 were taken before the resend and go out after it.
+        w.sent_in(epoch, 10, t0);
+        assert_eq!(w.next_to_send(), Some(1), "the resend starts over");
     }
 
     #[test]

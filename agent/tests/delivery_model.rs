@@ -25,6 +25,10 @@ enum Op {
     Emit(u8),
     /// The agent sends what its window allows.
     Send,
+    /// The agent takes a batch to send (its publish is under way)…
+    Take,
+    /// …and hands it to the broker, perhaps after a resend began.
+    Flush,
     /// The next message to the observer: delivered, lost or twice.
     Deliver {
         lose: bool,
@@ -50,6 +54,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1u8..5).prop_map(Op::Emit),
         4 => Just(Op::Send),
+        2 => Just(Op::Take),
+        2 => Just(Op::Flush),
         8 => (prop::bool::weighted(0.2), prop::bool::weighted(0.1))
             .prop_map(|(lose, twice)| Op::Deliver { lose, twice }),
         4 => prop::bool::weighted(0.2).prop_map(|lose| Op::DeliverAck { lose }),
@@ -75,6 +81,8 @@ struct Model {
     // The broker's queues, each way.
     to_observer: VecDeque<u64>,
     to_agent: VecDeque<u64>,
+    /// A batch taken to send, with the window's epoch then.
+    taken: Option<(u64, Vec<u64>)>,
 }
 
 fn event(seq: u64) -> Event {
@@ -113,6 +121,7 @@ impl Model {
             log: Vec::new(),
             to_observer: VecDeque::new(),
             to_agent: VecDeque::new(),
+            taken: None,
         }
     }
 
@@ -135,6 +144,26 @@ impl Model {
                 while let Some(seq) = self.window.next_to_send() {
                     self.window.sent(seq, self.now);
                     self.to_observer.push_back(seq);
+                }
+            }
+            Op::Take => {
+                if self.taken.is_none() {
+                    let mut seqs = Vec::new();
+                    let mut from = self.window.next_to_send();
+                    let upto = self.window.acked() + homelab_agent::window::SEND_WINDOW;
+                    while let Some(seq) = from.filter(|s| *s <= self.emitted && *s <= upto) {
+                        seqs.push(seq);
+                        from = Some(seq + 1);
+                    }
+                    self.taken = Some((self.window.epoch(), seqs));
+                }
+            }
+            Op::Flush => {
+                if let Some((epoch, seqs)) = self.taken.take() {
+                    for seq in seqs {
+                        self.to_observer.push_back(seq);
+                        self.window.sent_in(epoch, seq, self.now);
+                    }
                 }
             }
             Op::Deliver { lose, twice } => {
@@ -173,6 +202,7 @@ impl Model {
                 }
             }
             Op::AgentRestart => {
+                self.taken = None;
                 let acked = self.window.acked();
                 self.window = Window::new(acked, self.emitted, self.now);
             }
@@ -230,6 +260,7 @@ impl Model {
     /// One round on a channel without faults: send, deliver everything
     /// each way, let 100 ms pass.
     fn round(&mut self) {
+        self.apply(&Op::Flush);
         self.apply(&Op::Send);
         while !self.to_observer.is_empty() {
             self.apply(&DELIVER);

@@ -61,6 +61,10 @@ impl Layout {
     pub fn agent_dir(&self, node: &Name) -> PathBuf {
         self.state_dir("agent").join(node.as_str())
     }
+    /// The agent's own state, as `homelab agent status` shows it.
+    pub fn agent_status(&self, node: &Name) -> PathBuf {
+        self.agent_dir(node).join("status.json")
+    }
     /// Events handed over by `homelab emit`, one file each, drained by the
     /// agent into its outbox.
     pub fn agent_spool(&self, node: &Name) -> PathBuf {

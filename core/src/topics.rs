@@ -40,6 +40,11 @@ impl Topics {
     pub fn node_status(&self, node: &Name) -> String {
         format!("{}/nodes/{node}/status", self.prefix)
     }
+    /// The agent's own state (connected, outbox depth, oldest
+    /// unacknowledged event), retained JSON.
+    pub fn node_agent(&self, node: &Name) -> String {
+        format!("{}/nodes/{node}/agent", self.prefix)
+    }
     pub fn node_status_all(&self) -> String {
         format!("{}/nodes/+/status", self.prefix)
     }

@@ -8,7 +8,10 @@
 //!   watermark covers them all (so they are fsynced in the log);
 //! - replay after a long outage: an agent starts with N events in its
 //!   outbox; time until the observer's watermark covers them;
-//! - the agent's idle RSS, as its own process, connected and watching Docker.
+//! - the agent's idle RSS, as its own process, connected and watching Docker;
+//! - latency from an event published (a service's container exits) to its
+//!   pending action file, through `homelab up` in-process, next to the
+//!   broker's own publish → receive round trip in the same run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -301,6 +304,187 @@ async fn agent_idle_rss() {
     let _ = child.wait();
 }
 
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+async fn probe_client(
+    mqtt: std::net::SocketAddr,
+    sub: Option<&str>,
+) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let mut options = MqttOptions::new(
+        format!("bench-{}", homelab_core::event::new_id()),
+        "127.0.0.1",
+        mqtt.port(),
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::Publish(_))) => {
+                    let _ = tx.send(());
+                }
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_) | Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    ready_rx.recv().await;
+    if let Some(topic) = sub {
+        client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+        ready_rx.recv().await;
+    }
+    (client, rx)
+}
+
+/// Event published → pending action file, through the whole system.
+async fn event_to_action(samples_n: usize) {
+    let repo = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let services: Vec<String> = (0..samples_n).map(|i| format!("svc-{i}")).collect();
+    let mut yaml = String::from("services:\n");
+    for s in &services {
+        yaml += &format!("  {s}: {{grace_period: 0s}}\n");
+        let def = repo.path().join("services").join(s).join("service.yaml");
+        std::fs::create_dir_all(def.parent().unwrap()).unwrap();
+        std::fs::write(def, "").unwrap();
+    }
+    std::fs::create_dir_all(repo.path().join("inventory")).unwrap();
+    std::fs::write(
+        repo.path().join("inventory/topology.yaml"),
+        "nodes:\n  n1: {}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(repo.path().join("hosts/n1")).unwrap();
+    std::fs::write(repo.path().join("hosts/n1/services.yaml"), yaml).unwrap();
+    let (mqtt, http) = (free_addr(), free_addr());
+    let config = homelab::UpConfig {
+        root: root.path().to_path_buf(),
+        repo: repo.path().to_path_buf(),
+        mqtt,
+        http,
+        topics: homelab_core::Topics::default(),
+        agent_node: None,
+        ui_token: Some("bench".into()),
+        default_grace: Duration::ZERO,
+        sync_interval: Duration::from_secs(30),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(homelab::up(config, shutdown.clone()));
+    while std::net::TcpStream::connect(http).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (client, _) = probe_client(mqtt, None).await;
+
+    // The anchor: the broker's own round trip, same client library.
+    let (_sub, mut received) = probe_client(mqtt, Some("bench/echo")).await;
+    let mut anchor = Vec::new();
+    for _ in 0..samples_n {
+        let start = Instant::now();
+        client
+            .publish("bench/echo", QoS::AtLeastOnce, false, vec![0u8; 600])
+            .await
+            .unwrap();
+        received.recv().await.unwrap();
+        anchor.push(start.elapsed());
+    }
+
+    let snapshot = |seq: u64, down: Option<&str>| {
+        let containers: Vec<serde_json::Value> = services
+            .iter()
+            .map(|s| {
+                let state = if Some(s.as_str()) == down { "exited" } else { "running" };
+                json!({"id": s, "name": s, "service": s, "image": "i", "state": state, "status": state})
+            })
+            .collect();
+        json!({"v": 1, "id": homelab_core::event::new_id(), "ts": homelab_core::time::format(&chrono::Utc::now()),
+               "node": "n1", "seq": seq, "source": "node-agent", "type": "node_snapshot",
+               "severity": "info", "message": "", "data": {"containers": containers}})
+        .to_string()
+    };
+    client
+        .publish("homelab/nodes/n1/status", QoS::AtLeastOnce, true, "online")
+        .await
+        .unwrap();
+    let mut seq = 1;
+    client
+        .publish(
+            "homelab/events/n1",
+            QoS::AtLeastOnce,
+            false,
+            snapshot(seq, None),
+        )
+        .await
+        .unwrap();
+    let layout = Layout::new(root.path());
+    while !layout.world_services().exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut latency = Vec::new();
+    for service in &services {
+        seq += 1;
+        let id = Name::parse(&format!("container-restart-n1-{service}")).unwrap();
+        let file = layout.action_file(homelab_core::ActionState::Pending, &id);
+        let start = Instant::now();
+        client
+            .publish(
+                "homelab/events/n1",
+                QoS::AtLeastOnce,
+                false,
+                snapshot(seq, Some(service)),
+            )
+            .await
+            .unwrap();
+        while !file.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no action for {service}"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        latency.push(start.elapsed());
+        // Back up: the pending action is cancelled before the next one.
+        seq += 1;
+        client
+            .publish(
+                "homelab/events/n1",
+                QoS::AtLeastOnce,
+                false,
+                snapshot(seq, None),
+            )
+            .await
+            .unwrap();
+        let cancelled = layout.action_file(homelab_core::ActionState::Cancelled, &id);
+        while !cancelled.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{service} not cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "event -> pending action file ({} services): p50 {:>6.1} ms, p99 {:>6.1} ms   (anchor, broker round trip: p50 {:.2} ms, p99 {:.2} ms)",
+        samples_n,
+        ms(percentile(&mut latency, 0.5)),
+        ms(percentile(&mut latency, 0.99)),
+        ms(percentile(&mut anchor, 0.5)),
+        ms(percentile(&mut anchor, 0.99)),
+    );
+    shutdown.cancel();
+}
+
 fn main() {
     // `cargo test` runs benches once with --bench absent; only measure when asked.
     if !std::env::args().any(|a| a == "--bench") {
@@ -316,4 +500,5 @@ fn main() {
     runtime.block_on(observer_ingestion(n));
     runtime.block_on(replay_after_outage(n));
     runtime.block_on(agent_idle_rss());
+    runtime.block_on(event_to_action(100));
 }

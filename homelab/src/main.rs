@@ -40,6 +40,20 @@ struct RepoArg {
 }
 
 #[derive(Subcommand)]
+enum AgentQuery {
+    /// Prints the agent's state from `<root>/state/agent/<node>/status.json`:
+    /// connected or not, outbox depth, age of the oldest unacknowledged event.
+    Status {
+        /// The node (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+        /// Print the JSON as written.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Commands {
     /// Everything in one process: broker, observer, supervisor, executor, ui and a local agent.
     Up {
@@ -66,8 +80,11 @@ enum Commands {
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
     },
-    /// The node agent.
+    /// The node agent (`homelab agent status` shows its state).
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        #[command(subcommand)]
+        query: Option<AgentQuery>,
         #[command(flatten)]
         broker: BrokerArg,
         /// This node's name (default: the hostname).
@@ -167,6 +184,22 @@ fn main() -> ExitCode {
     if let Commands::Check { repo } = &cli.command {
         return check(&repo.repo);
     }
+    if let Commands::Agent {
+        query: Some(AgentQuery::Status { node, json }),
+        ..
+    } = &cli.command
+    {
+        return match agent_status(&cli.root, node.clone(), *json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab agent status: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Commands::Emit { .. } = &cli.command {
         return match emit(cli) {
             Ok(id) => {
@@ -187,6 +220,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn agent_status(root: &std::path::Path, node: Option<String>, json: bool) -> Result<String> {
+    use anyhow::Context;
+    let node = node_name(node)?;
+    let path = Layout::new(root).agent_status(&node);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no status at {} (has the agent for {node} run with --root {}?)",
+            path.display(),
+            root.display()
+        )
+    })?;
+    if json {
+        return Ok(text + "\n");
+    }
+    let status: homelab_agent::status::AgentStatus =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    Ok(status.render(chrono::Utc::now()))
 }
 
 fn emit(cli: Cli) -> Result<String> {
@@ -282,6 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
             homelab_broker::run(homelab_broker::Config::new(listen), shutdown).await
         }
         Commands::Agent {
+            query: _,
             broker,
             node,
             docker_host,

@@ -370,7 +370,7 @@ impl Lab {
     /// nothing is sent again, so no late duplicate can follow.
     async fn quiesce(&mut self) {
         self.emit(1);
-        self.wait_logged(self.next_i, Duration::from_secs(90)).await;
+        self.wait_logged_from(self.next_i - 1).await;
         let last = self
             .logged()
             .iter()
@@ -421,9 +421,59 @@ async fn uplink_cut_and_restored() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(lab.test_events().len(), 5, "nothing crosses a cut link");
+    // What the operator sees of the cut-off agent.
+    lab.wait_agent_status(|s| {
+        s.contains("running, not connected to the broker") && outbox_events(s) >= 100
+    })
+    .await;
     lab.emit_cli();
     lab.proxy.restore();
     lab.assert_delivered_exactly_once().await;
+    lab.wait_agent_status(|s| s.contains("agent:           connected") && outbox_events(s) == 0)
+        .await;
+    // The same, retained on the bus.
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &lab.broker_port.to_string(), "-C", "1", "-W", "5"])
+        .args(["-t", &format!("homelab/nodes/{}/agent", lab.node)])
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["node"], lab.node.as_str());
+}
+
+/// `outbox: N events, …` of `homelab agent status`.
+fn outbox_events(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("outbox:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Lab {
+    /// Polls `homelab agent status` until `check` holds for its output.
+    async fn wait_agent_status(&self, check: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_homelab"))
+                .args(["agent", "status", "--node", &self.node, "--root"])
+                .arg(self.agent_root())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.success() && check(&text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent status never showed what was expected:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,3 +106,135 @@ fn up_stops_cleanly_on_sigterm() {
 fn up_stops_cleanly_on_ctrl_c() {
     stops_cleanly_on(libc::SIGINT);
 }
+
+/// Starts `homelab up` on `root` and waits until it answers.
+fn start_up(
+    root: &std::path::Path,
+    repo: &std::path::Path,
+    mqtt: u16,
+    http: u16,
+) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .args([
+            "up",
+            "--node",
+            "restarter",
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .arg("--root")
+        .arg(root)
+        .arg("--repo")
+        .arg(repo)
+        .env("RUST_LOG", "info,rumqttd=off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start homelab up");
+    let started = Instant::now();
+    while !healthy(http) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("homelab up exited early: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "homelab up did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Defect found from outside: restarting `homelab up` on a root with much
+/// retained state left the observer subscribed to nothing (its subscribe
+/// was dropped by a request queue full of republished state). Each of
+/// several restarts on a root with 400 nodes and 2,000 services must log
+/// the next event.
+#[test]
+fn every_restart_logs_the_next_event() {
+    // On tmpfs, as reported: no fsync delays the republishing of retained
+    // state, so it fills the request queue before the CONNACK arrives.
+    let root = match std::path::Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm").unwrap(),
+        false => tempfile::tempdir().unwrap(),
+    };
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("inventory")).unwrap();
+    std::fs::write(
+        repo.path().join("inventory/topology.yaml"),
+        "nodes:\n  restarter: {}\n",
+    )
+    .unwrap();
+    // World state from the log: 400 nodes with 5 services each.
+    let now = chrono::Utc::now();
+    for n in 0..400 {
+        let node = format!("node-{n}");
+        let containers: Vec<serde_json::Value> = (0..5)
+            .map(|s| {
+                serde_json::json!({"id": format!("c{s}"), "name": format!("svc-{s}"),
+                    "service": format!("svc-{s}"), "image": "i", "state": "running", "status": "Up"})
+            })
+            .collect();
+        let event = serde_json::json!({"v": 1, "id": format!("seed-{n}"),
+            "ts": homelab_core::time::format(&now), "node": node, "seq": 1,
+            "source": "node-agent", "type": "node_snapshot", "severity": "info",
+            "message": "", "data": {"containers": containers}});
+        let path = homelab_core::Layout::new(root.path())
+            .event_log(now.date_naive(), &homelab_core::Name::parse(&node).unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, format!("{event}\n")).unwrap();
+    }
+    let logged = |message: &str| {
+        let path = homelab_core::Layout::new(root.path()).event_log(
+            chrono::Utc::now().date_naive(),
+            &homelab_core::Name::parse("restarter").unwrap(),
+        );
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(message)
+    };
+    for round in 0..5 {
+        let (mqtt, http) = (free_port(), free_port());
+        let mut child = start_up(root.path(), repo.path(), mqtt, http);
+        let message = format!("after restart {round}");
+        let out = Command::new(env!("CARGO_BIN_EXE_homelab"))
+            .args([
+                "emit",
+                "--node",
+                "restarter",
+                "--type",
+                "test_event",
+                "--message",
+                &message,
+            ])
+            .arg("--root")
+            .arg(root.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let started = Instant::now();
+        while !logged(&message) {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("restart {round}: the event never reached the log");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let stopping = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if stopping.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("restart {round}: did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

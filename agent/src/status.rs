@@ -1,0 +1,110 @@
+//! The agent's own state, for an operator who cannot see inside it: is it
+//! connected, how many events wait in its outbox, and how old the oldest
+//! unacknowledged one is. Published retained on `<prefix>/nodes/<node>/agent`
+//! (JSON) and written to `state/agent/<node>/status.json` every few seconds,
+//! on every change of connection and on the way out; `homelab agent status`
+//! reads the file, so it works while the agent is down or cut off.
+
+use chrono::{DateTime, Utc};
+use homelab_core::time::{self, Timestamp};
+use homelab_core::Name;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: Name,
+    /// Connected to the broker, subscriptions confirmed.
+    pub connected: bool,
+    /// Events held until the observer acknowledges them.
+    pub outbox_events: u64,
+    pub outbox_bytes: u64,
+    /// The observer's watermark as last seen.
+    pub acked: u64,
+    /// The highest `seq` given out.
+    pub last_seq: u64,
+    /// When the oldest event still held was made.
+    #[serde(default, with = "time::option")]
+    pub oldest_unacked: Option<Timestamp>,
+    /// When the agent wrote this.
+    #[serde(with = "time")]
+    pub updated: Timestamp,
+    /// False once the agent has stopped.
+    pub running: bool,
+}
+
+impl AgentStatus {
+    /// The text `homelab agent status` prints.
+    pub fn render(&self, now: DateTime<Utc>) -> String {
+        let ago = |t: Timestamp| humanize((now - t).num_seconds().max(0));
+        let mut out = format!("node:            {}\n", self.node);
+        let state = match (self.running, self.connected) {
+            (false, _) => "stopped".to_string(),
+            (true, true) => "connected".to_string(),
+            (true, false) => "running, not connected to the broker".to_string(),
+        };
+        out += &format!(
+            "agent:           {state} (as of {} ago)\n",
+            ago(self.updated)
+        );
+        out += &format!(
+            "outbox:          {} events, {} bytes not yet acknowledged\n",
+            self.outbox_events, self.outbox_bytes
+        );
+        out += &format!(
+            "oldest unacked:  {}\n",
+            match self.oldest_unacked {
+                Some(t) => format!("{} ({} ago)", time::format(&t), ago(t)),
+                None => "none".into(),
+            }
+        );
+        out += &format!(
+            "seq:             {} given out, {} acknowledged\n",
+            self.last_seq, self.acked
+        );
+        out
+    }
+}
+
+fn humanize(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_an_operator_asks() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let status = AgentStatus {
+            node: Name::parse("chelsty-infra").unwrap(),
+            connected: false,
+            outbox_events: 412,
+            outbox_bytes: 180_000,
+            acked: 9,
+            last_seq: 421,
+            oldest_unacked: Some(at("2026-11-22T09:00:00Z")),
+            updated: at("2026-11-22T10:59:55Z"),
+            running: true,
+        };
+        let text = status.render(at("2026-11-22T11:00:00Z"));
+        assert!(
+            text.contains("running, not connected to the broker (as of 5 s ago)"),
+            "{text}"
+        );
+        assert!(text.contains("412 events, 180000 bytes"), "{text}");
+        assert!(
+            text.contains("2026-11-22T09:00:00.000Z (2 h 0 min ago)"),
+            "{text}"
+        );
+        assert!(text.contains("421 given out, 9 acknowledged"), "{text}");
+        let back: AgentStatus =
+            serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
+        assert_eq!(back, status);
+    }
+}
