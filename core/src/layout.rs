@@ -32,6 +32,10 @@ impl Layout {
             .join(node.as_str())
             .join("events.jsonl")
     }
+    /// The same day compressed: `events/YYYY-MM-DD/<node>/events.jsonl.zst`.
+    pub fn event_log_compressed(&self, date: NaiveDate, node: &Name) -> PathBuf {
+        self.event_log(date, node).with_extension("jsonl.zst")
+    }
     pub fn world_dir(&self) -> PathBuf {
         self.root.join("world")
     }
@@ -69,6 +73,11 @@ impl Layout {
     /// agent into its outbox.
     pub fn agent_spool(&self, node: &Name) -> PathBuf {
         self.agent_dir(node).join("spool")
+    }
+    /// `state/observer/checkpoint.json`: what the observer knows, as of the
+    /// log files' sizes recorded in it.
+    pub fn observer_checkpoint(&self) -> PathBuf {
+        self.state_dir("observer").join("checkpoint.json")
     }
     /// `state/supervisor/status.json`: reconcile passes so far, the last
     /// one's time and duration, and the repo's problems.

@@ -121,6 +121,7 @@ async fn plant() -> Plant {
         layout: Layout::new(root.path()),
         topics: homelab_core::Topics::default(),
         repo: None,
+        retention: Default::default(),
     };
     tokio::spawn(homelab_observer::run(config, shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,6 +305,70 @@ async fn agent_idle_rss() {
     let _ = child.wait();
 }
 
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The observer's start on a log of `n` events (100 nodes, 10 days): the
+/// first start replays it all (and writes the checkpoint), the next one
+/// starts from the checkpoint.
+fn observer_start(n: u64) {
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(root.path());
+    let nodes = 100u64;
+    let days = 10u64;
+    let per_file = n / nodes / days;
+    let start = Instant::now();
+    for d in 0..days {
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap() + chrono::Days::new(d);
+        for i in 0..nodes {
+            let node = Name::parse(&format!("node-{i}")).unwrap();
+            let path = layout.event_log(date, &node);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let mut text = String::with_capacity(per_file as usize * 320);
+            for k in 0..per_file {
+                let mut e = event(&node, d * per_file + k + 1);
+                e.ts = date.and_hms_opt(12, 0, 0).unwrap().and_utc();
+                text += &e.to_json();
+                text.push('\n');
+            }
+            std::fs::write(path, text).unwrap();
+        }
+    }
+    let written = start.elapsed();
+    let config = homelab_observer::Config {
+        broker: "127.0.0.1:1".into(),
+        layout: layout.clone(),
+        topics: homelab_core::Topics::default(),
+        repo: None,
+        retention: Default::default(),
+    };
+    let rss0 = rss_kb();
+    let start = Instant::now();
+    let full = homelab_observer::recover(config.clone()).unwrap();
+    let full_took = start.elapsed();
+    let rss1 = rss_kb();
+    let start = Instant::now();
+    let again = homelab_observer::recover(config).unwrap();
+    let again_took = start.elapsed();
+    assert!(again.from_checkpoint && !full.from_checkpoint);
+    println!(
+        "observer start, {} events in the log ({:.1} s to write): from the checkpoint {:.3} s (read {} events)   (anchor, full replay: {:.2} s; ids kept {}, RSS grew {} MB)",
+        per_file * nodes * days,
+        written.as_secs_f64(),
+        again_took.as_secs_f64(),
+        again.events,
+        full_took.as_secs_f64(),
+        full.ids,
+        rss1.saturating_sub(rss0) / 1024,
+    );
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
@@ -377,6 +442,7 @@ async fn event_to_action(samples_n: usize) {
         ui_token: Some("bench".into()),
         default_grace: Duration::ZERO,
         sync_interval: Duration::from_secs(30),
+        retention: Default::default(),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(homelab::up(config, shutdown.clone()));
@@ -494,6 +560,21 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "start") {
+        observer_start(
+            std::env::var("BENCH_LOG_EVENTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2_000_000),
+        );
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(event_to_action(100));
+        return;
+    }
     outbox_append();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(broker_baseline(n));
@@ -501,4 +582,10 @@ fn main() {
     runtime.block_on(replay_after_outage(n));
     runtime.block_on(agent_idle_rss());
     runtime.block_on(event_to_action(100));
+    observer_start(
+        std::env::var("BENCH_LOG_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000_000),
+    );
 }

@@ -29,6 +29,8 @@ pub struct UpConfig {
     pub default_grace: Duration,
     /// How often the agent lists all containers without Docker events.
     pub sync_interval: Duration,
+    /// When old days of the event log are compressed and removed.
+    pub retention: homelab_observer::retention::Policy,
 }
 
 /// The process-wide Prometheus recorder (installed once; every component
@@ -75,6 +77,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             layout: layout.clone(),
             topics: config.topics.clone(),
             repo: Some(config.repo.clone()),
+            retention: config.retention,
         };
         let token = child();
         tasks.spawn(async move { ("observer", homelab_observer::run(cfg, token).await) });

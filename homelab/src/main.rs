@@ -26,6 +26,23 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
+struct RetentionArg {
+    /// Days of the event log older than this are compressed (zstd); at least 2d.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    compress_after: Duration,
+    /// Days of the event log older than this are removed.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    retention: Duration,
+}
+
+impl RetentionArg {
+    fn policy(&self) -> homelab_observer::retention::Policy {
+        let days = |d: Duration| (d.as_secs() / 86_400) as u32;
+        homelab_observer::retention::Policy::new(days(self.compress_after), days(self.retention))
+    }
+}
+
+#[derive(Args, Clone)]
 struct BrokerArg {
     /// The MQTT broker, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:1883")]
@@ -74,6 +91,8 @@ enum Commands {
         /// Grace period of services that set none (e.g. 30s, 5m).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace_period: Duration,
+        #[command(flatten)]
+        retention: RetentionArg,
     },
     /// The embedded MQTT broker alone.
     Broker {
@@ -106,6 +125,8 @@ enum Commands {
         broker: BrokerArg,
         #[command(flatten)]
         repo: RepoArg,
+        #[command(flatten)]
+        retention: RetentionArg,
     },
     /// Desired vs world state: proposes actions.
     Supervisor {
@@ -311,6 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             no_agent,
             grace_period,
+            retention,
         } => {
             let agent_node = if no_agent {
                 None
@@ -327,6 +349,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ui_token: std::env::var("HOMELAB_UI_TOKEN").ok(),
                 default_grace: grace_period,
                 sync_interval: Duration::from_secs(30),
+                retention: retention.policy(),
             };
             homelab::up(config, shutdown).await
         }
@@ -348,13 +371,18 @@ async fn run(cli: Cli) -> Result<()> {
             config.resend_after = resend_after.max(Duration::from_secs(1));
             homelab_agent::run(config, shutdown).await
         }
-        Commands::Observer { broker, repo } => {
+        Commands::Observer {
+            broker,
+            repo,
+            retention,
+        } => {
             homelab_observer::run(
                 homelab_observer::Config {
                     broker: broker.broker,
                     layout,
                     topics,
                     repo: Some(repo.repo),
+                    retention: retention.policy(),
                 },
                 shutdown,
             )

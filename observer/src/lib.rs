@@ -2,19 +2,24 @@
 //! world state, and publishes it.
 //!
 //! Flow per batch of messages: validate each at the edge (size, JSON shape,
-//! names, topic node = event node) → drop ids already on disk → append the
+//! names, topic node = event node) → drop ids it remembers (`dedup`: a
+//! day's worth, bounded) → admit each node's next `seq` only → append the
 //! batch to `events/<day>/<node>/events.jsonl` and fsync each touched file
 //! once → only then publish each node's ack watermark → apply to the world
-//! → shortly after, write `world/*.json` atomically and publish changed
-//! retained state.
+//! → when idle (at least every 250 ms under load), write `world/*.json`
+//! atomically and publish changed retained state.
 //!
-//! On start it rebuilds ids, watermarks and world from the log on disk, and
+//! On start it loads its checkpoint (`checkpoint`) and replays only what the
+//! log files gained since (the whole log when there is no usable one), and
 //! after every CONNACK it republishes all retained state and watermarks
 //! (rumqttd forgets retained messages when it restarts).
 //!
 //! Architecture invariant: a watermark never covers an event that is not
 //! on disk.
 
+pub mod checkpoint;
+pub mod dedup;
+pub mod retention;
 pub mod sequence;
 pub mod world;
 
@@ -45,11 +50,19 @@ pub struct Config {
     /// The desired-state repo, read for the inventory (which nodes should
     /// report). Optional.
     pub repo: Option<PathBuf>,
+    /// When old days of the log are compressed and removed.
+    pub retention: retention::Policy,
 }
 
 struct Observer {
     config: Config,
-    ids: HashSet<String>,
+    ids: dedup::RecentIds,
+    /// Every log file's size as of the events applied, for the checkpoint.
+    sizes: BTreeMap<PathBuf, u64>,
+    /// Events stored since the last checkpoint.
+    unsaved: bool,
+    /// Events replayed at start, and whether from the checkpoint.
+    recovered: (usize, bool),
     sequences: BTreeMap<Name, Sequence>,
     world: World,
     /// The inventory: which nodes should report, under which aliases.
@@ -72,6 +85,28 @@ struct Observer {
     early: BTreeSet<Name>,
 }
 
+/// What a start found: for benchmarks and tools.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Events read from the log (all of it, or what followed the checkpoint).
+    pub events: usize,
+    pub from_checkpoint: bool,
+    pub ids: usize,
+    pub nodes: usize,
+}
+
+/// Recovers from the checkpoint and the log as a start does (writing a new
+/// checkpoint), and says what it took.
+pub fn recover(config: Config) -> Result<Recovery> {
+    let observer = Observer::recover(config)?;
+    Ok(Recovery {
+        events: observer.recovered.0,
+        from_checkpoint: observer.recovered.1,
+        ids: observer.ids.len(),
+        nodes: observer.world.nodes.len(),
+    })
+}
+
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut observer = Observer::recover(config.clone())?;
     let topics = config.topics.clone();
@@ -85,7 +120,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // while messages keep coming: no fixed delay after a change.
     let mut flush_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut flushed = tokio::time::Instant::now();
+    let mut checkpointed = tokio::time::Instant::now();
     let mut inventory_tick = tokio::time::interval(Duration::from_secs(10));
+    // Retention at start, then hourly.
+    let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         let flush = async {
             match flush_at {
@@ -95,7 +133,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = retention_tick.tick() => {
+                if let Err(error) = observer.retention(Utc::now().date_naive()) {
+                    warn!(error = format!("{error:#}"), "event log retention failed; trying again in an hour");
+                }
+            }
             _ = inventory_tick.tick() => {
+                if observer.unsaved && checkpointed.elapsed() >= checkpoint::CHECKPOINT_EVERY {
+                    checkpointed = tokio::time::Instant::now();
+                    if let Err(error) = observer.save_checkpoint() {
+                        warn!(error = format!("{error:#}"), "observer checkpoint not written");
+                    }
+                }
                 if observer.load_inventory() || observer.incidents(Utc::now()) != observer.last_incidents {
                     flush_at.get_or_insert_with(tokio::time::Instant::now);
                 }
@@ -135,6 +184,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     }
     let _ = observer.flush_world(&mqtt).await;
+    if observer.unsaved {
+        if let Err(error) = observer.save_checkpoint() {
+            warn!(
+                error = format!("{error:#}"),
+                "observer checkpoint not written"
+            );
+        }
+    }
     mqtt.close().await;
     info!("observer stopped");
     Ok(())
@@ -195,7 +252,10 @@ impl Observer {
     fn recover(config: Config) -> Result<Observer> {
         let mut observer = Observer {
             config,
-            ids: HashSet::new(),
+            ids: dedup::RecentIds::default(),
+            sizes: BTreeMap::new(),
+            unsaved: false,
+            recovered: (0, false),
             sequences: BTreeMap::new(),
             world: World::default(),
             inventory: Default::default(),
@@ -209,29 +269,201 @@ impl Observer {
             open_files: HashMap::new(),
             early: BTreeSet::new(),
         };
-        let mut count = 0usize;
         let layout = observer.config.layout.clone();
-        let bad = eventlog::scan(&layout, |event| {
-            count += 1;
-            observer.replay(&event);
-        })?;
+        let (count, bad, from_checkpoint) = observer.replay_log(&layout)?;
+        observer.recovered = (count, from_checkpoint);
         for line in &bad {
             warn!(path = %line.path.display(), line = line.line, error = %line.error, "unreadable event log line skipped");
         }
         metrics::counter!("homelab_eventlog_bad_lines_total").increment(bad.len() as u64);
+        observer.ids.expire(Utc::now());
         observer.load_inventory();
         info!(
             events = count,
+            from_checkpoint,
+            ids = observer.ids.len(),
             bad_lines = bad.len(),
             nodes = observer.world.nodes.len(),
             "observer recovered from event log"
         );
+        if !from_checkpoint || count > 0 {
+            // The next start need not read it all again.
+            observer.save_checkpoint()?;
+        }
         Ok(observer)
+    }
+
+    /// Rebuilds what the observer knows from the log: from the checkpoint
+    /// and what the files gained since, or else the whole log. Returns the
+    /// events replayed, the unreadable lines, and whether the checkpoint
+    /// was used.
+    fn replay_log(&mut self, layout: &Layout) -> Result<(usize, Vec<eventlog::BadLine>, bool)> {
+        let mut count = 0usize;
+        let mut bad = Vec::new();
+        let on_disk = eventlog::files(layout)?;
+        let checkpoint = match std::fs::read(layout.observer_checkpoint()) {
+            Ok(bytes) => match serde_json::from_slice::<checkpoint::Checkpoint>(&bytes) {
+                Ok(c) if c.usable() => Some(c),
+                Ok(_) | Err(_) => {
+                    warn!(path = %layout.observer_checkpoint().display(), "observer checkpoint unreadable; replaying the whole log");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let tails = checkpoint
+            .as_ref()
+            .and_then(|c| checkpoint::tails(&c.files, &on_disk, layout.root()));
+        if tails.is_none() && checkpoint.is_some() {
+            warn!("the event log changed behind the checkpoint; replaying the whole log");
+        }
+        let (tails, from_checkpoint) = match (checkpoint, tails) {
+            (Some(c), Some(tails)) => {
+                self.world = c.world;
+                self.sequences = c.sequences;
+                for (secs, id) in c.ids {
+                    let at = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
+                    self.ids.insert(&id, at);
+                }
+                (tails, true)
+            }
+            _ => (on_disk.iter().map(|(p, _)| (p.clone(), 0)).collect(), false),
+        };
+        for (path, from) in tails {
+            eventlog::read_file_from(
+                &path,
+                from,
+                |event| {
+                    count += 1;
+                    self.replay(&event);
+                },
+                &mut bad,
+            )?;
+        }
+        self.sizes = on_disk.into_iter().collect();
+        Ok((count, bad, from_checkpoint))
+    }
+
+    /// Compresses and removes old days of the log (see `retention`).
+    fn retention(&mut self, today: chrono::NaiveDate) -> Result<()> {
+        let layout = self.config.layout.clone();
+        let mut days = Vec::new();
+        for day in eventlog::days(&layout)? {
+            let date: chrono::NaiveDate = day.parse().context("day folder")?;
+            let plain = eventlog::day_files(&layout, &day)?
+                .iter()
+                .any(|(_, path)| !eventlog::is_compressed(path));
+            days.push((date, plain));
+        }
+        for step in retention::plan(&days, today, self.config.retention) {
+            match step {
+                retention::Step::Compress(day) => {
+                    let folder = day.format("%Y-%m-%d").to_string();
+                    let nodes: BTreeSet<Name> = eventlog::day_files(&layout, &folder)?
+                        .into_iter()
+                        .filter(|(_, path)| !eventlog::is_compressed(path))
+                        .map(|(node, _)| node)
+                        .collect();
+                    for node in nodes {
+                        self.compress(day, &node)?;
+                    }
+                    metrics::counter!("homelab_eventlog_days_compressed_total").increment(1);
+                    info!(%day, "event log day compressed");
+                }
+                retention::Step::Remove(day) => {
+                    let dir = layout.events_dir().join(day.format("%Y-%m-%d").to_string());
+                    self.open_files.retain(|path, _| !path.starts_with(&dir));
+                    blocking(|| std::fs::remove_dir_all(&dir))
+                        .with_context(|| format!("remove {}", dir.display()))?;
+                    fsutil::sync_dir(&layout.events_dir())?;
+                    self.sizes.retain(|path, _| !path.starts_with(&dir));
+                    self.unsaved = true;
+                    metrics::counter!("homelab_eventlog_days_removed_total").increment(1);
+                    info!(%day, "event log day removed (older than the retention)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds a node's plain log of `day` into its compressed one: the lines
+    /// already compressed, then the plain ones whose id is not among them.
+    /// The `.zst` is written durably and recorded in the checkpoint before
+    /// the plain file goes, so a crash in between duplicates nothing.
+    fn compress(&mut self, day: chrono::NaiveDate, node: &Name) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let layout = &self.config.layout;
+        let plain = layout.event_log(day, node);
+        let zst = layout.event_log_compressed(day, node);
+        self.open_files.remove(&plain);
+        let mut lines: Vec<u8> = Vec::new();
+        let mut ids = HashSet::new();
+        if zst.exists() {
+            let file = File::open(&zst).with_context(|| format!("open {}", zst.display()))?;
+            lines =
+                zstd::decode_all(file).with_context(|| format!("decompress {}", zst.display()))?;
+            for line in lines.split(|b| *b == b'\n') {
+                if let Ok(Id { id }) = serde_json::from_slice(line) {
+                    ids.insert(id);
+                }
+            }
+        }
+        let text = std::fs::read(&plain).with_context(|| format!("read {}", plain.display()))?;
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let known = serde_json::from_slice::<Id>(line).is_ok_and(|Id { id }| ids.contains(&id));
+            if !known {
+                lines.extend_from_slice(line);
+                lines.push(b'\n');
+            }
+        }
+        let compressed = blocking(|| -> Result<Vec<u8>> {
+            let compressed = zstd::encode_all(&lines[..], 3).context("compress")?;
+            fsutil::write_atomic(&zst, &compressed)?;
+            Ok(compressed)
+        })?;
+        self.sizes.insert(zst, compressed.len() as u64);
+        self.save_checkpoint()?;
+        std::fs::remove_file(&plain).with_context(|| format!("remove {}", plain.display()))?;
+        if let Some(dir) = plain.parent() {
+            fsutil::sync_dir(dir)?;
+        }
+        self.sizes.remove(&plain);
+        self.unsaved = true;
+        Ok(())
+    }
+
+    /// Writes the checkpoint (see `checkpoint`): only between batches, when
+    /// what is applied and what is on disk agree.
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let layout = &self.config.layout;
+        let files = self
+            .sizes
+            .iter()
+            .map(|(path, len)| {
+                let relative = path.strip_prefix(layout.root()).unwrap_or(path);
+                (relative.to_path_buf(), *len)
+            })
+            .collect();
+        let ids = self
+            .ids
+            .entries()
+            .map(|(at, id)| (at.timestamp(), id.clone()))
+            .collect();
+        let checkpoint =
+            checkpoint::Checkpoint::new(self.world.clone(), self.sequences.clone(), ids, files);
+        let path = layout.observer_checkpoint();
+        blocking(|| fsutil::write_json_atomic(&path, &checkpoint))
+            .with_context(|| format!("write {}", path.display()))?;
+        self.unsaved = false;
+        Ok(())
     }
 
     /// An event read back from the log at start.
     fn replay(&mut self, event: &Event) {
-        if !self.ids.insert(event.id.clone()) {
+        if !self.ids.insert(&event.id, event.ts) {
             return;
         }
         self.sequences
@@ -327,10 +559,13 @@ impl Observer {
             .map(|e| (e.node.clone(), self.watermark(&e.node)))
             .collect();
         let stored = blocking(|| self.append(events))?;
+        let now = Utc::now();
         for event in &stored {
-            self.ids.insert(event.id.clone());
+            self.ids.insert(&event.id, now);
             self.world.apply(event);
         }
+        self.ids.expire(now);
+        self.unsaved |= !stored.is_empty();
         // A watermark that moved is published; one that did not is
         // repeated only for a node that sent an event ahead of a missing
         // one (the agent resends), not for mere duplicates, which would
@@ -437,6 +672,11 @@ impl Observer {
             let file = self.open_files.get_mut(&path).expect("file just opened");
             file.write_all(&buffer)
                 .with_context(|| format!("append events to {}", path.display()))?;
+            let len = file
+                .metadata()
+                .with_context(|| format!("stat {}", path.display()))?
+                .len();
+            self.sizes.insert(path.clone(), len);
             touched.insert(path, new_file);
         }
         for (path, new_file) in touched {

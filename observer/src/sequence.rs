@@ -33,9 +33,10 @@ pub enum Admit {
     Early,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sequence {
     next: u64,
+    #[serde(skip)]
     early_since: Option<Timestamp>,
 }
 

@@ -11,6 +11,7 @@ use homelab_core::world::{
     DockerStatus, Incident, NodeState, NodeStatus, ServiceState, ServiceStatus, Snapshot,
 };
 use homelab_core::{Event, Name, Severity};
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 /// How long a node may report without a container snapshot before that is
@@ -20,9 +21,10 @@ pub const NO_SNAPSHOT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 /// Monitored services per canonical node name, from the desired state.
 pub type DesiredServices = BTreeMap<Name, BTreeSet<Name>>;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct World {
     pub nodes: BTreeMap<Name, NodeState>,
+    #[serde(with = "pairs")]
     pub services: BTreeMap<(Name, Name), ServiceState>,
     /// Nodes whose online/offline came from their status topic; for those,
     /// events do not change the status.
@@ -31,7 +33,31 @@ pub struct World {
     alerts: BTreeMap<String, (Incident, Timestamp)>,
     /// When events that alerts count happened lately, per node, type and
     /// service: an open alert's `count` and `last_seen` follow them.
+    #[serde(with = "pairs")]
     happened: BTreeMap<(Name, String, Option<Name>), VecDeque<Timestamp>>,
+}
+
+/// A map with keys that are not strings, as a JSON list of pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// How long `World::happened` remembers (alerts stay open an hour).

@@ -114,6 +114,7 @@ impl System {
             ui_token: Some(TOKEN.into()),
             default_grace: Duration::ZERO,
             sync_interval: options.sync_interval,
+            retention: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(homelab::up(config, shutdown.clone()));
