@@ -26,11 +26,16 @@
 use std::time::{Duration, Instant};
 
 /// At most this many events are sent and not yet acknowledged. Brokers
-/// queue a bounded number of messages for a subscriber (rumqttd a few
-/// segments, Mosquitto 1,000 by default) and drop the rest; sending a long
-/// backlog all at once would overflow that queue and end in resend after
-/// resend. The window keeps what is in flight inside it.
-pub const SEND_WINDOW: u64 = 500;
+/// queue a bounded number of messages for a subscriber (rumqttd ten 1 MiB
+/// segments per topic, Mosquitto 1,000 messages by default) and drop the
+/// rest; sending a long backlog all at once would overflow that queue. The
+/// window keeps what is in flight near it, and large enough that the
+/// observer's acks arrive before it runs dry: a sender that stops and waits
+/// meets the peer's delayed TCP ACK (rumqttd leaves Nagle on), 40 ms a
+/// window. Measured replay of a 50,000-event backlog: 7.7k events/s at 500,
+/// 86k at 2,000. What a broker drops past its queue is asked for again by
+/// the observer's repeated watermark.
+pub const SEND_WINDOW: u64 = 2000;
 
 /// Repeated watermarks within this long of a resend are answered once, when
 /// it has passed.

@@ -155,7 +155,13 @@ pub fn connect(config: Config) -> Result<(Mqtt, mpsc::Receiver<Incoming>)> {
             will.retain,
         ));
     }
-    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Acks and events are small and latency matters: no Nagle delay (with
+    // the peer's delayed ACK it cost tens of milliseconds a round trip,
+    // which bounded replay to one send window per ~65 ms).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let (tx, rx) = mpsc::channel(config.incoming_capacity.max(1));
     let stop = CancellationToken::new();
     let task = tokio::spawn(drive(eventloop, client.clone(), config, tx, stop.clone()));
