@@ -45,6 +45,9 @@ use tracing::warn;
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// redb's page cache for the outbox.
+const OUTBOX_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Events to send: each `seq` with the event as stored (its JSON).
 pub type Batch = Vec<(u64, Vec<u8>)>;
 
@@ -76,7 +79,11 @@ impl Outbox {
     pub fn open(dir: &Path, node: Name, max_bytes: u64) -> Result<Outbox> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let path = dir.join("outbox.redb");
-        let db = Database::create(&path)
+        // A small cache: the outbox is written once and read once per
+        // event, and the agent should stay small on an edge node.
+        let db = Database::builder()
+            .set_cache_size(OUTBOX_CACHE_BYTES)
+            .create(&path)
             .map_err(db_err)
             .with_context(|| format!("open outbox {}", path.display()))?;
         let txn = db.begin_write().map_err(db_err)?;

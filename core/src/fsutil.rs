@@ -9,6 +9,30 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_in(path, bytes)?;
+    sync_dir(path.parent().context("path has no parent directory")?)
+}
+
+/// Several files of one directory, each written → fsynced → renamed, then
+/// the directory fsynced once for all of them.
+pub fn write_atomic_all(dir: &Path, files: &[(&Path, &[u8])]) -> Result<()> {
+    for (path, bytes) in files {
+        anyhow::ensure!(
+            path.parent() == Some(dir),
+            "{} is not in {}",
+            path.display(),
+            dir.display()
+        );
+        write_atomic_in(path, bytes)?;
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    sync_dir(dir)
+}
+
+/// write → fsync → rename, without the directory's fsync.
+fn write_atomic_in(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no parent directory")?;
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let name = path
@@ -24,14 +48,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .with_context(|| format!("fsync {}", tmp.display()))?;
     }
     fs::rename(&tmp, path)
-        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    sync_dir(dir)
+        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
 }
 
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, &json_bytes(value)?)
+}
+
+/// The JSON text these helpers write: pretty, with a final newline.
+pub fn json_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(value).context("serialize json")?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -341,6 +341,21 @@ fn observer_start(n: u64) {
         }
     }
     let written = start.elapsed();
+    // Bytes per million events on disk, plain and as retention compresses
+    // them (zstd level 3, one file per node and day).
+    let (mut raw, mut packed) = (0u64, 0u64);
+    for (path, len) in homelab_core::eventlog::files(&layout).unwrap() {
+        raw += len;
+        let text = std::fs::read(&path).unwrap();
+        packed += zstd::encode_all(&text[..], 3).unwrap().len() as u64;
+    }
+    let total = per_file * nodes * days;
+    println!(
+        "event log on disk per million events: {:.0} MB plain, {:.1} MB compressed ({:.1}x)",
+        raw as f64 * 1e6 / total as f64 / 1e6,
+        packed as f64 * 1e6 / total as f64 / 1e6,
+        raw as f64 / packed as f64
+    );
     let config = homelab_observer::Config {
         broker: "127.0.0.1:1".into(),
         layout: layout.clone(),
@@ -387,6 +402,10 @@ async fn probe_client(
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 100);
+    // As our agents connect (homelab-mqtt): no Nagle delay.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -497,6 +516,7 @@ async fn event_to_action(samples_n: usize) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut latency = Vec::new();
+    let mut in_world = Vec::new();
     for service in &services {
         seq += 1;
         let id = Name::parse(&format!("container-restart-n1-{service}")).unwrap();
@@ -511,6 +531,18 @@ async fn event_to_action(samples_n: usize) {
             )
             .await
             .unwrap();
+        let needle = format!("\"service\": \"{service}\",\n    \"status\": \"not_running\"");
+        while !std::fs::read_to_string(layout.world_services())
+            .unwrap_or_default()
+            .contains(&needle)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "world never showed {service}"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        in_world.push(start.elapsed());
         while !file.exists() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -540,6 +572,19 @@ async fn event_to_action(samples_n: usize) {
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.supervisor_status()).unwrap_or_default())
+            .unwrap_or_default();
+    println!(
+        "  (event -> world/services.json: p50 {:.1} ms, p99 {:.1} ms)",
+        ms(percentile(&mut in_world, 0.5)),
+        ms(percentile(&mut in_world, 0.99))
+    );
+    println!(
+        "  (supervisor: {} passes, the last took {:.1} ms)",
+        status["passes"],
+        status["duration_ms"].as_f64().unwrap_or(f64::NAN)
+    );
     println!(
         "event -> pending action file ({} services): p50 {:>6.1} ms, p99 {:>6.1} ms   (anchor, broker round trip: p50 {:.2} ms, p99 {:.2} ms)",
         samples_n,
@@ -568,6 +613,11 @@ fn main() {
                 .unwrap_or(2_000_000),
         );
         return;
+    }
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
         tokio::runtime::Runtime::new()

@@ -61,6 +61,8 @@ struct Observer {
     sizes: BTreeMap<PathBuf, u64>,
     /// Events stored since the last checkpoint.
     unsaved: bool,
+    /// The world files as last written.
+    written: HashMap<PathBuf, Vec<u8>>,
     /// Events replayed at start, and whether from the checkpoint.
     recovered: (usize, bool),
     sequences: BTreeMap<Name, Sequence>,
@@ -255,6 +257,7 @@ impl Observer {
             ids: dedup::RecentIds::default(),
             sizes: BTreeMap::new(),
             unsaved: false,
+            written: HashMap::new(),
             recovered: (0, false),
             sequences: BTreeMap::new(),
             world: World::default(),
@@ -558,7 +561,9 @@ impl Observer {
             .iter()
             .map(|e| (e.node.clone(), self.watermark(&e.node)))
             .collect();
+        debug!(events = events.len(), "batch received");
         let stored = blocking(|| self.append(events))?;
+        debug!(stored = stored.len(), "batch on disk");
         let now = Utc::now();
         for event in &stored {
             self.ids.insert(&event.id, now);
@@ -740,6 +745,7 @@ impl Observer {
     }
 
     async fn flush_world(&mut self, mqtt: &Mqtt) -> Result<()> {
+        debug!("writing world state");
         if self.config.repo.is_some() {
             let (inventory, desired) = (&self.inventory, &self.desired);
             self.world.forget_missing(|node, service| {
@@ -754,15 +760,29 @@ impl Observer {
         let services: Vec<_> = self.world.services.values().cloned().collect();
         let incidents = self.incidents(Utc::now());
         self.last_incidents = incidents.clone();
+        // Only files whose content changed are written, with one fsync of
+        // the directory for all of them.
+        let texts = [
+            (layout.world_nodes(), fsutil::json_bytes(&nodes)?),
+            (layout.world_services(), fsutil::json_bytes(&services)?),
+            (layout.world_incidents(), fsutil::json_bytes(&incidents)?),
+            (
+                layout.world_deployments(),
+                fsutil::json_bytes(&Vec::<()>::new())?,
+            ),
+        ];
+        let changed: Vec<(&std::path::Path, &[u8])> = texts
+            .iter()
+            .filter(|(path, text)| self.written.get(path) != Some(text))
+            .map(|(path, text)| (path.as_path(), text.as_slice()))
+            .collect();
         let open = blocking(|| -> Result<Vec<homelab_core::Action>> {
-            fsutil::write_json_atomic(&layout.world_nodes(), &nodes)?;
-            fsutil::write_json_atomic(&layout.world_services(), &services)?;
-            fsutil::write_json_atomic(&layout.world_incidents(), &incidents)?;
-            if !layout.world_deployments().exists() {
-                fsutil::write_json_atomic(&layout.world_deployments(), &Vec::<()>::new())?;
-            }
+            fsutil::write_atomic_all(&layout.world_dir(), &changed)?;
             Ok(ActionStore::new(layout.clone()).open().unwrap_or_default())
         })?;
+        for (path, text) in texts {
+            self.written.insert(path, text);
+        }
         let summary = Summary::new(&nodes, &services, &incidents, &open);
 
         let mut wanted: HashMap<String, String> = HashMap::new();
