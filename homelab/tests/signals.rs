@@ -41,36 +41,13 @@ fn stops_cleanly_on(signal: i32) {
     )
     .unwrap();
     let (mqtt, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_homelab"))
-        .args([
-            "up",
-            "--node",
-            "sig",
-            "--mqtt",
-            &format!("127.0.0.1:{mqtt}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .arg("--root")
-        .arg(root.path())
-        .arg("--repo")
-        .arg(repo.path())
-        .env("RUST_LOG", "info,rumqttd=off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start homelab up");
-    let started = Instant::now();
-    while !healthy(http) {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("homelab up exited early: {status}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "homelab up did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_up(
+        root.path(),
+        repo.path(),
+        "sig",
+        (mqtt, http),
+        Stdio::piped(),
+    );
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     let stopping = Instant::now();
@@ -107,30 +84,26 @@ fn up_stops_cleanly_on_ctrl_c() {
     stops_cleanly_on(libc::SIGINT);
 }
 
-/// Starts `homelab up` on `root` and waits until it answers.
+/// Starts `homelab up` (its local agent named `node`) on `root` and waits
+/// until it answers on `http`.
 fn start_up(
     root: &std::path::Path,
     repo: &std::path::Path,
-    mqtt: u16,
-    http: u16,
+    node: &str,
+    (mqtt, http): (u16, u16),
+    stderr: Stdio,
 ) -> std::process::Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_homelab"))
-        .args([
-            "up",
-            "--node",
-            "restarter",
-            "--mqtt",
-            &format!("127.0.0.1:{mqtt}"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-        ])
+        .args(["up", "--node", node])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
         .arg("--root")
         .arg(root)
         .arg("--repo")
         .arg(repo)
         .env("RUST_LOG", "info,rumqttd=off")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start homelab up");
     let started = Instant::now();
@@ -197,7 +170,13 @@ fn every_restart_logs_the_next_event() {
     };
     for round in 0..5 {
         let (mqtt, http) = (free_port(), free_port());
-        let mut child = start_up(root.path(), repo.path(), mqtt, http);
+        let mut child = start_up(
+            root.path(),
+            repo.path(),
+            "restarter",
+            (mqtt, http),
+            Stdio::null(),
+        );
         let message = format!("after restart {round}");
         let out = Command::new(env!("CARGO_BIN_EXE_homelab"))
             .args([
