@@ -41,10 +41,20 @@ async fn a_restart_from_the_checkpoint_knows_what_it_knew() {
     let probe = Probe::connect(mqtt, &[]).await;
     let mut script = event("n1", 0, "backup_failed", None, json!({}));
     script["source"] = json!("backup");
-    wait_for("subscribed", T, || async {
+    let log = |root: &std::path::Path| -> Vec<serde_json::Value> {
+        let day = chrono::Utc::now().date_naive();
+        let path = Layout::new(root).event_log(day, &homelab_core::Name::parse("n1").unwrap());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    // Published until stored: the observer may not be subscribed yet.
+    wait_for("the script's event stored", T, || async {
         probe.publish("homelab/events/n1", script.to_string()).await;
-        read_json(&root.path().join("world/nodes.json")).is_ok()
-            || std::fs::read_dir(root.path().join("events")).is_ok()
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log(root.path()).iter().any(|e| e["id"] == script["id"])
     })
     .await;
     for seq in 1..=30 {
@@ -75,15 +85,6 @@ async fn a_restart_from_the_checkpoint_knows_what_it_knew() {
     probe.publish("homelab/events/n1", script.to_string()).await;
     let next = event("n1", 32, "test_event", None, json!({}));
     probe.publish("homelab/events/n1", next.to_string()).await;
-    let log = |root: &std::path::Path| -> Vec<serde_json::Value> {
-        let day = chrono::Utc::now().date_naive();
-        let path = Layout::new(root).event_log(day, &homelab_core::Name::parse("n1").unwrap());
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
     wait_for("the next event logged", T, || async {
         log(root.path()).iter().any(|e| e["seq"] == 32)
     })
