@@ -1,7 +1,7 @@
 //! The embedded MQTT 3.1.1 broker: rumqttd with a configuration that is safe
 //! for a small machine.
 //!
-//! Three rumqttd facts shape this module:
+//! Four rumqttd facts shape this module:
 //! - it has no stop API: it runs on its own named threads until the process
 //!   ends, so "stopping the broker" means ending the process. [`run`] returns
 //!   on shutdown, but the listener lives on until exit;
@@ -9,7 +9,10 @@
 //!   and then waits until the listener accepts connections;
 //! - `RouterConfig::default()` has zero-sized segments and panics on first
 //!   use; its example config uses 100 MiB segments (memory measured at
-//!   1.4 GB). We use 1 MiB segments (about 25 MB).
+//!   1.4 GB). We use 1 MiB segments (about 25 MB);
+//! - it sets no `TCP_NODELAY` on the connections it accepts, which cost
+//!   40 ms (a delayed ACK) on most messages; [`start`] sets it on the
+//!   listening socket, which accepted sockets inherit (Linux).
 //!
 //! It keeps nothing on disk: retained messages and sessions are gone after a
 //! restart, which is why the observer republishes its retained state and the
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -108,8 +111,120 @@ pub fn start(config: &Config) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    match nodelay_on_listener(config.listen) {
+        Ok(true) => {}
+        Ok(false) => {
+            warn!(listen = %config.listen, "broker's listening socket not found; TCP_NODELAY not set")
+        }
+        Err(error) => warn!(%error, "TCP_NODELAY not set on the broker's listening socket"),
+    }
     info!(listen = %config.listen, "embedded mqtt broker listening");
     Ok(())
+}
+
+/// rumqttd sets no `TCP_NODELAY` on the connections it accepts, and has no
+/// option for it: its small writes (an ack, an event) then wait for the
+/// peer's delayed ACK, 40 ms at a time. Accepted sockets inherit the option
+/// from their listening socket (Linux), and the broker runs in this
+/// process, so it is set there: the listening socket is found among this
+/// process's descriptors by its address. Measured: event to pending action
+/// p50 48 ms before, 8 ms after. True if the socket was found.
+#[cfg(target_os = "linux")]
+fn nodelay_on_listener(addr: SocketAddr) -> std::io::Result<bool> {
+    let Some(fd) = find_listener(addr)? else {
+        return Ok(false);
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor of this process with a pointer to
+    // a live c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(true)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The descriptor of this process's TCP socket listening on `addr`.
+#[cfg(target_os = "linux")]
+fn find_listener(addr: SocketAddr) -> std::io::Result<Option<std::os::fd::RawFd>> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(fd) = entry?.file_name().to_string_lossy().parse() else {
+            continue;
+        };
+        if socket_addr(fd) == Some(addr)
+            && int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+        {
+            return Ok(Some(fd));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn nodelay_on_listener(_addr: SocketAddr) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// The local address of socket `fd`, if it is an IPv4 or IPv6 socket.
+#[cfg(target_os = "linux")]
+fn socket_addr(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
+    // SAFETY: getsockname writes at most `len` bytes into a zeroed
+    // sockaddr_storage that lives through the call.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let rc =
+        unsafe { libc::getsockname(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) };
+    if rc != 0 {
+        return None;
+    }
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in =
+                unsafe { &*(&storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(&storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
+/// An integer socket option of `fd`.
+#[cfg(target_os = "linux")]
+fn int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
 }
 
 /// Connects with a minimal MQTT 3.1.1 CONNECT, expects a CONNACK that
@@ -166,6 +281,24 @@ mod tests {
     fn refuses_anonymous_off_loopback() {
         let err = start(&Config::new("0.0.0.0:0".parse().unwrap())).unwrap_err();
         assert!(err.to_string().contains("only on loopback"), "{err}");
+    }
+
+    /// Connections rumqttd accepts inherit it from the listening socket.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_listening_socket_has_tcp_nodelay() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        start(&Config::new(addr)).unwrap();
+        let fd = find_listener(addr)
+            .unwrap()
+            .expect("the broker's listening socket");
+        assert_eq!(
+            int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            Some(1)
+        );
     }
 
     #[test]
