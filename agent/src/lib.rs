@@ -329,7 +329,7 @@ async fn publish_loop(
             _ = agent.outbox.wait() => {}
             _ = timer => {
                 if agent.outbox.on_timer(resend_after) {
-                    info!(acked = agent.outbox.acked(), "no progress from the observer; sending again");
+                    info!(acked = agent.outbox.acked(), "sending again what the observer has not acknowledged (acks stalled, or a repeated watermark was owed an answer)");
                 }
             }
         }

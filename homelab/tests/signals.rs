@@ -101,7 +101,10 @@ fn start_up(
         .arg(root)
         .arg("--repo")
         .arg(repo)
-        .env("RUST_LOG", "info,rumqttd=off")
+        .env(
+            "RUST_LOG",
+            "info,homelab_mqtt=debug,homelab_observer=debug,rumqttd=off",
+        )
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -129,7 +132,7 @@ fn start_up(
 fn every_restart_logs_the_next_event() {
     // On tmpfs, as reported: no fsync delays the republishing of retained
     // state, so it fills the request queue before the CONNACK arrives.
-    let root = match std::path::Path::new("/dev/shm").is_dir() {
+    let mut root = match std::path::Path::new("/dev/shm").is_dir() {
         true => tempfile::tempdir_in("/dev/shm").unwrap(),
         false => tempfile::tempdir().unwrap(),
     };
@@ -159,6 +162,7 @@ fn every_restart_logs_the_next_event() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, format!("{event}\n")).unwrap();
     }
+    let logs = tempfile::tempdir().unwrap();
     let logged = |message: &str| {
         let path = homelab_core::Layout::new(root.path()).event_log(
             chrono::Utc::now().date_naive(),
@@ -170,12 +174,14 @@ fn every_restart_logs_the_next_event() {
     };
     for round in 0..5 {
         let (mqtt, http) = (free_port(), free_port());
+        let log_path = logs.path().join(format!("up-{round}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = start_up(
             root.path(),
             repo.path(),
             "restarter",
             (mqtt, http),
-            Stdio::null(),
+            Stdio::from(log),
         );
         let message = format!("after restart {round}");
         let out = Command::new(env!("CARGO_BIN_EXE_homelab"))
@@ -201,7 +207,10 @@ fn every_restart_logs_the_next_event() {
         while !logged(&message) {
             if started.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
-                panic!("restart {round}: the event never reached the log");
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                eprintln!("root kept in {}", root.keep().display());
+                panic!("restart {round}: the event never reached the log; its log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

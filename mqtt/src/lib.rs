@@ -143,6 +143,12 @@ pub fn connect(config: Config) -> Result<(Mqtt, mpsc::Receiver<Incoming>)> {
     options
         .set_keep_alive(config.keep_alive)
         .set_clean_session(config.clean_session)
+        // rumqttc numbers QoS 1 packets 1..=inflight and stalls all further
+        // requests when a number comes round while still unacknowledged (a
+        // SUBSCRIBE takes a number without counting as in flight, so a
+        // burst of publishes can catch up with its own tail). A longer
+        // cycle makes that rare; 1,000 costs about 100 kB.
+        .set_inflight(INFLIGHT)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some((user, pass)) = &config.credentials {
         options.set_credentials(user.clone(), pass.clone());
@@ -205,6 +211,9 @@ impl Mqtt {
         }
     }
 }
+
+/// QoS 1 messages in flight per connection (and rumqttc's packet id cycle).
+const INFLIGHT: u16 = 1000;
 
 /// How long to wait for a SUBACK before subscribing again.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -320,6 +329,10 @@ async fn drive(
                     retain: publish.retain,
                 };
                 let _ = tx.send(Incoming::Message(message)).await;
+            }
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                warn!(client = %config.client_id, pkid, "mqtt packet id collision: requests wait for its ack");
+                metrics::counter!("homelab_mqtt_collisions_total").increment(1);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 debug!(client = %config.client_id, "mqtt disconnect sent");

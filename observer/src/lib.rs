@@ -627,24 +627,32 @@ impl Observer {
     /// that were not duplicates, now on disk.
     fn append(&mut self, events: Vec<Event>) -> Result<Vec<Event>> {
         let mut fresh = Vec::new();
+        // Ids stored by this batch. Only an id that is on disk (before or
+        // in this batch) makes a later copy a duplicate that fills its
+        // slot: a copy that arrived ahead of a missing event was not
+        // stored, and its resent twin in the same batch must be.
         let mut batch_ids = HashSet::new();
         let now = Utc::now();
         for event in events {
             let sequence = self.sequences.entry(event.node.clone()).or_default();
-            if self.ids.contains(&event.id) || !batch_ids.insert(event.id.clone()) {
+            if self.ids.contains(&event.id) || batch_ids.contains(&event.id) {
                 debug!(id = %event.id, "duplicate event dropped");
                 metrics::counter!("homelab_events_duplicate_total", "by" => "id").increment(1);
                 sequence.fill(event.seq);
                 continue;
             }
-            // Unsequenced (seq 0: an alert from the supervisor): stored
-            // once by id, outside the node's order and watermark.
+            // Unsequenced (seq 0: an alert, a script's event): stored once
+            // by id, outside the node's order and watermark.
             if event.seq == 0 {
+                batch_ids.insert(event.id.clone());
                 fresh.push(event);
                 continue;
             }
             match sequence.admit(&event, now) {
-                Admit::Store => fresh.push(event),
+                Admit::Store => {
+                    batch_ids.insert(event.id.clone());
+                    fresh.push(event)
+                }
                 Admit::Behind => {
                     debug!(node = %event.node, seq = event.seq, id = %event.id, "seq behind the watermark; dropped");
                     metrics::counter!("homelab_events_duplicate_total", "by" => "seq").increment(1);
@@ -877,6 +885,62 @@ fn validate(node: Result<Name, homelab_core::NameError>, message: &Message) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_event(seq: u64) -> Event {
+        Event {
+            v: 1,
+            id: format!("E{seq}"),
+            ts: Utc::now(),
+            node: Name::parse("edge").unwrap(),
+            seq,
+            source: "node-agent".into(),
+            kind: "test_event".into(),
+            service: None,
+            severity: homelab_core::Severity::Info,
+            message: String::new(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    /// Found from outside: a batch with seq 2 ahead of a missing 1, then 1,
+    /// then 2 resent. The first copy of 2 is not stored; its twin must be,
+    /// not taken as a duplicate that moves the watermark past a hole.
+    #[test]
+    fn an_early_copy_does_not_make_its_resent_twin_a_duplicate() {
+        let root = tempfile::tempdir().unwrap();
+        let mut observer = Observer::recover(Config {
+            broker: "127.0.0.1:1".into(),
+            layout: Layout::new(root.path()),
+            topics: Topics::default(),
+            repo: None,
+            retention: Default::default(),
+        })
+        .unwrap();
+        let stored = observer
+            .append(vec![test_event(2), test_event(1), test_event(2)])
+            .unwrap();
+        let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        // As `handle` does with what is on disk.
+        for event in &stored {
+            observer.ids.insert(&event.id, Utc::now());
+        }
+        assert_eq!(observer.watermark(&Name::parse("edge").unwrap()), 2);
+        let logged = std::fs::read_to_string(
+            Layout::new(root.path())
+                .event_log(Utc::now().date_naive(), &Name::parse("edge").unwrap()),
+        )
+        .unwrap();
+        assert_eq!(logged.lines().count(), 2);
+        // A real duplicate (an id on disk, handed over again as seq 3)
+        // still fills its slot.
+        let again = Event {
+            seq: 3,
+            ..test_event(1)
+        };
+        assert!(observer.append(vec![again]).unwrap().is_empty());
+        assert_eq!(observer.watermark(&Name::parse("edge").unwrap()), 3);
+    }
 
     #[test]
     fn a_torn_tail_does_not_swallow_the_next_event() {
