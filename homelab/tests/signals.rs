@@ -132,7 +132,7 @@ fn start_up(
 fn every_restart_logs_the_next_event() {
     // On tmpfs, as reported: no fsync delays the republishing of retained
     // state, so it fills the request queue before the CONNACK arrives.
-    let mut root = match std::path::Path::new("/dev/shm").is_dir() {
+    let root = match std::path::Path::new("/dev/shm").is_dir() {
         true => tempfile::tempdir_in("/dev/shm").unwrap(),
         false => tempfile::tempdir().unwrap(),
     };
