@@ -8,6 +8,27 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Which version of a file this is, as far as a reader that caches what
+/// it parsed needs to know: inode, size and modification time. Every file
+/// written here is a new inode (rename), so a rewrite always changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    pub fn of(meta: &fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_in(path, bytes)?;
     sync_dir(path.parent().context("path has no parent directory")?)

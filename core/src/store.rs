@@ -14,6 +14,7 @@
 //! that folder first moves to `<state>/archive/<id>.<finished-at>.json`, so
 //! `<state>/<id>.json` is always the latest of its id.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,16 @@ pub struct Move<'a> {
     pub result: Option<ActionResult>,
 }
 
+/// Parsed action files kept between listings, for a reader that lists
+/// often (the supervisor, every pass): a file is parsed again only when it
+/// changed (another inode, size or modification time; every write of an
+/// action is a rename of a new file), so listing thousands of actions costs
+/// a directory read and a `stat` each.
+#[derive(Debug, Default)]
+pub struct ListCache {
+    dirs: HashMap<ActionState, HashMap<PathBuf, (fsutil::FileId, Action)>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ActionStore {
     layout: Layout,
@@ -74,12 +85,20 @@ impl ActionStore {
     /// Every action in `state`, sorted by id. Fails on the first file that
     /// does not parse, naming it, so a caller can skip its cycle.
     pub fn list(&self, state: ActionState) -> Result<Vec<Action>> {
+        self.list_with(state, &mut ListCache::default())
+    }
+
+    /// [`ActionStore::list`], parsing only files that changed since `cache`
+    /// last saw them.
+    pub fn list_with(&self, state: ActionState, cache: &mut ListCache) -> Result<Vec<Action>> {
         let dir = self.layout.actions_dir(state);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
         };
+        let known = cache.dirs.remove(&state).unwrap_or_default();
+        let mut seen = HashMap::new();
         let mut actions = Vec::new();
         for entry in entries {
             let path = entry
@@ -92,15 +111,44 @@ impl ActionStore {
             if !is_json || hidden {
                 continue;
             }
-            match read_action(&path, state) {
-                Ok(action) => actions.push(action),
-                // Gone between readdir and read: moved by someone else.
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
-            }
+            // Gone between readdir and stat or read: moved by someone else.
+            let id = match fs::metadata(&path) {
+                Ok(meta) => fsutil::FileId::of(&meta),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+            };
+            let action = match known.get(&path) {
+                Some((known_id, action)) if *known_id == id => action.clone(),
+                _ => match read_action(&path, state) {
+                    Ok(action) => action,
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            seen.insert(path, (id, action.clone()));
+            actions.push(action);
         }
+        cache.dirs.insert(state, seen);
         actions.sort_by(|a, b| a.id.cmp(&b.id).then(a.updated_at.cmp(&b.updated_at)));
         Ok(actions)
+    }
+
+    /// All finished actions, through `cache`.
+    pub fn finished_with(&self, cache: &mut ListCache) -> Result<Vec<Action>> {
+        let mut all = Vec::new();
+        for state in ActionState::ALL.into_iter().filter(|s| !s.is_open()) {
+            all.extend(self.list_with(state, cache)?);
+        }
+        Ok(all)
+    }
+
+    /// All open actions, through `cache`.
+    pub fn open_with(&self, cache: &mut ListCache) -> Result<Vec<Action>> {
+        let mut all = Vec::new();
+        for state in ActionState::OPEN {
+            all.extend(self.list_with(state, cache)?);
+        }
+        Ok(all)
     }
 
     /// The latest finished action of every id (completed, failed, rejected,

@@ -88,6 +88,17 @@ impl Topics {
         self.one_level(topic, "actions").map(Name::parse)
     }
 
+    /// The node a world-state topic is about: `<prefix>/state/nodes/<node>`
+    /// or `<prefix>/state/services/<node>/<service>`.
+    pub fn parse_state_node(&self, topic: &str) -> Option<Result<Name, crate::NameError>> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/state/")?;
+        if let Some(node) = rest.strip_prefix("nodes/") {
+            return (!node.contains('/')).then(|| Name::parse(node));
+        }
+        let (node, service) = rest.strip_prefix("services/")?.split_once('/')?;
+        (!service.contains('/')).then(|| Name::parse(node))
+    }
+
     fn one_level<'t>(&self, topic: &'t str, kind: &str) -> Option<&'t str> {
         let rest = topic
             .strip_prefix(&self.prefix)?
@@ -124,6 +135,17 @@ mod tests {
             Some(Ok(n("vps")))
         );
         assert_eq!(t.parse_action("homelab/actions/x/approve"), None);
+        assert_eq!(
+            t.parse_state_node("homelab/state/nodes/piha"),
+            Some(Ok(n("piha")))
+        );
+        assert_eq!(
+            t.parse_state_node("homelab/state/services/piha/mosquitto"),
+            Some(Ok(n("piha")))
+        );
+        assert_eq!(t.parse_state_node("homelab/state/summary"), None);
+        assert_eq!(t.parse_state_node("homelab/state/services/piha"), None);
+        assert_eq!(t.parse_state_node("homelab/state/nodes/a/b"), None);
         assert_eq!(Topics::new("site/").events(&n("a")), "site/events/a");
     }
 }

@@ -8,6 +8,9 @@
 //!   watermark covers them all (so they are fsynced in the log);
 //! - replay after a long outage: an agent starts with N events in its
 //!   outbox; time until the observer's watermark covers them;
+//! - 100 agents with 1,000-event backlogs reconnecting together: time until
+//!   every watermark covers its backlog (`BENCH_ONLY=fleet`, next to one
+//!   agent replaying the same total);
 //! - the agent's idle RSS, as its own process, connected and watching Docker;
 //! - latency from an event published (a service's container exits) to its
 //!   pending action file, through `homelab up` in-process, next to the
@@ -268,6 +271,70 @@ async fn replay_after_outage(n: u64) {
         "replay after an outage ({n} events backlog):   {:>9.0} events/s ({:.2} s until on the observer's disk)",
         n as f64 / took.as_secs_f64(),
         took.as_secs_f64()
+    );
+    shutdown.cancel();
+    plant.shutdown.cancel();
+}
+
+/// `agents` agents, each with `backlog` events in its outbox, reconnect
+/// together (a site's uplink comes back); time until the observer's
+/// watermark of every one covers its whole backlog.
+async fn fleet_replay(agents: usize, backlog: u64) {
+    let plant = plant().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut configs = Vec::new();
+    for a in 0..agents {
+        let node = Name::parse(&format!("edge-{a}")).unwrap();
+        let layout = Layout::new(dir.path().join(node.as_str()));
+        let outbox =
+            homelab_agent::outbox::Outbox::open(&layout.agent_dir(&node), node.clone(), u64::MAX)
+                .unwrap();
+        outbox
+            .push_batch((0..backlog).map(|i| event(&node, i)).collect())
+            .unwrap();
+        drop(outbox);
+        let mut config = homelab_agent::Config::new(node, &plant.mqtt.to_string(), layout);
+        config.docker_host = Some(format!("unix://{}/none.sock", dir.path().display()));
+        configs.push(config);
+    }
+    // Every node's watermark, from one subscriber.
+    let mut options = MqttOptions::new("bench-fleet-acks", "127.0.0.1", plant.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe("homelab/acks/+", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Ok(MqttEvent::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+            break;
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let start = Instant::now();
+    for config in configs {
+        tokio::spawn(homelab_agent::run(config, shutdown.clone()));
+    }
+    let mut done = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while done.len() < agents {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(MqttEvent::Incoming(Packet::Publish(p)))) => {
+                let got: u64 = String::from_utf8_lossy(&p.payload).parse().unwrap_or(0);
+                if got >= backlog {
+                    done.insert(p.topic.clone());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => panic!("{} of {agents} agents drained within 600 s", done.len()),
+        }
+    }
+    let took = start.elapsed();
+    let total = agents as u64 * backlog;
+    println!(
+        "{agents} agents x {backlog}-event backlogs reconnecting together: drained in {:.2} s ({:>7.0} events/s)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
     );
     shutdown.cancel();
     plant.shutdown.cancel();
@@ -619,6 +686,12 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "fleet") {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(replay_after_outage(100_000));
+        runtime.block_on(fleet_replay(100, 1_000));
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -630,6 +703,7 @@ fn main() {
     runtime.block_on(broker_baseline(n));
     runtime.block_on(observer_ingestion(n));
     runtime.block_on(replay_after_outage(n));
+    runtime.block_on(fleet_replay(100, 1_000));
     runtime.block_on(agent_idle_rss());
     runtime.block_on(event_to_action(100));
     observer_start(

@@ -13,16 +13,17 @@
 
 pub mod plan;
 pub mod recent;
+pub mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use homelab_core::store::{CreateError, Move, TransitionError};
-use homelab_core::world::{NodeState, ServiceState};
+use homelab_core::store::{CreateError, ListCache, Move, TransitionError};
 use homelab_core::{desired, fsutil, Action, ActionState, ActionStore, Layout, Topics};
-use homelab_mqtt::Mqtt;
+use homelab_mqtt::{Incoming, Mqtt};
+use plan::{Scope, Wake};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -41,8 +42,6 @@ pub struct Config {
 }
 
 struct Read {
-    nodes: Vec<NodeState>,
-    services: Vec<ServiceState>,
     open: Vec<Action>,
     finished: Vec<Action>,
 }
@@ -64,6 +63,38 @@ struct Supervisor {
     desired: Option<desired::Desired>,
     last_problems: Vec<String>,
     recent: recent::Recent,
+    nodes_file: Watched,
+    services_file: Watched,
+    world: world::World,
+    actions: ListCache,
+}
+
+/// A JSON file, parsed only when it changed.
+#[derive(Default)]
+struct Watched {
+    version: Option<fsutil::FileId>,
+}
+
+impl Watched {
+    /// The file's content (empty if there is no file) if it changed since
+    /// the last call.
+    fn changed<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        path: &std::path::Path,
+    ) -> Result<Option<T>> {
+        let version = match std::fs::metadata(path) {
+            Ok(meta) => Some(fsutil::FileId::of(&meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+        };
+        if version.is_some() && version == self.version {
+            return Ok(None);
+        }
+        self.version = None;
+        let value = read_json(path)?;
+        self.version = version;
+        Ok(Some(value))
+    }
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -78,21 +109,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         desired: None,
         last_problems: Vec::new(),
         recent: recent::Recent::default(),
+        nodes_file: Watched::default(),
+        services_file: Watched::default(),
+        world: world::World::default(),
+        actions: ListCache::default(),
     };
     info!(repo = %config.repo.display(), "supervisor started");
 
     let mut tick = tokio::time::interval(config.interval);
+    // What the next pass judges; the timer's first tick makes it all.
+    let mut scope = Scope::none();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-            message = incoming.recv() => if message.is_none() { break },
+            _ = tick.tick() => scope = Scope::All,
+            incoming = incoming.recv() => match incoming {
+                Some(incoming) => supervisor.widen(&mut scope, &incoming),
+                None => break,
+            },
         }
         // Everything that arrived so far is covered by this one pass.
-        while incoming.try_recv().is_ok() {}
+        while let Ok(incoming) = incoming.try_recv() {
+            supervisor.widen(&mut scope, &incoming);
+        }
         let started = std::time::Instant::now();
+        let this = std::mem::replace(&mut scope, Scope::none());
         supervisor
-            .reconcile(&mqtt)
+            .reconcile(&mqtt, this)
             .instrument(info_span!("reconcile"))
             .await;
         metrics::histogram!("homelab_reconcile_duration_seconds")
@@ -128,10 +171,26 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -
 }
 
 impl Supervisor {
+    fn widen(&mut self, scope: &mut Scope, incoming: &Incoming) {
+        let wake = match incoming {
+            Incoming::Message(message) => {
+                self.world
+                    .apply(&self.config.topics, &message.topic, &message.payload);
+                Wake::Message(&message.topic)
+            }
+            Incoming::Connected { .. } => Wake::Connected,
+            Incoming::Disconnected => return,
+        };
+        match &self.desired {
+            Some(desired) => scope.widen(wake, &self.config.topics, desired),
+            None => *scope = Scope::All,
+        }
+    }
+
     /// Reads the repo. A bad file spoils only what it describes: the hosts
     /// it concerns keep their last good desired state (or are frozen), the
-    /// others follow the repo as it is now.
-    fn load_desired(&mut self) {
+    /// others follow the repo as it is now. Whether it changed.
+    fn load_desired(&mut self) -> bool {
         let loaded = desired::load_partial(&self.config.repo);
         let lines: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
         if lines != self.last_problems {
@@ -146,25 +205,38 @@ impl Supervisor {
             }
             self.last_problems = lines;
         }
-        if let Some(desired) = loaded.or_last_good(self.desired.as_ref()) {
-            self.desired = Some(desired);
+        match loaded.or_last_good(self.desired.as_ref()) {
+            Some(desired) if self.desired.as_ref() != Some(&desired) => {
+                self.desired = Some(desired);
+                true
+            }
+            _ => false,
         }
     }
 
-    fn read(&self) -> Result<Read> {
+    /// Reads what a pass needs: the world files for a full pass, and the
+    /// actions.
+    fn read(&mut self, scope: &Scope) -> Result<Read> {
         let layout = &self.config.layout;
+        if *scope == Scope::All {
+            let nodes = self.nodes_file.changed(&layout.world_nodes())?;
+            let services = self.services_file.changed(&layout.world_services())?;
+            self.world.reset(nodes, services);
+        }
         Ok(Read {
-            nodes: read_json(&layout.world_nodes())?,
-            services: read_json(&layout.world_services())?,
-            open: self.store.open()?,
-            finished: self.store.finished()?,
+            open: self.store.open_with(&mut self.actions)?,
+            finished: self.store.finished_with(&mut self.actions)?,
         })
     }
 
-    async fn reconcile(&mut self, mqtt: &Mqtt) {
-        self.load_desired();
-        let Some(desired) = &self.desired else { return };
-        let read = match self.read() {
+    async fn reconcile(&mut self, mqtt: &Mqtt, mut scope: Scope) {
+        if self.load_desired() {
+            scope = Scope::All;
+        }
+        if self.desired.is_none() || scope.is_empty() {
+            return;
+        }
+        let read = match self.read(&scope) {
             Ok(read) => read,
             Err(error) => {
                 warn!(
@@ -174,6 +246,7 @@ impl Supervisor {
                 return;
             }
         };
+        let Some(desired) = &self.desired else { return };
         let now = Utc::now();
         self.recent.refresh(&self.config.layout, now);
         let settings = plan::Settings {
@@ -181,15 +254,23 @@ impl Supervisor {
             auto_limit: self.config.auto_limit,
             ..Default::default()
         };
+        let (nodes, services) = match scope.names(desired) {
+            Some(names) => self.world.of(&names),
+            None => (Vec::new(), Vec::new()),
+        };
+        let (nodes, services) = match scope {
+            Scope::All => self.world.files(),
+            Scope::Nodes(_) => (&nodes[..], &services[..]),
+        };
         let inputs = plan::Inputs {
             desired,
-            nodes: &read.nodes,
-            services: &read.services,
+            nodes,
+            services,
             open: &read.open,
             finished: &read.finished,
             events: self.recent.events(),
         };
-        let plan = plan::plan(inputs, &settings, now);
+        let plan = plan::plan_for(inputs, &settings, now, &scope);
         for alert in &plan.alerts {
             let event = alert.event(now);
             info!(node = %alert.node, trigger = %alert.trigger, count = alert.count, "alert raised");

@@ -220,7 +220,7 @@ fn keep_latest<K: Ord, V>(
 }
 
 impl<'a> Recent<'a> {
-    fn index(desired: &Desired, events: &'a [Event]) -> Self {
+    fn index(desired: &Desired, events: impl Iterator<Item = &'a Event>) -> Self {
         let mut r = Recent::default();
         for event in events {
             let node = desired.canonical(&event.node);
@@ -284,7 +284,90 @@ impl<'a> Recent<'a> {
 const HA_WEBSOCKET_DEAD: &str = "ha_websocket_dead";
 const HA_WEBSOCKET_RECOVERED: &str = "ha_websocket_recovered";
 
+/// What a pass judges: every node, or only some (canonical names), e.g.
+/// those one event or world change is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    All,
+    Nodes(BTreeSet<Name>),
+}
+
+impl Scope {
+    /// The names a node in scope may report under: its own and its
+    /// aliases. `None`: everything is in scope.
+    pub fn names(&self, desired: &Desired) -> Option<BTreeSet<Name>> {
+        let Scope::Nodes(nodes) = self else {
+            return None;
+        };
+        let mut names = nodes.clone();
+        for node in nodes {
+            if let Some(spec) = desired.topology.nodes.get(node) {
+                names.extend(spec.aliases.iter().cloned());
+            }
+        }
+        Some(names)
+    }
+}
+
+/// What woke the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Wake<'a> {
+    /// The timer: grace periods expire, windows open and close.
+    Tick,
+    /// (Re)connected: what happened meanwhile is unknown.
+    Connected,
+    /// A message on this topic.
+    Message(&'a str),
+}
+
+impl Scope {
+    /// Judges nothing (until widened).
+    pub fn none() -> Scope {
+        Scope::Nodes(BTreeSet::new())
+    }
+
+    /// Widens the scope by what `wake` can change. An event, or the world
+    /// state of a node or of one of its services, can change only that
+    /// node's plan; the summary only follows those; anything else (the
+    /// timer, a reconnect, a topic not understood) may change anything.
+    pub fn widen(&mut self, wake: Wake<'_>, topics: &homelab_core::Topics, desired: &Desired) {
+        let Scope::Nodes(nodes) = self else { return };
+        let Wake::Message(topic) = wake else {
+            *self = Scope::All;
+            return;
+        };
+        if topic == topics.state_summary() {
+            return;
+        }
+        match topics
+            .parse_events(topic)
+            .or_else(|| topics.parse_state_node(topic))
+        {
+            Some(Ok(node)) => {
+                nodes.insert(desired.canonical(&node));
+            }
+            // Not a node anyone can have: the observer refuses it too.
+            Some(Err(_)) => {}
+            None => *self = Scope::All,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Scope::Nodes(nodes) if nodes.is_empty())
+    }
+}
+
+/// The whole plan: every node judged.
 pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
+    plan_for(inputs, settings, now, &Scope::All)
+}
+
+/// The plan for the nodes in `scope` only: their proposals, cancels,
+/// approvals and alerts, exactly as [`plan`] decides them for those nodes;
+/// nothing about any other node. Inputs outside the scope are skipped
+/// before anything is indexed, so a pass for one node costs little
+/// whatever the size of the fleet.
+pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: &Scope) -> Plan {
     let Inputs {
         desired,
         nodes,
@@ -293,9 +376,11 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
         finished,
         events,
     } = inputs;
+    let names = scope.names(desired);
+    let in_scope = |name: &Name| names.as_ref().is_none_or(|names| names.contains(name));
     // World under canonical node names (an alias reports for its node).
     let mut node_by_name: BTreeMap<Name, &NodeState> = BTreeMap::new();
-    for node in nodes {
+    for node in nodes.iter().filter(|n| in_scope(&n.node)) {
         let name = desired.canonical(&node.node);
         if node_by_name
             .get(&name)
@@ -305,21 +390,22 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
         }
     }
     let mut service_by_key: BTreeMap<(Name, Name), &ServiceState> = BTreeMap::new();
-    for service in services {
+    for service in services.iter().filter(|s| in_scope(&s.node)) {
         service_by_key.insert(
             (desired.canonical(&service.node), service.service.clone()),
             service,
         );
     }
-    let recent = Recent::index(desired, events);
+    let recent = Recent::index(desired, events.iter().filter(|e| in_scope(&e.node)));
     let loop_window =
         chrono::TimeDelta::from_std(settings.loop_window).unwrap_or(chrono::TimeDelta::MAX);
-    let open_by_id: BTreeMap<&Name, &Action> = open.iter().map(|a| (&a.id, a)).collect();
+    let open: Vec<&Action> = open.iter().filter(|a| in_scope(&a.node)).collect();
+    let open_by_id: BTreeMap<&Name, &Action> = open.iter().map(|a| (&a.id, *a)).collect();
     // One id may have finished in several states (cancelled once, completed
     // later): the latest counts.
     let mut finished_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
     let mut completed_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
-    for action in finished {
+    for action in finished.iter().filter(|a| in_scope(&a.node)) {
         keep_latest(&mut finished_at, &action.id, action.updated_at, |t| *t);
         if action.state == ActionState::Completed {
             keep_latest(&mut completed_at, &action.id, action.updated_at, |t| *t);
@@ -386,6 +472,7 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
         .nodes
         .keys()
         .chain(desired.hosts.keys())
+        .filter(|node| in_scope(node))
         .collect();
     for node in all_nodes {
         let services = desired.hosts.get(node).unwrap_or(&no_services);
@@ -556,6 +643,7 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
     // Policy approvals: low risk, remediation auto, within the rate limit.
     let candidates = open
         .iter()
+        .copied()
         .filter(|a| a.state == ActionState::Pending)
         .chain(plan.create.iter());
     let mut approve = Vec::new();
@@ -596,6 +684,7 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
     }
 
     for action in open.iter().filter(|a| a.state == ActionState::Pending) {
+        let action = *action;
         if desired.frozen.contains(&action.node) {
             continue;
         }
@@ -1506,6 +1595,81 @@ mod tests {
         assert_eq!(case.plan(100).create, vec![]);
     }
 
+    /// What `plan` decided about `node`.
+    fn only(plan: &Plan, node: &str, open: &[Action]) -> Plan {
+        let node = n(node);
+        let of_node = |id: &Name| {
+            open.iter()
+                .chain(&plan.create)
+                .any(|a| &a.id == id && a.node == node)
+        };
+        Plan {
+            create: plan
+                .create
+                .iter()
+                .filter(|a| a.node == node)
+                .cloned()
+                .collect(),
+            cancel: plan
+                .cancel
+                .iter()
+                .filter(|c| of_node(&c.id))
+                .cloned()
+                .collect(),
+            approve: plan
+                .approve
+                .iter()
+                .filter(|id| of_node(id))
+                .cloned()
+                .collect(),
+            alerts: plan
+                .alerts
+                .iter()
+                .filter(|a| a.node == node)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn what_wakes_the_supervisor_widens_its_next_pass() {
+        let topics = homelab_core::Topics::default();
+        let d = desired(&[]);
+        let nodes = |names: &[&str]| Scope::Nodes(names.iter().map(|s| n(s)).collect());
+        let cases: [(&[Wake], Scope); 9] = [
+            (&[], Scope::none()),
+            (&[Wake::Message("homelab/events/piha")], nodes(&["piha"])),
+            // An alias is judged as its node.
+            (&[Wake::Message("homelab/events/node-1")], nodes(&["vps"])),
+            (
+                &[
+                    Wake::Message("homelab/state/nodes/piha"),
+                    Wake::Message("homelab/state/services/vps/mosquitto"),
+                    Wake::Message("homelab/state/summary"),
+                ],
+                nodes(&["piha", "vps"]),
+            ),
+            (&[Wake::Message("homelab/state/summary")], Scope::none()),
+            (&[Wake::Message("homelab/events/..")], Scope::none()),
+            (
+                &[Wake::Message("homelab/events/piha"), Wake::Tick],
+                Scope::All,
+            ),
+            (
+                &[Wake::Connected, Wake::Message("homelab/events/piha")],
+                Scope::All,
+            ),
+            (&[Wake::Message("homelab/state/something-new")], Scope::All),
+        ];
+        for (wakes, want) in cases {
+            let mut scope = Scope::none();
+            for wake in wakes {
+                scope.widen(*wake, &topics, &d);
+            }
+            assert_eq!(scope, want, "{wakes:?}");
+        }
+    }
+
     fn arb_status() -> impl Strategy<Value = Option<ServiceStatus>> {
         prop_oneof![
             Just(None),
@@ -1594,6 +1758,17 @@ mod tests {
             );
 
             let first = run(&open, &recent);
+            // A pass scoped to one node decides for it exactly what the
+            // whole pass does, and nothing for any other node.
+            for node in nodes_names {
+                let scoped = plan_for(
+                    Inputs { desired: &d, nodes: &nodes, services: &services, open: &open, finished: &[], events: &recent },
+                    &settings(),
+                    at(now),
+                    &Scope::Nodes(BTreeSet::from([n(node)])),
+                );
+                prop_assert_eq!(scoped, only(&first, node, &open));
+            }
             for c in &first.cancel {
                 let a = open.iter().find(|a| a.id == c.id).unwrap();
                 prop_assert_eq!(a.state, ActionState::Pending);
