@@ -16,26 +16,39 @@
 //!   again at once. Repeats that arrive within [`REPEAT_HOLDOFF`] of a
 //!   resend are answered once, when the holdoff ends, unless the watermark
 //!   moves first (the repeats were about events sent before the resend).
-//! - No ack at all for `resend_after` while events are in flight (an
-//!   observer that is away says nothing): everything past the watermark is
-//!   sent again. The timer counts from the last progress or resend, absolute
-//!   instants, so new events being sent never postpone it.
+//! - No ack at all while events are in flight (an observer that is away
+//!   says nothing, a broker that dropped a window says nothing either):
+//!   everything past the watermark is sent again after [`FIRST_STALL`],
+//!   then after twice as long each time until the watermark moves, at most
+//!   `resend_after`. The timer counts from the last progress or resend,
+//!   absolute instants, so new events being sent never postpone it.
 //! - A watermark above the last `seq` this node ever gave out means the
 //!   node's own state was lost: the outbox renumbers what it holds.
 
 use std::time::{Duration, Instant};
 
 /// At most this many events are sent and not yet acknowledged. Brokers
-/// queue a bounded number of messages for a subscriber (rumqttd ten 1 MiB
-/// segments per topic, Mosquitto 1,000 messages by default) and drop the
-/// rest; sending a long backlog all at once would overflow that queue. The
-/// window keeps what is in flight near it, and large enough that the
-/// observer's acks arrive before it runs dry: a sender that stops and waits
-/// meets the peer's delayed TCP ACK (rumqttd leaves Nagle on), 40 ms a
-/// window. Measured replay of a 50,000-event backlog: 7.7k events/s at 500,
-/// 86k at 2,000. What a broker drops past its queue is asked for again by
-/// the observer's repeated watermark.
-pub const SEND_WINDOW: u64 = 2000;
+/// queue a bounded number of messages for a subscriber (the embedded
+/// broker 16 MiB per subscription, Mosquitto 1,000 messages by default)
+/// and drop the rest; every agent of a fleet replaying its backlog at once
+/// shares the observer's queue. The window keeps what one agent has in
+/// flight small enough that 100 of them fit (100 x 250 events of about
+/// 500 bytes is 12 MiB), and large enough that the observer's acks arrive
+/// before it runs dry. Measured with both, in one run: one agent replays
+/// 100,000 events at 75k/s with 500, 53k/s with 250; 100 agents with
+/// 1,000 each drain in 31 s at 500 (the broker dropped windows, and only
+/// the stall timer recovered them) and in 1.5 s at 250. What a broker drops
+/// anyway is asked for again by the observer's repeated watermark, or sent
+/// again by the stall timer.
+pub const SEND_WINDOW: u64 = 250;
+
+/// The first resend of a stalled window comes this soon (or at
+/// `resend_after`, if that is shorter); each further one without progress
+/// waits twice as long, up to `resend_after`. A broker that dropped a window
+/// while the observer stayed subscribed gives no other sign: nothing
+/// arrives, so nothing is repeated. The backoff keeps an observer that is
+/// away (or busy) from being flooded.
+pub const FIRST_STALL: Duration = Duration::from_secs(2);
 
 /// Repeated watermarks within this long of a resend are answered once, when
 /// it has passed.
@@ -67,6 +80,8 @@ pub struct Window {
     /// Counts resends: what was taken to send before one must not mark
     /// anything sent after it (that would skip the resend).
     epoch: u64,
+    /// Stall resends since the watermark last moved (the backoff).
+    stalls: u32,
 }
 
 impl Window {
@@ -80,6 +95,7 @@ impl Window {
             resent_at: None,
             owed: false,
             epoch: 0,
+            stalls: 0,
         }
     }
 
@@ -149,6 +165,7 @@ impl Window {
             self.sent_upto = self.sent_upto.max(watermark);
             self.progress_at = now;
             self.owed = false;
+            self.stalls = 0;
             return Ack::Progress;
         }
         if self.sent_upto <= self.acked {
@@ -184,9 +201,17 @@ impl Window {
         self.epoch = epoch;
     }
 
+    /// How long without progress makes the next stall resend.
+    fn stall_after(&self, resend_after: Duration) -> Duration {
+        FIRST_STALL
+            .saturating_mul(1 << self.stalls.min(16))
+            .min(resend_after)
+    }
+
     /// When [`Window::on_timer`] has something to do, if ever.
     pub fn deadline(&self, resend_after: Duration) -> Option<Instant> {
-        let stall = (self.sent_upto > self.acked).then(|| self.progress_at + resend_after);
+        let stall = (self.sent_upto > self.acked)
+            .then(|| self.progress_at + self.stall_after(resend_after));
         let owed = self
             .resent_at
             .filter(|_| self.owed)
@@ -198,16 +223,19 @@ impl Window {
     }
 
     /// Resends if a holdoff ended with a repeat owed, or nothing moved for
-    /// `resend_after` with events in flight. True if it did.
+    /// the stall backoff with events in flight. True if it did.
     pub fn on_timer(&mut self, now: Instant, resend_after: Duration) -> bool {
         let owed_due = self.owed
             && self
                 .resent_at
                 .is_none_or(|at| now.saturating_duration_since(at) >= REPEAT_HOLDOFF);
         let stalled = self.sent_upto > self.acked
-            && now.saturating_duration_since(self.progress_at) >= resend_after;
+            && now.saturating_duration_since(self.progress_at) >= self.stall_after(resend_after);
         if owed_due || stalled {
             self.resend(now);
+            if stalled {
+                self.stalls = self.stalls.saturating_add(1);
+            }
             return true;
         }
         false
@@ -339,7 +367,7 @@ mod tests {
         let mut steps = vec![(Push(1), ""), (Send, "1")];
         // An event every half second, and no ack: the old loop restarted
         // its timer on each send and never resent.
-        for i in 2..61 {
+        for i in 2..5 {
             steps.push((Wait(500), "false"));
             steps.push((Push(i), ""));
             steps.push((Send, Box::leak(i.to_string().into_boxed_str())));
@@ -354,9 +382,29 @@ mod tests {
             (Wait(3_600_000), "false"),
             (Push(1), ""),
             (Send, "1"),
-            (Wait(29_000), "false"),
-            (Wait(1_000), "true"),
+            (Wait(1_900), "false"),
+            (Wait(100), "true"),
         ]);
+    }
+
+    #[test]
+    fn stall_resends_back_off_until_the_watermark_moves() {
+        let mut steps = vec![(Push(1), ""), (Send, "1")];
+        // 2 s, then 4, 8, 16, and 30 (resend_after) from then on.
+        for gap in [2_000, 4_000, 8_000, 16_000, 30_000, 30_000] {
+            steps.push((Wait(gap - 1), "false"));
+            steps.push((Wait(1), "true"));
+            steps.push((Send, "1"));
+        }
+        // Progress starts the backoff over.
+        steps.extend([
+            (Mark(1), "Progress"),
+            (Push(2), ""),
+            (Send, "2"),
+            (Wait(1_999), "false"),
+            (Wait(1), "true"),
+        ]);
+        check(&steps);
     }
 
     #[test]
@@ -385,7 +433,12 @@ mod tests {
         let mut w = Window::new(0, 3, t0);
         assert_eq!(w.deadline(RESEND), None, "nothing in flight");
         w.sent(3, t0);
-        assert_eq!(w.deadline(RESEND), Some(t0 + RESEND));
+        assert_eq!(w.deadline(RESEND), Some(t0 + FIRST_STALL));
+        assert_eq!(
+            w.deadline(Duration::from_secs(1)),
+            Some(t0 + Duration::from_secs(1)),
+            "resend_after shorter than the first stall"
+        );
         assert_eq!(w.on_ack(0, t0), Ack::Repeat { resend: true });
         w.sent(3, t0);
         assert_eq!(w.on_ack(0, t0), Ack::Repeat { resend: false });

@@ -115,7 +115,7 @@ enum Commands {
         /// Bound of the durable outbox; past it the oldest events go (and an events_dropped event says so).
         #[arg(long, default_value_t = homelab_agent::outbox::DEFAULT_MAX_BYTES)]
         outbox_max_bytes: u64,
-        /// Send again what the observer has not acknowledged after this long.
+        /// Longest wait before sending again what the observer has not acknowledged (the first resend of a stall comes after 2 s, doubling up to this).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         resend_after: Duration,
     },

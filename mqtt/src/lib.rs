@@ -255,6 +255,70 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Hands received messages to the caller from a task of its own, so the
+/// event loop never waits for a slow caller: blocking the loop on a full
+/// channel while the caller waits for room in rumqttc's request queue (to
+/// publish an ack, say) would stop both for good. Seen with 100 agents
+/// replaying at once: the observer went deaf, and its keepalive ran out.
+/// (Racing the event loop's `poll` against the channel instead would cancel
+/// `poll` mid-write, which can lose a request.)
+struct Forward {
+    tx: mpsc::UnboundedSender<Incoming>,
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Messages the caller has not taken yet, beyond the channel's capacity,
+/// past which the event loop waits for the caller. Agents keep at most 250
+/// events each in flight, so this holds a fleet of hundreds replaying at
+/// once.
+const MAX_BACKLOG: usize = 100_000;
+
+impl Forward {
+    fn start(out: mpsc::Sender<Incoming>) -> Forward {
+        use std::sync::atomic::Ordering;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = backlog.clone();
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                let sent = out.send(message).await;
+                count.fetch_sub(1, Ordering::Relaxed);
+                if sent.is_err() {
+                    debug!("mqtt receiver dropped");
+                    break;
+                }
+            }
+        });
+        Forward { tx, backlog }
+    }
+
+    fn deliver(&self, message: Incoming) {
+        self.backlog
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.tx.send(message).is_err() {
+            self.backlog
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Waits while the caller is [`MAX_BACKLOG`] messages behind.
+    async fn room(&self) {
+        let mut warned = false;
+        while self.backlog.load(std::sync::atomic::Ordering::Relaxed) >= MAX_BACKLOG
+            && !self.tx.is_closed()
+        {
+            if !warned {
+                warn!(
+                    backlog = MAX_BACKLOG,
+                    "mqtt receiver far behind; reading from the broker waits"
+                );
+                warned = true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -269,7 +333,9 @@ async fn drive(
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let mut queued: Option<JoinHandle<()>> = None;
     let mut session_present = false;
+    let incoming = Forward::start(tx);
     loop {
+        incoming.room().await;
         let resubscribe = async {
             match resubscribe_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -297,9 +363,7 @@ async fn drive(
                     let connected = Incoming::Connected {
                         session_present: ack.session_present,
                     };
-                    if tx.send(connected).await.is_err() {
-                        debug!("mqtt receiver dropped");
-                    }
+                    incoming.deliver(connected);
                 } else {
                     if queued.as_ref().is_none_or(|q| q.is_finished()) {
                         queued = Some(request_subscribe(&client, &config));
@@ -312,10 +376,7 @@ async fn drive(
                 if granted(&suback.return_codes, config.subscriptions.len()) {
                     resubscribe_at = None;
                     debug!(client = %config.client_id, "mqtt subscriptions confirmed");
-                    let connected = Incoming::Connected { session_present };
-                    if tx.send(connected).await.is_err() {
-                        debug!("mqtt receiver dropped");
-                    }
+                    incoming.deliver(Incoming::Connected { session_present });
                 } else {
                     warn!(client = %config.client_id, codes = ?suback.return_codes, filters = ?config.subscriptions, "broker refused a subscription; asking again");
                     metrics::counter!("homelab_mqtt_subscribe_refused_total").increment(1);
@@ -328,7 +389,7 @@ async fn drive(
                     payload: publish.payload,
                     retain: publish.retain,
                 };
-                let _ = tx.send(Incoming::Message(message)).await;
+                incoming.deliver(Incoming::Message(message));
             }
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
                 warn!(client = %config.client_id, pkid, "mqtt packet id collision: requests wait for its ack");
@@ -344,7 +405,7 @@ async fn drive(
                 if connected {
                     warn!(client = %config.client_id, %error, "mqtt connection lost");
                     connected = false;
-                    let _ = tx.send(Incoming::Disconnected).await;
+                    incoming.deliver(Incoming::Disconnected);
                 } else {
                     debug!(client = %config.client_id, %error, "mqtt connect failed");
                 }

@@ -62,3 +62,60 @@ async fn a_full_request_queue_never_loses_the_subscription() {
     flood.await.unwrap();
     mqtt.close().await;
 }
+
+/// The caller stops reading what it receives while it publishes (the
+/// observer publishing watermarks while 100 agents replay at once). Its
+/// publishes must still go out, and nothing it receives may be lost: a
+/// connection task that waited for the caller to read stopped sending, the
+/// caller waited for room to publish, and both stood still until the
+/// broker dropped the connection for a missed keepalive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_publishes_instead_of_reading_never_deadlocks() {
+    init_logs();
+    let addr = free_addr();
+    homelab_broker::start(&homelab_broker::Config::new(addr)).unwrap();
+    let mut config = homelab_mqtt::Config::new(&addr.to_string(), "busy-test");
+    config.subscriptions = vec!["flood/#".into()];
+    config.incoming_capacity = 16;
+    let (mqtt, mut incoming) = homelab_mqtt::connect(config).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !matches!(incoming.recv().await, Some(Incoming::Connected { .. })) {}
+    })
+    .await
+    .expect("connected and subscribed");
+    let flood = Probe::connect(addr, &[]).await;
+    let n = 2000;
+    for i in 0..n {
+        flood.publish("flood/x", i.to_string()).await;
+    }
+    // Not reading `incoming`: publish far more than the request queue holds.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for i in 0..1000 {
+            mqtt.publish(&format!("out/{i}"), vec![b'x'; 100], false)
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .expect("publishing stood still while the caller was not reading");
+    // Everything received while the caller was busy is there, in order.
+    let received = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match incoming.recv().await {
+                Some(Incoming::Message(m)) if m.topic == "flood/x" => got.push(
+                    String::from_utf8_lossy(&m.payload)
+                        .parse::<usize>()
+                        .unwrap(),
+                ),
+                Some(_) => continue,
+                None => panic!("connection ended"),
+            }
+        }
+        got
+    })
+    .await
+    .expect("every message received while busy arrives");
+    assert_eq!(received, (0..n).collect::<Vec<_>>());
+    mqtt.close().await;
+}
