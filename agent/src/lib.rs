@@ -47,7 +47,9 @@ pub struct Config {
     pub snapshot_interval: Duration,
     /// Bound of the outbox in bytes; past it the oldest events go.
     pub outbox_max_bytes: u64,
-    /// Events sent but not acknowledged for this long are sent again.
+    /// The longest wait before sending again what is not acknowledged: a
+    /// stall is answered after 2 s, then after twice as long each time, up
+    /// to this (`window::FIRST_STALL`).
     pub resend_after: Duration,
     /// The Docker engine (`unix:///…`, `tcp://…`); `None` is `DOCKER_HOST`
     /// or the local socket.

@@ -21,6 +21,7 @@
 //! All publishes are QoS 1. Stopping is explicit: [`Mqtt::close`] sends a
 //! DISCONNECT (so the Last Will is not fired) and ends the task.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -264,7 +265,7 @@ fn backoff() -> impl Iterator<Item = Duration> {
 /// `poll` mid-write, which can lose a request.)
 struct Forward {
     tx: mpsc::UnboundedSender<Incoming>,
-    backlog: Arc<std::sync::atomic::AtomicUsize>,
+    backlog: Arc<AtomicUsize>,
 }
 
 /// Messages the caller has not taken yet, beyond the channel's capacity,
@@ -275,9 +276,8 @@ const MAX_BACKLOG: usize = 100_000;
 
 impl Forward {
     fn start(out: mpsc::Sender<Incoming>) -> Forward {
-        use std::sync::atomic::Ordering;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backlog = Arc::new(AtomicUsize::new(0));
         let count = backlog.clone();
         tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
@@ -293,20 +293,16 @@ impl Forward {
     }
 
     fn deliver(&self, message: Incoming) {
-        self.backlog
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.backlog.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(message).is_err() {
-            self.backlog
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Waits while the caller is [`MAX_BACKLOG`] messages behind.
     async fn room(&self) {
         let mut warned = false;
-        while self.backlog.load(std::sync::atomic::Ordering::Relaxed) >= MAX_BACKLOG
-            && !self.tx.is_closed()
-        {
+        while self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG && !self.tx.is_closed() {
             if !warned {
                 warn!(
                     backlog = MAX_BACKLOG,
