@@ -150,6 +150,24 @@ impl Event {
         Ok(event)
     }
 
+    /// The `type` of an event payload, read without building the event:
+    /// for subscribers that act on a few types only and would otherwise
+    /// parse every event in full. `None` when it is not a JSON object with
+    /// a string `type` (the full parse then says what is wrong).
+    pub fn peek_kind(payload: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        if payload.len() > MAX_EVENT_BYTES {
+            return None;
+        }
+        serde_json::from_slice::<Kind>(payload)
+            .ok()
+            .map(|k| k.kind.into_owned())
+    }
+
     pub fn validate(&self) -> Result<(), EventError> {
         if self.v != 1 {
             return Err(EventError::Version(self.v));
@@ -210,6 +228,41 @@ mod tests {
             .map(|_| ())
             .map_err(|e| e.reason());
         assert_eq!(got, expected, "payload {payload}");
+    }
+
+    #[test]
+    fn peek_kind_reads_the_type_only() {
+        let big = format!(
+            r#"{{"type":"x","message":"{}"}}"#,
+            "a".repeat(MAX_EVENT_BYTES)
+        );
+        let cases: &[(&str, Option<&str>)] = &[
+            (GOOD, Some("containers_not_running")),
+            // Whatever else is in it: the full parse judges that.
+            (
+                r#"{"type":"backup_failed","extra":[1,{"a":null}]}"#,
+                Some("backup_failed"),
+            ),
+            (
+                r#"{"type":"remediation\u005ffailed"}"#,
+                Some("remediation_failed"),
+            ),
+            (r#"{"id":"x"}"#, None),
+            (r#"{"type":7}"#, None),
+            // serde takes a struct from an array too; the full parse
+            // refuses it.
+            (r#"["type"]"#, Some("type")),
+            ("not json", None),
+            (&big, None),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(
+                Event::peek_kind(payload.as_bytes()).as_deref(),
+                *want,
+                "{}",
+                &payload[..payload.len().min(80)]
+            );
+        }
     }
 
     #[test]

@@ -54,6 +54,17 @@ pub fn write_atomic_all(dir: &Path, files: &[(&Path, &[u8])]) -> Result<()> {
 
 /// write → fsync → rename, without the directory's fsync.
 fn write_atomic_in(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_with(path, bytes, true)
+}
+
+/// Replaces `path` whole (write, rename), without fsync: for reports that
+/// are rewritten all the time and need no durability (a reader sees the
+/// old or the new text, never a mix; after a crash, an older one).
+pub fn replace_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    replace_with(path, &json_bytes(value)?, false)
+}
+
+fn replace_with(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let dir = path.parent().context("path has no parent directory")?;
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let name = path
@@ -65,8 +76,10 @@ fn write_atomic_in(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
         file.write_all(bytes)
             .with_context(|| format!("write {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
+        if sync {
+            file.sync_all()
+                .with_context(|| format!("fsync {}", tmp.display()))?;
+        }
     }
     fs::rename(&tmp, path)
         .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))

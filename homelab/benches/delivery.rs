@@ -6,12 +6,16 @@
 //! - observer durable ingestion through the embedded broker: a client
 //!   publishes N events (QoS 1) as fast as it can; time until the observer's
 //!   watermark covers them all (so they are fsynced in the log);
+//! - the same from outside: `homelab up` in its own process fed by a
+//!   publisher that keeps an agent's window, next to `homelab broker` in its
+//!   own process passing the same payloads to a counting subscriber;
 //! - replay after a long outage: an agent starts with N events in its
 //!   outbox; time until the observer's watermark covers them;
 //! - 100 agents with 1,000-event backlogs reconnecting together: time until
 //!   every watermark covers its backlog (`BENCH_ONLY=fleet`, next to one
 //!   agent replaying the same total);
-//! - the agent's idle RSS, as its own process, connected and watching Docker;
+//! - the agent's idle RSS, as its own process, connected and watching Docker:
+//!   the slim `homelab-agent` next to `homelab agent`;
 //! - latency from an event published (a service's container exits) to its
 //!   pending action file, through `homelab up` in-process, next to the
 //!   broker's own publish → receive round trip in the same run.
@@ -39,6 +43,15 @@ fn event(node: &Name, seq: u64) -> Event {
         message: "a typical event message of modest length".into(),
         data: json!({"i": seq, "detail": "x".repeat(100)}),
     }
+}
+
+/// CPU time this process has used so far (all threads, user + system).
+fn cpu_time() -> Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn free_addr() -> std::net::SocketAddr {
@@ -169,6 +182,7 @@ async fn broker_baseline(n: u64) {
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     const WINDOW: u64 = 5_000;
     let start = Instant::now();
+    let cpu = cpu_time();
     for (i, payload) in payloads.into_iter().enumerate() {
         while i as u64 >= received.load(Ordering::SeqCst) + WINDOW {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -187,9 +201,12 @@ async fn broker_baseline(n: u64) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = start.elapsed();
+    let cpu = cpu_time() - cpu;
     println!(
-        "broker alone, publisher -> counting subscriber: {:>9.0} events/s (same window, same payloads)",
-        n as f64 / took.as_secs_f64()
+        "broker alone, publisher -> counting subscriber: {:>9.0} events/s (same window, same payloads; CPU {:.1} us/event, {:.2} cores)",
+        n as f64 / took.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        cpu.as_secs_f64() / took.as_secs_f64()
     );
 }
 
@@ -216,6 +233,7 @@ async fn observer_ingestion(n: u64) {
     // broker's bounded log drops what a lagging subscriber has not read.
     const WINDOW: u64 = 5_000;
     let start = Instant::now();
+    let cpu = cpu_time();
     for (i, payload) in payloads.into_iter().enumerate() {
         while i as u64 >= acked.load(Ordering::SeqCst) + WINDOW {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -228,14 +246,175 @@ async fn observer_ingestion(n: u64) {
     let published = start.elapsed();
     waiter.await.unwrap();
     let total = start.elapsed();
+    let cpu = cpu_time() - cpu;
     println!(
-        "observer durable ingestion (embedded broker): {:>9.0} events/s ({n} events on disk in {:.2} s; publishing took {:.2} s)",
+        "observer durable ingestion (embedded broker): {:>9.0} events/s ({n} events on disk in {:.2} s; publishing took {:.2} s; CPU {:.1} us/event, {:.2} cores)",
         n as f64 / total.as_secs_f64(),
         total.as_secs_f64(),
-        published.as_secs_f64()
+        published.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        cpu.as_secs_f64() / total.as_secs_f64()
     );
     plant.shutdown.cancel();
     drop(plant.root);
+}
+
+/// A child process killed when dropped (also when the bench panics).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts connections on `addr`.
+async fn listening(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes `payloads` (QoS 1) on `topic`, at most `window` ahead of
+/// `progress` (an agent's window over the watermark, or what a counting
+/// subscriber has received).
+async fn publish_windowed(
+    mqtt: std::net::SocketAddr,
+    topic: &str,
+    payloads: Vec<String>,
+    window: u64,
+    progress: Arc<AtomicU64>,
+) {
+    let mut options = MqttOptions::new(
+        format!("bench-publisher-{}", homelab_core::event::new_id()),
+        "127.0.0.1",
+        mqtt.port(),
+    );
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    for (i, payload) in payloads.into_iter().enumerate() {
+        while i as u64 >= progress.load(Ordering::SeqCst) + window {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+}
+
+/// Durable ingestion from outside, as a user runs it: `homelab up` (no
+/// local agent) in its own process, fed by this process behaving like an
+/// agent (at most 5,000 events beyond the watermark), next to `homelab
+/// broker` in its own process passing the same payloads to a counting
+/// subscriber.
+async fn ingestion_from_outside(n: u64) {
+    const WINDOW: u64 = 5_000;
+    let bin = env!("CARGO_BIN_EXE_homelab");
+    let quiet = |command: &mut std::process::Command| {
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    };
+    // The anchor: the broker alone.
+    let mqtt = free_addr();
+    let mut command = std::process::Command::new(bin);
+    command.args(["broker", "--listen", &mqtt.to_string()]);
+    quiet(&mut command);
+    let broker = Child(command.spawn().unwrap());
+    listening(mqtt).await;
+    let node = Name::parse("outside").unwrap();
+    let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut options = MqttOptions::new("bench-outside-counter", "127.0.0.1", mqtt.port());
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (sub, mut sub_loop) = AsyncClient::new(options, 100);
+    sub.subscribe("homelab/events/outside", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = sub_loop.poll().await {
+            if let MqttEvent::Incoming(Packet::Publish(_)) = event {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    publish_windowed(
+        mqtt,
+        "homelab/events/outside",
+        payloads.clone(),
+        WINDOW,
+        received.clone(),
+    )
+    .await;
+    while received.load(Ordering::SeqCst) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the counting subscriber fell short"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let anchor = n as f64 / start.elapsed().as_secs_f64();
+    drop(broker);
+
+    // `homelab up`, durable.
+    let mqtt = free_addr();
+    let http = free_addr();
+    let root = tempfile::tempdir().unwrap();
+    let repo = root.path().join("repo");
+    std::fs::create_dir_all(repo.join("inventory")).unwrap();
+    std::fs::write(
+        repo.join("inventory/topology.yaml"),
+        "nodes:\n  outside: {}\n",
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(bin);
+    command
+        .args([
+            "up",
+            "--no-agent",
+            "--mqtt",
+            &mqtt.to_string(),
+            "--http",
+            &http.to_string(),
+        ])
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--root")
+        .arg(root.path().join("root"));
+    quiet(&mut command);
+    let up = Child(command.spawn().unwrap());
+    listening(mqtt).await;
+    listening(http).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let waiter = tokio::spawn(wait_ack(
+        mqtt,
+        "outside",
+        n,
+        Duration::from_secs(300),
+        acked.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    publish_windowed(mqtt, "homelab/events/outside", payloads, WINDOW, acked).await;
+    waiter.await.unwrap();
+    let durable = n as f64 / start.elapsed().as_secs_f64();
+    drop(up);
+    println!(
+        "from outside, {n} events: `homelab up` durable {durable:>9.0} events/s   (anchor, `homelab broker` pass-through: {anchor:>9.0} events/s; ratio {:.2})",
+        durable / anchor
+    );
 }
 
 async fn replay_after_outage(n: u64) {
@@ -343,33 +522,62 @@ async fn fleet_replay(agents: usize, backlog: u64) {
 async fn agent_idle_rss() {
     let mqtt = free_addr();
     homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
-        .args(["agent", "--node", "idle", "--broker", &mqtt.to_string()])
-        .arg("--root")
-        .arg(root.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or("VmRSS: ?")
-        .to_string();
     let docker = if std::path::Path::new("/var/run/docker.sock").exists() {
         "watching Docker"
     } else {
         "no Docker"
     };
-    println!(
-        "agent idle RSS ({docker}, after 8 s):      {}",
-        rss.trim_start_matches("VmRSS:").trim()
-    );
-    let _ = child.kill();
-    let _ = child.wait();
+    // Both at once, so both see the same machine.
+    let programs = [
+        ("homelab-agent", env!("CARGO_BIN_EXE_homelab-agent"), vec![]),
+        (
+            "homelab agent",
+            env!("CARGO_BIN_EXE_homelab"),
+            vec!["agent"],
+        ),
+    ];
+    let roots: Vec<_> = programs
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut children: Vec<_> = programs
+        .iter()
+        .zip(&roots)
+        .enumerate()
+        .map(|(i, ((_, program, sub), root))| {
+            std::process::Command::new(program)
+                .args(sub)
+                .args(["--node", &format!("idle{i}"), "--broker", &mqtt.to_string()])
+                .arg("--root")
+                .arg(root.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for ((name, _, _), child) in programs.iter().zip(&children) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        };
+        println!(
+            "agent idle RSS, {name:<14} ({docker}, after 8 s): {:>9}  (anonymous {}, file-backed {})",
+            field("VmRSS:"),
+            field("RssAnon:"),
+            field("RssFile:")
+        );
+    }
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 fn rss_kb() -> u64 {
@@ -692,6 +900,21 @@ fn main() {
         runtime.block_on(fleet_replay(100, 1_000));
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "ingest") {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        if std::env::var("BENCH_NO_ANCHOR").is_err() {
+            runtime.block_on(broker_baseline(n));
+        }
+        runtime.block_on(observer_ingestion(n));
+        runtime.block_on(ingestion_from_outside(n));
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "rss") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(agent_idle_rss());
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -702,6 +925,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(broker_baseline(n));
     runtime.block_on(observer_ingestion(n));
+    runtime.block_on(ingestion_from_outside(n));
     runtime.block_on(replay_after_outage(n));
     runtime.block_on(fleet_replay(100, 1_000));
     runtime.block_on(agent_idle_rss());

@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+pub mod agent_cli;
+
 #[derive(Debug, Clone)]
 pub struct UpConfig {
     pub root: PathBuf,
@@ -157,6 +159,19 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
     }
     info!("homelab stopped (the embedded broker ends with the process)");
     failure.map_or(Ok(()), Err)
+}
+
+/// Logs to stderr, filtered by RUST_LOG. rumqttd logs every ordinary client
+/// disconnect as an ERROR, so its logs are off unless asked for
+/// (RUST_LOG=info,rumqttd=warn).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
+        )
+        .init();
 }
 
 /// Cancels `token` on ctrl-c or SIGTERM; a second signal exits at once.

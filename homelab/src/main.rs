@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use homelab::agent_cli::{self, AgentArgs, AgentQuery};
 use homelab_core::{desired, Layout, Name, Topics};
 use tokio_util::sync::CancellationToken;
 
@@ -57,20 +58,6 @@ struct RepoArg {
 }
 
 #[derive(Subcommand)]
-enum AgentQuery {
-    /// Prints the agent's state from `<root>/state/agent/<node>/status.json`:
-    /// connected or not, outbox depth, age of the oldest unacknowledged event.
-    Status {
-        /// The node (default: the hostname).
-        #[arg(long)]
-        node: Option<String>,
-        /// Print the JSON as written.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
 enum Commands {
     /// Everything in one process: broker, observer, supervisor, executor, ui and a local agent.
     Up {
@@ -105,19 +92,7 @@ enum Commands {
         #[command(subcommand)]
         query: Option<AgentQuery>,
         #[command(flatten)]
-        broker: BrokerArg,
-        /// This node's name (default: the hostname).
-        #[arg(long)]
-        node: Option<String>,
-        /// The Docker engine, e.g. unix:///var/run/docker.sock (default: DOCKER_HOST or the local socket).
-        #[arg(long)]
-        docker_host: Option<String>,
-        /// Bound of the durable outbox; past it the oldest events go (and an events_dropped event says so).
-        #[arg(long, default_value_t = homelab_agent::outbox::DEFAULT_MAX_BYTES)]
-        outbox_max_bytes: u64,
-        /// Longest wait before sending again what the observer has not acknowledged (the first resend of a stall comes after 2 s, doubling up to this).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        resend_after: Duration,
+        args: AgentArgs,
     },
     /// Event log and world state.
     Observer {
@@ -183,24 +158,11 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 fn node_name(raw: Option<String>) -> Result<Name> {
-    match raw {
-        Some(raw) => {
-            Ok(Name::parse(&raw).map_err(|e| anyhow::anyhow!("bad node name {raw:?}: {e}"))?)
-        }
-        None => homelab::default_node(),
-    }
+    agent_cli::node_name(raw)
 }
 
 fn main() -> ExitCode {
-    // rumqttd logs every ordinary client disconnect as an ERROR, so its
-    // logs are off unless asked for (RUST_LOG=info,rumqttd=warn).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
-        )
-        .init();
+    homelab::init_logging();
     let cli = Cli::parse();
     if let Commands::Check { repo } = &cli.command {
         return check(&repo.repo);
@@ -210,7 +172,7 @@ fn main() -> ExitCode {
         ..
     } = &cli.command
     {
-        return match agent_status(&cli.root, node.clone(), *json) {
+        return match agent_cli::status(&cli.root, node.clone(), *json) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -233,7 +195,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = if let Commands::Agent { .. } = &cli.command {
+        agent_cli::runtime()
+    } else {
+        tokio::runtime::Runtime::new().expect("tokio runtime")
+    };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -241,25 +207,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn agent_status(root: &std::path::Path, node: Option<String>, json: bool) -> Result<String> {
-    use anyhow::Context;
-    let node = node_name(node)?;
-    let path = Layout::new(root).agent_status(&node);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no status at {} (has the agent for {node} run with --root {}?)",
-            path.display(),
-            root.display()
-        )
-    })?;
-    if json {
-        return Ok(text + "\n");
-    }
-    let status: homelab_agent::status::AgentStatus =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    Ok(status.render(chrono::Utc::now()))
 }
 
 fn emit(cli: Cli) -> Result<String> {
@@ -356,20 +303,8 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Broker { listen } => {
             homelab_broker::run(homelab_broker::Config::new(listen), shutdown).await
         }
-        Commands::Agent {
-            query: _,
-            broker,
-            node,
-            docker_host,
-            outbox_max_bytes,
-            resend_after,
-        } => {
-            let mut config = homelab_agent::Config::new(node_name(node)?, &broker.broker, layout);
-            config.topics = topics;
-            config.docker_host = docker_host;
-            config.outbox_max_bytes = outbox_max_bytes;
-            config.resend_after = resend_after.max(Duration::from_secs(1));
-            homelab_agent::run(config, shutdown).await
+        Commands::Agent { query: _, args } => {
+            agent_cli::run(args, &cli.root, &cli.prefix, shutdown).await
         }
         Commands::Observer {
             broker,

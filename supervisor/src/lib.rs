@@ -148,8 +148,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
             repo_problems: supervisor.last_problems.clone(),
         };
+        // A progress report, rewritten after every pass: not fsynced.
         let path = config.layout.supervisor_status();
-        if let Err(error) = fsutil::write_json_atomic(&path, &status) {
+        if let Err(error) = fsutil::replace_json(&path, &status) {
             warn!(
                 error = format!("{error:#}"),
                 "supervisor status not written"
@@ -230,7 +231,10 @@ impl Supervisor {
     }
 
     async fn reconcile(&mut self, mqtt: &Mqtt, mut scope: Scope) {
-        if self.load_desired() {
+        // The repo is read again on full passes (every interval, and on a
+        // reconnect): a pass that one event woke judges by the desired
+        // state already loaded, so a burst of events does not re-read it.
+        if (scope == Scope::All || self.desired.is_none()) && self.load_desired() {
             scope = Scope::All;
         }
         if self.desired.is_none() || scope.is_empty() {

@@ -54,7 +54,11 @@ impl Recent {
                 Ok((lines, next)) => {
                     self.offsets.insert(path, next);
                     for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                        // A torn line that recovery closed is skipped.
+                        // Only the types the rules read are parsed in full;
+                        // a torn line that recovery closed is skipped.
+                        if !Event::peek_kind(line).is_some_and(|kind| crate::plan::reads(&kind)) {
+                            continue;
+                        }
                         let Ok(event) = Event::from_payload(line) else {
                             continue;
                         };

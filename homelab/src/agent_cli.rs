@@ -1,0 +1,99 @@
+//! The node agent's command line, shared by `homelab agent` and the slim
+//! `homelab-agent` binary (the same agent without the control plane linked
+//! in, for hosts that run only the agent).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use homelab_core::{Layout, Name, Topics};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Subcommand)]
+pub enum AgentQuery {
+    /// Prints the agent's state from `<root>/state/agent/<node>/status.json`:
+    /// connected or not, outbox depth, age of the oldest unacknowledged event.
+    Status {
+        /// The node (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+        /// Print the JSON as written.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The MQTT broker, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The Docker engine, e.g. unix:///var/run/docker.sock (default: DOCKER_HOST or the local socket).
+    #[arg(long)]
+    pub docker_host: Option<String>,
+    /// Bound of the durable outbox; past it the oldest events go (and an events_dropped event says so).
+    #[arg(long, default_value_t = homelab_agent::outbox::DEFAULT_MAX_BYTES)]
+    pub outbox_max_bytes: u64,
+    /// Longest wait before sending again what the observer has not acknowledged (the first resend of a stall comes after 2 s, doubling up to this).
+    #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
+    pub resend_after: Duration,
+}
+
+/// A node name from the command line, or the hostname's.
+pub fn node_name(raw: Option<String>) -> Result<Name> {
+    match raw {
+        Some(raw) => {
+            Ok(Name::parse(&raw).map_err(|e| anyhow::anyhow!("bad node name {raw:?}: {e}"))?)
+        }
+        None => crate::default_node(),
+    }
+}
+
+/// The text `homelab agent status` prints (or the JSON as written).
+pub fn status(root: &Path, node: Option<String>, json: bool) -> Result<String> {
+    let node = node_name(node)?;
+    let path = Layout::new(root).agent_status(&node);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no status at {} (has the agent for {node} run with --root {}?)",
+            path.display(),
+            root.display()
+        )
+    })?;
+    if json {
+        return Ok(text + "\n");
+    }
+    let status: homelab_agent::status::AgentStatus =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    Ok(status.render(chrono::Utc::now()))
+}
+
+/// Runs the agent until `shutdown`. It is light on work, so its process
+/// needs only a single-threaded runtime (see [`runtime`]).
+pub async fn run(
+    args: AgentArgs,
+    root: &Path,
+    prefix: &str,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut config =
+        homelab_agent::Config::new(node_name(args.node)?, &args.broker, Layout::new(root));
+    config.topics = Topics::new(prefix);
+    config.docker_host = args.docker_host;
+    config.outbox_max_bytes = args.outbox_max_bytes;
+    config.resend_after = args.resend_after.max(Duration::from_secs(1));
+    homelab_agent::run(config, shutdown).await
+}
+
+/// The runtime an agent process runs on: one thread (plus tokio's blocking
+/// pool for file I/O). Fewer threads keep its idle memory small.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
