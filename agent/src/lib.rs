@@ -7,6 +7,7 @@
 //! the node's `seq`; a command past its deadline, or for another node, is
 //! refused.
 
+pub mod command;
 pub mod docker;
 pub mod outbox;
 pub mod spool;
@@ -14,9 +15,8 @@ pub mod status;
 pub mod sync;
 pub mod window;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -80,7 +80,6 @@ struct Agent {
     config: Config,
     outbox: Outbox,
     runtime: RwLock<Option<Arc<dyn ContainerRuntime>>>,
-    commands_seen: Mutex<HashSet<String>>,
 }
 
 impl Agent {
@@ -129,7 +128,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         config: config.clone(),
         outbox,
         runtime: RwLock::new(None),
-        commands_seen: Mutex::default(),
     });
 
     let status_topic = topics.node_status(&node);
@@ -501,20 +499,30 @@ async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
             return;
         }
     };
-    if command.node != agent.config.node {
-        warn!(node = %command.node, "command for another node rejected");
-        metrics::counter!("homelab_agent_commands_rejected_total", "reason" => "node_mismatch")
-            .increment(1);
-        return;
-    }
-    if !agent
-        .commands_seen
-        .lock()
-        .expect("commands lock")
-        .insert(command.id.clone())
-    {
-        debug!(id = %command.id, "command already handled");
-        return;
+    let now = Utc::now();
+    // Remembered durably before anything runs: at most once per id, also
+    // across restarts. A failure to remember runs nothing.
+    let first_time = command.node == agent.config.node
+        && match blocking(|| {
+            agent
+                .outbox
+                .remember_command(&command.id, command.deadline, now)
+        }) {
+            Ok(first_time) => first_time,
+            Err(error) => {
+                warn!(id = %command.id, error = format!("{error:#}"), "command not recorded; not carried out");
+                return;
+            }
+        };
+    let verdict = command::judge(
+        &command.node,
+        &agent.config.node,
+        first_time,
+        command.deadline,
+        now,
+    );
+    if let Some(reason) = verdict.reason() {
+        metrics::counter!("homelab_agent_commands_rejected_total", "reason" => reason).increment(1);
     }
     let data = json!({"action_id": command.action_id, "command_id": command.id});
     let service = match &command.op {
@@ -523,16 +531,29 @@ async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
         }
         Operation::DiskCleanup {} => None,
     };
-    if Utc::now() > command.deadline {
-        warn!(id = %command.id, "command past its deadline refused");
-        agent.emit(
-            kinds::REMEDIATION_FAILED,
-            service.as_ref(),
-            Severity::Warning,
-            "command refused: past its deadline",
-            data,
-        );
-        return;
+    match verdict {
+        command::Verdict::Run => {}
+        command::Verdict::OtherNode => {
+            warn!(node = %command.node, "command for another node rejected");
+            return;
+        }
+        command::Verdict::Duplicate => {
+            info!(id = %command.id, "command already handled; not carried out again");
+            return;
+        }
+        command::Verdict::Expired => {
+            warn!(id = %command.id, deadline = %command.deadline, "command past its deadline refused");
+            let mut data = data;
+            data["reason"] = json!("expired");
+            agent.emit(
+                kinds::REMEDIATION_FAILED,
+                service.as_ref(),
+                Severity::Warning,
+                "command refused: expired (past its deadline)",
+                data,
+            );
+            return;
+        }
     }
     info!(id = %command.id, action = %command.action_id, op = command.op.kind().as_str(), "carrying out command");
     agent.emit(

@@ -44,6 +44,13 @@ use tracing::warn;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Command ids this agent has taken, with their deadline (unix seconds).
+const COMMANDS: TableDefinition<&str, i64> = TableDefinition::new("commands");
+
+/// How long a command id is remembered past its deadline. A copy that
+/// comes later is refused as expired all the same; this margin covers a
+/// clock that moved back a little.
+pub const COMMANDS_KEPT_PAST_DEADLINE: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// redb's page cache for the outbox.
 const OUTBOX_CACHE_BYTES: usize = 4 * 1024 * 1024;
@@ -124,6 +131,33 @@ impl Outbox {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("outbox lock")
+    }
+
+    /// Remembers command `id` durably (committed before this returns, so a
+    /// restart cannot run it twice); true if it was new. Ids whose deadline
+    /// is long past are forgotten on the way.
+    pub fn remember_command(
+        &self,
+        id: &str,
+        deadline: homelab_core::time::Timestamp,
+        now: homelab_core::time::Timestamp,
+    ) -> Result<bool> {
+        let _state = self.lock();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let new = {
+            let mut table = txn.open_table(COMMANDS).map_err(db_err)?;
+            let forget_before = (now - COMMANDS_KEPT_PAST_DEADLINE).timestamp();
+            table
+                .retain(|_, deadline| deadline >= forget_before)
+                .map_err(db_err)?;
+            let known = table.get(id).map_err(db_err)?.is_some();
+            if !known {
+                table.insert(id, deadline.timestamp()).map_err(db_err)?;
+            }
+            !known
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(new)
     }
 
     pub fn push(&self, event: Event) -> Result<Event> {
@@ -472,6 +506,24 @@ mod tests {
         assert_eq!(outbox.push(event("4")).unwrap().seq, 4);
         outbox.ack(4).unwrap();
         assert_eq!((outbox.unacked(), outbox.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_command_id_is_taken_once_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        assert!(outbox.remember_command("C1", t(300), t(0)).unwrap());
+        assert!(!outbox.remember_command("C1", t(300), t(1)).unwrap());
+        assert!(outbox.remember_command("C2", t(300), t(1)).unwrap());
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        assert!(!outbox.remember_command("C1", t(300), t(2)).unwrap());
+        // Long past its deadline it is forgotten (a copy would be refused
+        // as expired anyway), so the table stays small.
+        let later = t(300) + COMMANDS_KEPT_PAST_DEADLINE + chrono::TimeDelta::seconds(1);
+        assert!(outbox.remember_command("C3", later, later).unwrap());
+        assert!(outbox.remember_command("C1", later, later).unwrap());
     }
 
     #[test]

@@ -17,12 +17,13 @@
 
 use std::time::Duration;
 
+pub mod decide;
+
 use anyhow::Result;
 use chrono::Utc;
 use homelab_core::action::{ActionResult, SentCommand};
-use homelab_core::event::kinds;
 use homelab_core::store::{Move, TransitionError};
-use homelab_core::{Action, ActionState, ActionStore, Command, Event, Layout, Operation, Topics};
+use homelab_core::{Action, ActionState, ActionStore, Command, Event, Layout, Topics};
 use homelab_mqtt::{Incoming, Mqtt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -38,10 +39,6 @@ pub struct Config {
     /// How often to look at `approved/` and `running/` without a trigger.
     pub interval: Duration,
 }
-
-/// Past the deadline, the agent refuses the command; this margin lets an
-/// outcome that was on its way arrive.
-const OUTCOME_MARGIN: Duration = Duration::from_secs(30);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-executor");
@@ -59,7 +56,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 None => break,
                 Some(Incoming::Message(message)) => {
                     if config.topics.parse_events(&message.topic).is_some() {
-                        if let Ok(event) = Event::from_payload(&message.payload) {
+                        // Only outcomes matter here: the rest of the event
+                        // stream is not parsed in full.
+                        let outcome_kind = Event::peek_kind(&message.payload)
+                            .is_some_and(|kind| decide::is_outcome(&kind));
+                        if let (true, Ok(event)) = (outcome_kind, Event::from_payload(&message.payload)) {
                             outcome(&config, &store, &mqtt, &event).await;
                         }
                     } else {
@@ -109,18 +110,10 @@ async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt) {
     };
     let now = Utc::now();
     for action in running {
-        match &action.command {
-            None => send(config, store, mqtt, action).await,
-            Some(sent) if now > sent.deadline + OUTCOME_MARGIN => {
-                let result = ActionResult {
-                    ok: false,
-                    message: "no outcome before the command deadline".into(),
-                    at: now,
-                    data: json!({"command_id": sent.id}),
-                };
-                finish(config, store, mqtt, &action, result).await;
-            }
-            Some(_) => {}
+        match decide::running(&action, now) {
+            decide::Running::Send => send(config, store, mqtt, action).await,
+            decide::Running::Fail(result) => finish(config, store, mqtt, &action, result).await,
+            decide::Running::Wait => {}
         }
     }
 }
@@ -128,20 +121,12 @@ async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt) {
 /// Records and publishes the command for a running action.
 async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Action) {
     let now = Utc::now();
-    let op = match (action.kind, &action.service) {
-        (homelab_core::ActionKind::ContainerRestart, Some(service)) => {
-            Operation::ContainerRestart {
-                service: service.clone(),
-            }
-        }
-        (homelab_core::ActionKind::Redeploy, Some(service)) => Operation::Redeploy {
-            service: service.clone(),
-        },
-        (homelab_core::ActionKind::DiskCleanup, _) => Operation::DiskCleanup {},
-        (kind, _) => {
+    let op = match decide::operation(action.kind, action.service.as_ref()) {
+        Ok(op) => op,
+        Err(why) => {
             let result = ActionResult {
                 ok: false,
-                message: format!("{} has nothing to execute", kind.as_str()),
+                message: why,
                 at: now,
                 data: json!({}),
             };
@@ -149,9 +134,7 @@ async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Act
             return;
         }
     };
-    let deadline = now
-        + chrono::Duration::from_std(config.command_timeout)
-            .unwrap_or(chrono::Duration::minutes(5));
+    let deadline = decide::deadline(now, config.command_timeout);
     let command = Command {
         v: 1,
         id: homelab_core::event::new_id(),
@@ -186,11 +169,6 @@ async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Act
 }
 
 async fn outcome(config: &Config, store: &ActionStore, mqtt: &Mqtt, event: &Event) {
-    let ok = match event.kind.as_str() {
-        kinds::REMEDIATION_COMPLETED => true,
-        kinds::REMEDIATION_FAILED => false,
-        _ => return,
-    };
     let Some(id) = event
         .action_id()
         .and_then(|id| homelab_core::Name::parse(id).ok())
@@ -198,23 +176,16 @@ async fn outcome(config: &Config, store: &ActionStore, mqtt: &Mqtt, event: &Even
         return;
     };
     let action = match store.find(&id) {
-        Ok(Some(action)) if action.state == ActionState::Running => action,
+        Ok(Some(action)) => action,
         _ => return,
     };
-    let command_id = event.data.get("command_id").and_then(|v| v.as_str());
-    if let (Some(sent), Some(got)) = (&action.command, command_id) {
-        if sent.id != got {
-            info!(id = %id, "outcome of an earlier command ignored");
-            return;
+    match decide::outcome(&action, event) {
+        Some(result) => finish(config, store, mqtt, &action, result).await,
+        None if action.state == ActionState::Running => {
+            info!(id = %id, "outcome of an earlier command ignored")
         }
+        None => {}
     }
-    let result = ActionResult {
-        ok,
-        message: event.message.clone(),
-        at: event.ts,
-        data: json!({"event_id": event.id, "command_id": command_id, "node": event.node}),
-    };
-    finish(config, store, mqtt, &action, result).await;
 }
 
 async fn finish(

@@ -107,6 +107,8 @@ struct Lab {
     broker: Option<Proc>,
     observer: Option<Proc>,
     agent: Option<Proc>,
+    /// `homelab agent`, or the slim `homelab-agent` when true.
+    slim_agent: bool,
     next_i: u64,
 }
 
@@ -147,6 +149,7 @@ impl Lab {
             broker: None,
             observer: None,
             agent: None,
+            slim_agent: false,
             next_i: 0,
         };
         lab.start_broker().await;
@@ -220,9 +223,18 @@ impl Lab {
         self.observer = Some(self.spawn("observer", env!("CARGO_BIN_EXE_homelab"), &args));
     }
 
+    /// The agent's program and the arguments that come before its flags.
+    fn agent_program(&self) -> (&'static str, Vec<String>) {
+        if self.slim_agent {
+            (env!("CARGO_BIN_EXE_homelab-agent"), vec![])
+        } else {
+            (env!("CARGO_BIN_EXE_homelab"), vec!["agent".into()])
+        }
+    }
+
     fn start_agent(&mut self) {
-        let mut args = vec![
-            "agent".into(),
+        let (program, mut args) = self.agent_program();
+        args.extend([
             "--broker".into(),
             self.proxy.addr.to_string(),
             "--node".into(),
@@ -232,11 +244,11 @@ impl Lab {
             // No Docker here: the agent reports that and goes on.
             "--docker-host".into(),
             format!("unix://{}/no-docker.sock", self.dir.path().display()),
-        ];
+        ]);
         // Every timer at its default (`--resend-after` 30 s): recovery
         // must not rest on a shortened one.
         args.extend(self.agent_args.iter().cloned());
-        self.agent = Some(self.spawn("agent", env!("CARGO_BIN_EXE_homelab"), &args));
+        self.agent = Some(self.spawn("agent", program, &args));
     }
 
     fn agent_root(&self) -> PathBuf {
@@ -453,12 +465,15 @@ fn outbox_events(status: &str) -> u64 {
 }
 
 impl Lab {
-    /// Polls `homelab agent status` until `check` holds for its output.
+    /// Polls `homelab agent status` (or `homelab-agent status`) until
+    /// `check` holds for its output.
     async fn wait_agent_status(&self, check: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let (program, args) = self.agent_program();
         loop {
-            let out = Command::new(env!("CARGO_BIN_EXE_homelab"))
-                .args(["agent", "status", "--node", &self.node, "--root"])
+            let out = Command::new(program)
+                .args(&args)
+                .args(["status", "--node", &self.node, "--root"])
                 .arg(self.agent_root())
                 .output()
                 .unwrap();
@@ -487,6 +502,140 @@ async fn agent_killed_mid_stream_and_restarted() {
     lab.emit(50);
     lab.start_agent();
     lab.assert_delivered_exactly_once().await;
+}
+
+/// A host moves from `homelab agent` to the slim `homelab-agent` (same
+/// root): the backlog the old one left is delivered by the new one, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slim_agent_binary_takes_over_the_outbox() {
+    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
+        return;
+    };
+    lab.emit(300);
+    until(&lab, 20).await;
+    drop(lab.agent.take()); // SIGKILL
+    lab.emit(50);
+    lab.slim_agent = true;
+    lab.start_agent();
+    lab.emit_cli();
+    lab.assert_delivered_exactly_once().await;
+    lab.wait_agent_status(|s| s.contains("agent:           connected") && outbox_events(s) == 0)
+        .await;
+}
+
+impl Lab {
+    /// Publishes a `container_restart` command to the agent as the
+    /// executor does (QoS 1, straight to the broker); `deadline_in` may be
+    /// negative.
+    fn send_command(&self, id: &str, deadline_in: chrono::TimeDelta) {
+        let now = chrono::Utc::now();
+        let command = json!({
+            "v": 1,
+            "id": id,
+            "action_id": format!("container-restart-{}-app", self.node),
+            "node": self.node,
+            "type": "container_restart",
+            "params": {"service": "app"},
+            "issued_at": now.to_rfc3339(),
+            "deadline": (now + deadline_in).to_rfc3339(),
+        });
+        let out = Command::new("mosquitto_pub")
+            .args(["-p", &self.broker_port.to_string(), "-q", "1"])
+            .args(["-t", &format!("homelab/commands/{}", self.node)])
+            .args(["-m", &command.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The logged events about command `id`, by type.
+    fn command_events(&self, id: &str) -> BTreeMap<String, Vec<Value>> {
+        let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for e in self.logged() {
+            if e["data"]["command_id"] == id {
+                by_type
+                    .entry(e["type"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(e);
+            }
+        }
+        by_type
+    }
+
+    async fn wait_agent_log(&self, what: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(self.path("agent.log")).unwrap_or_default();
+            if log.matches(what).count() >= times {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent log never said {what:?} {times} times"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_command_event(&self, id: &str, kind: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.command_events(id).contains_key(kind) {
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} for command {id} in the log"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A command delivered twice runs once, also when the second copy comes
+/// after the agent was killed and restarted; one past its deadline is
+/// refused as expired. (No Docker here: a command that runs ends in
+/// `remediation_failed` "docker engine unreachable", after its
+/// `remediation_started`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_at_most_once_and_an_expired_one_is_refused() {
+    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
+        return;
+    };
+    lab.wait_agent_status(|s| s.contains("agent:           connected"))
+        .await;
+    let once = homelab_core::event::new_id();
+    lab.send_command(&once, chrono::TimeDelta::minutes(5));
+    lab.send_command(&once, chrono::TimeDelta::minutes(5));
+    lab.wait_command_event(&once, "remediation_failed").await;
+    lab.wait_agent_log("command already handled", 1).await;
+
+    drop(lab.agent.take()); // SIGKILL
+    lab.start_agent();
+    lab.wait_agent_status(|s| s.contains("agent:           connected"))
+        .await;
+    let seen = std::fs::read_to_string(lab.path("agent.log"))
+        .unwrap()
+        .matches("command already handled")
+        .count();
+    lab.send_command(&once, chrono::TimeDelta::minutes(5));
+    let expired = homelab_core::event::new_id();
+    lab.send_command(&expired, chrono::TimeDelta::seconds(-1));
+    lab.wait_agent_log("command already handled", seen + 1)
+        .await;
+    lab.wait_command_event(&expired, "remediation_failed").await;
+    lab.quiesce().await;
+
+    let ran = lab.command_events(&once);
+    assert_eq!(ran["remediation_started"].len(), 1, "{ran:?}");
+    assert_eq!(ran["remediation_failed"].len(), 1, "{ran:?}");
+    let refused = lab.command_events(&expired);
+    assert!(!refused.contains_key("remediation_started"), "{refused:?}");
+    let failed = &refused["remediation_failed"];
+    assert_eq!(failed.len(), 1, "{refused:?}");
+    assert_eq!(failed[0]["data"]["reason"], "expired");
+    assert_eq!(failed[0]["service"], "app");
 }
 
 async fn broker_restarted(kind: Broker) {

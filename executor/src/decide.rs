@@ -1,0 +1,276 @@
+//! The executor's decisions, pure and table-tested: which command an action
+//! asks of the agent, when that command expires, what a pass does with a
+//! running action, and whether an event is the outcome of one.
+
+use std::time::Duration;
+
+use homelab_core::action::ActionResult;
+use homelab_core::event::kinds;
+use homelab_core::time::Timestamp;
+use homelab_core::{Action, ActionKind, ActionState, Event, Name, Operation};
+use serde_json::json;
+
+/// Past the deadline, the agent refuses the command; this margin lets an
+/// outcome that was on its way arrive.
+pub const OUTCOME_MARGIN: Duration = Duration::from_secs(30);
+
+/// The operation an action of `kind` on `service` asks of the agent, or why
+/// there is none to carry out.
+pub fn operation(kind: ActionKind, service: Option<&Name>) -> Result<Operation, String> {
+    match (kind, service) {
+        (ActionKind::ContainerRestart, Some(service)) => Ok(Operation::ContainerRestart {
+            service: service.clone(),
+        }),
+        (ActionKind::Redeploy, Some(service)) => Ok(Operation::Redeploy {
+            service: service.clone(),
+        }),
+        (ActionKind::DiskCleanup, _) => Ok(Operation::DiskCleanup {}),
+        (ActionKind::ContainerRestart | ActionKind::Redeploy, None) => {
+            Err(format!("{} names no service", kind.as_str()))
+        }
+        (ActionKind::AlertOnly, _) => Err(format!("{} has nothing to execute", kind.as_str())),
+    }
+}
+
+/// The deadline of a command sent at `now` with `timeout` to carry it out.
+pub fn deadline(now: Timestamp, timeout: Duration) -> Timestamp {
+    now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::minutes(5))
+}
+
+/// What a pass does with an action in `running/`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Running {
+    /// No command recorded yet (the executor stopped between claiming it
+    /// and sending): send one.
+    Send,
+    /// Its command is out; its outcome may still come.
+    Wait,
+    /// No outcome came before the deadline and its margin: it failed.
+    Fail(ActionResult),
+}
+
+pub fn running(action: &Action, now: Timestamp) -> Running {
+    match &action.command {
+        None => Running::Send,
+        Some(sent) if now > deadline(sent.deadline, OUTCOME_MARGIN) => {
+            Running::Fail(ActionResult {
+                ok: false,
+                message: "no outcome before the command deadline".into(),
+                at: now,
+                data: json!({"command_id": sent.id}),
+            })
+        }
+        Some(_) => Running::Wait,
+    }
+}
+
+/// Whether an event of this type can end a running action.
+pub fn is_outcome(kind: &str) -> bool {
+    matches!(
+        kind,
+        kinds::REMEDIATION_COMPLETED | kinds::REMEDIATION_FAILED
+    )
+}
+
+/// The result `event` gives `action`: only an outcome event for this
+/// action, while it runs, and for the command last sent (the outcome of an
+/// earlier attempt is ignored).
+pub fn outcome(action: &Action, event: &Event) -> Option<ActionResult> {
+    let ok = match event.kind.as_str() {
+        kinds::REMEDIATION_COMPLETED => true,
+        kinds::REMEDIATION_FAILED => false,
+        _ => return None,
+    };
+    if action.state != ActionState::Running || event.action_id() != Some(action.id.as_str()) {
+        return None;
+    }
+    let command_id = event.data.get("command_id").and_then(|v| v.as_str());
+    if let (Some(sent), Some(got)) = (&action.command, command_id) {
+        if sent.id != got {
+            return None;
+        }
+    }
+    Some(ActionResult {
+        ok,
+        message: event.message.clone(),
+        at: event.ts,
+        data: json!({"event_id": event.id, "command_id": command_id, "node": event.node}),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use homelab_core::action::SentCommand;
+    use homelab_core::Severity;
+
+    fn t(s: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn name(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    fn action(state: ActionState, command: Option<&str>) -> Action {
+        Action {
+            v: 1,
+            id: name("container-restart-n1-app"),
+            kind: ActionKind::ContainerRestart,
+            node: name("n1"),
+            target: None,
+            service: Some(name("app")),
+            risk: homelab_core::action::Risk::Low,
+            state,
+            reason: "containers_not_running".into(),
+            message: String::new(),
+            created_at: t(0),
+            updated_at: t(0),
+            history: vec![],
+            command: command.map(|id| SentCommand {
+                id: id.into(),
+                sent_at: t(0),
+                deadline: t(300),
+            }),
+            result: None,
+        }
+    }
+
+    fn event(kind: &str, action_id: &str, command_id: Option<&str>) -> Event {
+        let mut data = json!({"action_id": action_id});
+        if let Some(id) = command_id {
+            data["command_id"] = json!(id);
+        }
+        Event {
+            v: 1,
+            id: "E1".into(),
+            ts: t(10),
+            node: name("n1"),
+            seq: 7,
+            source: "node-agent".into(),
+            kind: kind.into(),
+            service: Some(name("app")),
+            severity: Severity::Info,
+            message: "restarted app-1".into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn kind_to_operation() {
+        let app = name("app");
+        let cases: Vec<(ActionKind, Option<&Name>, Result<Operation, &str>)> = vec![
+            (
+                ActionKind::ContainerRestart,
+                Some(&app),
+                Ok(Operation::ContainerRestart {
+                    service: app.clone(),
+                }),
+            ),
+            (
+                ActionKind::Redeploy,
+                Some(&app),
+                Ok(Operation::Redeploy {
+                    service: app.clone(),
+                }),
+            ),
+            (ActionKind::DiskCleanup, None, Ok(Operation::DiskCleanup {})),
+            (
+                ActionKind::DiskCleanup,
+                Some(&app),
+                Ok(Operation::DiskCleanup {}),
+            ),
+            (
+                ActionKind::ContainerRestart,
+                None,
+                Err("container_restart names no service"),
+            ),
+            (ActionKind::Redeploy, None, Err("redeploy names no service")),
+            (
+                ActionKind::AlertOnly,
+                Some(&app),
+                Err("alert_only has nothing to execute"),
+            ),
+        ];
+        for (kind, service, want) in cases {
+            assert_eq!(
+                operation(kind, service),
+                want.map_err(String::from),
+                "{kind:?} {service:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deadlines_and_running_actions() {
+        assert_eq!(deadline(t(0), Duration::from_secs(300)), t(300));
+        let cases = [
+            (action(ActionState::Running, None), t(0), "send"),
+            (action(ActionState::Running, Some("C1")), t(0), "wait"),
+            // The deadline is t(300); the margin 30 s.
+            (action(ActionState::Running, Some("C1")), t(330), "wait"),
+            (action(ActionState::Running, Some("C1")), t(331), "fail"),
+        ];
+        for (action, now, want) in cases {
+            let got = match running(&action, now) {
+                Running::Send => "send",
+                Running::Wait => "wait",
+                Running::Fail(result) => {
+                    assert!(!result.ok);
+                    assert_eq!(result.data["command_id"], "C1");
+                    "fail"
+                }
+            };
+            assert_eq!(got, want, "at {now}");
+        }
+    }
+
+    #[test]
+    fn outcomes_match_the_action_and_its_last_command() {
+        let running = action(ActionState::Running, Some("C2"));
+        let id = running.id.as_str();
+        let cases = [
+            (
+                event(kinds::REMEDIATION_COMPLETED, id, Some("C2")),
+                Some(true),
+            ),
+            (
+                event(kinds::REMEDIATION_FAILED, id, Some("C2")),
+                Some(false),
+            ),
+            // An agent that does not say which command: taken.
+            (event(kinds::REMEDIATION_COMPLETED, id, None), Some(true)),
+            // The outcome of an earlier attempt.
+            (event(kinds::REMEDIATION_COMPLETED, id, Some("C1")), None),
+            // Another action's, or not an outcome.
+            (
+                event(kinds::REMEDIATION_COMPLETED, "redeploy-n1-app", Some("C2")),
+                None,
+            ),
+            (event(kinds::REMEDIATION_STARTED, id, Some("C2")), None),
+            (event("containers_not_running", id, Some("C2")), None),
+        ];
+        for (event, want) in cases {
+            let got = outcome(&running, &event);
+            assert_eq!(
+                got.as_ref().map(|r| r.ok),
+                want,
+                "{} {}",
+                event.kind,
+                event.data
+            );
+            if let Some(result) = got {
+                assert_eq!(result.message, "restarted app-1");
+                assert_eq!(result.at, t(10));
+                assert_eq!(result.data["event_id"], "E1");
+            }
+        }
+        // Only while it runs.
+        let done = action(ActionState::Completed, Some("C2"));
+        assert_eq!(
+            outcome(&done, &event(kinds::REMEDIATION_FAILED, id, Some("C2"))),
+            None
+        );
+        assert!(is_outcome(kinds::REMEDIATION_FAILED) && !is_outcome(kinds::REMEDIATION_STARTED));
+    }
+}
