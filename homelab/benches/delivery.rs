@@ -14,6 +14,9 @@
 //! - 100 agents with 1,000-event backlogs reconnecting together: time until
 //!   every watermark covers its backlog (`BENCH_ONLY=fleet`, next to one
 //!   agent replaying the same total);
+//! - Mosquitto killed and restarted: time until an event handed to the
+//!   agent at the restart is in the observer's log, next to the time until
+//!   the broker passes messages again (`BENCH_ONLY=restart`);
 //! - the agent's idle RSS, as its own process, connected and watching Docker:
 //!   the slim `homelab-agent` next to `homelab agent`;
 //! - latency from an event published (a service's container exits) to its
@@ -414,6 +417,173 @@ async fn ingestion_from_outside(n: u64) {
     println!(
         "from outside, {n} events: `homelab up` durable {durable:>9.0} events/s   (anchor, `homelab broker` pass-through: {anchor:>9.0} events/s; ratio {:.2})",
         durable / anchor
+    );
+}
+
+/// Whether the observer's log under `root` holds the event of `node` with
+/// `data.i == i`.
+fn logged_i(root: &std::path::Path, node: &str, i: u64) -> bool {
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let path = root
+        .join("events")
+        .join(day)
+        .join(node)
+        .join("events.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|e| e["data"]["i"] == i)
+        })
+}
+
+/// Mosquitto killed and started again at once, `rounds` times, with
+/// `homelab observer` and `homelab agent` as their own processes: time from
+/// the restart until an event handed to the agent at that moment is in the
+/// observer's log, next to the time until the restarted broker passes a
+/// fresh client's message to itself (the anchor: the broker is back).
+async fn broker_restart_recovery(rounds: u64) {
+    if std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        println!("broker restart recovery: skipped (mosquitto is not installed)");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_homelab");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("inventory")).unwrap();
+    std::fs::write(repo.join("inventory/topology.yaml"), "nodes:\n  edge: {}\n").unwrap();
+    let mqtt = free_addr();
+    let broker_at = mqtt.to_string();
+    let spawn = |args: &[&str]| {
+        let mut command = std::process::Command::new(args[0]);
+        command
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Child(command.spawn().unwrap())
+    };
+    let port = mqtt.port().to_string();
+    let mut broker = spawn(&["mosquitto", "-p", &port]);
+    listening(mqtt).await;
+    let observer_root = dir.path().join("observer");
+    let agent_root = dir.path().join("agent");
+    let (observer_root_s, agent_root_s, repo_s) = (
+        observer_root.display().to_string(),
+        agent_root.display().to_string(),
+        repo.display().to_string(),
+    );
+    let no_docker = format!("unix://{}/none.sock", dir.path().display());
+    let _observer = spawn(&[
+        bin,
+        "observer",
+        "--broker",
+        &broker_at,
+        "--root",
+        &observer_root_s,
+        "--repo",
+        &repo_s,
+    ]);
+    let _agent = spawn(&[
+        bin,
+        "agent",
+        "--broker",
+        &broker_at,
+        "--node",
+        "edge",
+        "--root",
+        &agent_root_s,
+        "--docker-host",
+        &no_docker,
+    ]);
+    let emit = |i: u64| {
+        let data = format!("{{\"i\":{i}}}");
+        let out = std::process::Command::new(bin)
+            .args([
+                "emit",
+                "--node",
+                "edge",
+                "--type",
+                "bench",
+                "--root",
+                &agent_root_s,
+                "--data",
+                &data,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let wait_logged = |i: u64| {
+        let observer_root = observer_root.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !logged_i(&observer_root, "edge", i) {
+                assert!(Instant::now() < deadline, "event {i} never logged");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    emit(0);
+    wait_logged(0).await;
+    let mut recovered = Vec::new();
+    let mut anchor = Vec::new();
+    for i in 1..=rounds {
+        drop(broker); // SIGKILL: sessions and queues are gone
+        broker = spawn(&["mosquitto", "-p", &port]);
+        let restarted = Instant::now();
+        emit(i);
+        // The anchor: a fresh client's message passes the broker again.
+        loop {
+            let mut options =
+                MqttOptions::new(format!("bench-probe-{i}"), "127.0.0.1", mqtt.port());
+            options.set_keep_alive(Duration::from_secs(5));
+            let (client, mut eventloop) = AsyncClient::new(options, 10);
+            client
+                .subscribe("bench/probe", QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            client
+                .publish("bench/probe", QoS::AtLeastOnce, false, "x")
+                .await
+                .unwrap();
+            let passed = tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(MqttEvent::Incoming(Packet::Publish(_))) => return true,
+                        Ok(_) => {}
+                        Err(_) => return false,
+                    }
+                }
+            })
+            .await;
+            if passed == Ok(true) {
+                anchor.push(restarted.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        wait_logged(i).await;
+        recovered.push(restarted.elapsed());
+    }
+    let ms = |mut v: Vec<Duration>| {
+        v.sort();
+        (
+            v[v.len() / 2].as_secs_f64() * 1e3,
+            v[v.len() - 1].as_secs_f64() * 1e3,
+        )
+    };
+    let (median, max) = ms(recovered);
+    let (anchor_median, anchor_max) = ms(anchor);
+    println!(
+        "Mosquitto killed and restarted, {rounds} times: event handed over at the restart is in the log after median {median:.0} ms, max {max:.0} ms   (anchor, the broker passes a fresh client's message: median {anchor_median:.0} ms, max {anchor_max:.0} ms)"
     );
 }
 
@@ -909,6 +1079,12 @@ fn main() {
         runtime.block_on(ingestion_from_outside(n));
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "restart") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(broker_restart_recovery(10));
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "rss") {
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -929,6 +1105,7 @@ fn main() {
     runtime.block_on(replay_after_outage(n));
     runtime.block_on(fleet_replay(100, 1_000));
     runtime.block_on(agent_idle_rss());
+    runtime.block_on(broker_restart_recovery(10));
     runtime.block_on(event_to_action(100));
     observer_start(
         std::env::var("BENCH_LOG_EVENTS")
