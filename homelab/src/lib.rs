@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+pub mod actions_cli;
 pub mod agent_cli;
 
 #[derive(Debug, Clone)]

@@ -146,6 +146,17 @@ enum Commands {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Lists, shows, approves and rejects actions over the ui's HTTP API.
+    Actions {
+        /// The ui (of `homelab up` or `homelab ui`).
+        #[arg(long, env = "HOMELAB_URL", default_value = "http://127.0.0.1:18180")]
+        url: String,
+        /// The operator token (default: `<root>/config/ui/token` when readable).
+        #[arg(long, env = "HOMELAB_UI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: homelab::actions_cli::ActionsCommand,
+    },
     /// Validates the desired-state repo; prints every problem with file and line.
     Check {
         #[command(flatten)]
@@ -179,6 +190,24 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("homelab agent status: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Commands::Actions {
+        url,
+        token,
+        command,
+    } = &cli.command
+    {
+        let client = homelab::actions_cli::Client::new(url, token.clone(), &cli.root);
+        return match homelab::actions_cli::run(&client, command.clone(), chrono::Utc::now()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab actions: {error:#}");
                 ExitCode::FAILURE
             }
         };
@@ -361,7 +390,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             homelab_ui::run(config, shutdown).await
         }
-        Commands::Check { .. } | Commands::Emit { .. } => {
+        Commands::Check { .. } | Commands::Emit { .. } | Commands::Actions { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
