@@ -49,19 +49,37 @@ pub enum Running {
     Fail(ActionResult),
 }
 
-pub fn running(action: &Action, now: Timestamp) -> Running {
+/// `started` is when this executor started: a command sent before then
+/// lost its executor while it ran, and says so when it fails (a late
+/// outcome is still taken until then, from the bus or the event log).
+pub fn running(action: &Action, now: Timestamp, started: Timestamp) -> Running {
     match &action.command {
         None => Running::Send,
         Some(sent) if now > deadline(sent.deadline, OUTCOME_MARGIN) => {
+            let (reason, message) = if sent.sent_at < started {
+                (
+                    "executor_restarted",
+                    "executor_restarted: no outcome before the command deadline",
+                )
+            } else {
+                ("no_outcome", "no outcome before the command deadline")
+            };
             Running::Fail(ActionResult {
                 ok: false,
-                message: "no outcome before the command deadline".into(),
+                message: message.into(),
                 at: now,
-                data: json!({"command_id": sent.id}),
+                data: json!({"command_id": sent.id, "reason": reason}),
             })
         }
         Some(_) => Running::Wait,
     }
+}
+
+/// The UTC days whose event logs may hold the outcome of a command sent at
+/// `sent`, up to `today` (at most a week: commands expire in minutes).
+pub fn outcome_days(sent: Timestamp, today: chrono::NaiveDate) -> Vec<chrono::NaiveDate> {
+    let first = sent.date_naive().max(today - chrono::Days::new(6));
+    first.iter_days().take_while(|d| *d <= today).collect()
 }
 
 /// Whether an event of this type can end a running action.
@@ -204,25 +222,75 @@ mod tests {
     #[test]
     fn deadlines_and_running_actions() {
         assert_eq!(deadline(t(0), Duration::from_secs(300)), t(300));
+        // The command was sent at t(0); its deadline is t(300), the margin
+        // 30 s. `started`: when this executor started.
         let cases = [
-            (action(ActionState::Running, None), t(0), "send"),
-            (action(ActionState::Running, Some("C1")), t(0), "wait"),
-            // The deadline is t(300); the margin 30 s.
-            (action(ActionState::Running, Some("C1")), t(330), "wait"),
-            (action(ActionState::Running, Some("C1")), t(331), "fail"),
+            (action(ActionState::Running, None), t(0), t(-10), "send"),
+            (action(ActionState::Running, None), t(999), t(500), "send"),
+            (
+                action(ActionState::Running, Some("C1")),
+                t(0),
+                t(-10),
+                "wait",
+            ),
+            (
+                action(ActionState::Running, Some("C1")),
+                t(330),
+                t(-10),
+                "wait",
+            ),
+            (
+                action(ActionState::Running, Some("C1")),
+                t(330),
+                t(100),
+                "wait",
+            ),
+            (
+                action(ActionState::Running, Some("C1")),
+                t(331),
+                t(-10),
+                "fail no_outcome",
+            ),
+            (
+                action(ActionState::Running, Some("C1")),
+                t(331),
+                t(0),
+                "fail no_outcome",
+            ),
+            (
+                action(ActionState::Running, Some("C1")),
+                t(331),
+                t(100),
+                "fail executor_restarted",
+            ),
         ];
-        for (action, now, want) in cases {
-            let got = match running(&action, now) {
-                Running::Send => "send",
-                Running::Wait => "wait",
+        for (action, now, started, want) in cases {
+            let got = match running(&action, now, started) {
+                Running::Send => "send".to_string(),
+                Running::Wait => "wait".to_string(),
                 Running::Fail(result) => {
                     assert!(!result.ok);
                     assert_eq!(result.data["command_id"], "C1");
-                    "fail"
+                    assert!(result
+                        .message
+                        .contains("no outcome before the command deadline"));
+                    format!("fail {}", result.data["reason"].as_str().unwrap())
                 }
             };
-            assert_eq!(got, want, "at {now}");
+            assert_eq!(got, want, "at {now}, started {started}");
         }
+        let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2027, 1, d).unwrap();
+        let sent = |d: u32| day(d).and_hms_opt(23, 59, 0).unwrap().and_utc();
+        assert_eq!(outcome_days(sent(15), day(15)), vec![day(15)]);
+        assert_eq!(outcome_days(sent(15), day(16)), vec![day(15), day(16)]);
+        assert_eq!(
+            outcome_days(sent(1), day(20)),
+            (14..=20).map(day).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            outcome_days(sent(16), day(15)),
+            Vec::<chrono::NaiveDate>::new()
+        );
     }
 
     #[test]

@@ -46,12 +46,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     mqtt_config.subscriptions = vec![config.topics.events_all(), config.topics.actions_all()];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let store = ActionStore::new(config.layout.clone());
+    let started = Utc::now();
     let mut tick = tokio::time::interval(config.interval);
     info!("executor started");
+    // Outcomes that came while no executor listened are in the event log.
+    resolve_from_log(&config, &store, &mqtt).await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => pass(&config, &store, &mqtt).await,
+            _ = tick.tick() => pass(&config, &store, &mqtt, started).await,
             message = incoming.recv() => match message {
                 None => break,
                 Some(Incoming::Message(message)) => {
@@ -65,7 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                         }
                     } else {
                         // An action changed (approved, perhaps): look now.
-                        pass(&config, &store, &mqtt).await;
+                        pass(&config, &store, &mqtt, started).await;
                     }
                 }
                 Some(_) => {}
@@ -76,7 +79,55 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt) {
+/// Finishes running actions whose outcome is already in the observer's
+/// event log (it came while this executor was not running).
+async fn resolve_from_log(config: &Config, store: &ActionStore, mqtt: &Mqtt) {
+    let running = match store.list(ActionState::Running) {
+        Ok(running) => running,
+        Err(error) => {
+            warn!(error = format!("{error:#}"), "running actions unreadable");
+            return;
+        }
+    };
+    let today = Utc::now().date_naive();
+    for action in running {
+        let Some(sent) = &action.command else {
+            continue;
+        };
+        let node = action.target.as_ref().unwrap_or(&action.node);
+        let mut found = None;
+        for day in decide::outcome_days(sent.sent_at, today) {
+            let plain = config.layout.event_log(day, node);
+            let path = if plain.exists() {
+                plain
+            } else {
+                config.layout.event_log_compressed(day, node)
+            };
+            if !path.exists() {
+                continue;
+            }
+            let mut bad = Vec::new();
+            let read = homelab_core::eventlog::read_file(
+                &path,
+                |event| {
+                    if found.is_none() {
+                        found = decide::outcome(&action, &event);
+                    }
+                },
+                &mut bad,
+            );
+            if let Err(error) = read {
+                warn!(path = %path.display(), error = format!("{error:#}"), "event log not read for outcomes");
+            }
+        }
+        if let Some(result) = found {
+            info!(id = %action.id, command = %sent.id, "outcome found in the event log");
+            finish(config, store, mqtt, &action, result).await;
+        }
+    }
+}
+
+async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt, started: chrono::DateTime<Utc>) {
     let approved = match store.list(ActionState::Approved) {
         Ok(approved) => approved,
         Err(error) => {
@@ -110,7 +161,7 @@ async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt) {
     };
     let now = Utc::now();
     for action in running {
-        match decide::running(&action, now) {
+        match decide::running(&action, now, started) {
             decide::Running::Send => send(config, store, mqtt, action).await,
             decide::Running::Fail(result) => finish(config, store, mqtt, &action, result).await,
             decide::Running::Wait => {}

@@ -119,6 +119,10 @@ enum Commands {
     Executor {
         #[command(flatten)]
         broker: BrokerArg,
+        /// How long an agent has to carry out a command (its deadline); the
+        /// action fails 30 s after it without an outcome.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        command_timeout: Duration,
     },
     /// Web UI and JSON API.
     Ui {
@@ -369,12 +373,15 @@ async fn run(cli: Cli) -> Result<()> {
             };
             homelab_supervisor::run(config, shutdown).await
         }
-        Commands::Executor { broker } => {
+        Commands::Executor {
+            broker,
+            command_timeout,
+        } => {
             let config = homelab_executor::Config {
                 broker: broker.broker,
                 layout,
                 topics,
-                command_timeout: Duration::from_secs(300),
+                command_timeout,
                 interval: Duration::from_secs(2),
             };
             homelab_executor::run(config, shutdown).await
