@@ -28,6 +28,11 @@ pub trait ContainerRuntime: Send + Sync {
     /// A stream that yields whenever a container changed. It ends when the
     /// engine goes away.
     fn changes(&self) -> BoxStream<'static, Result<()>>;
+    /// Where the engine keeps its data (`docker info`'s root dir), whose
+    /// filesystem is watched for pressure; `None` if it does not say.
+    fn data_root(&self) -> BoxFuture<'_, Result<Option<std::path::PathBuf>>> {
+        async { Ok(None) }.boxed()
+    }
 }
 
 pub struct BollardRuntime {
@@ -54,6 +59,14 @@ impl BollardRuntime {
 }
 
 impl ContainerRuntime for BollardRuntime {
+    fn data_root(&self) -> BoxFuture<'_, Result<Option<std::path::PathBuf>>> {
+        async move {
+            let info = self.docker.info().await.context("docker info")?;
+            Ok(info.docker_root_dir.map(std::path::PathBuf::from))
+        }
+        .boxed()
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<Vec<Container>>> {
         async move {
             let options = ListContainersOptions {

@@ -8,6 +8,7 @@
 //! refused.
 
 pub mod command;
+pub mod disk;
 pub mod docker;
 pub mod outbox;
 pub mod spool;
@@ -56,6 +57,12 @@ pub struct Config {
     pub docker_host: Option<String>,
     /// The container runtime; `None` connects to the Docker engine.
     pub runtime: Option<Arc<dyn ContainerRuntime>>,
+    /// Filesystems watched for pressure besides the root and Docker's data
+    /// root.
+    pub disk_mounts: Vec<std::path::PathBuf>,
+    pub disk_thresholds: disk::Thresholds,
+    /// How often disk usage is sampled.
+    pub disk_interval: Duration,
 }
 
 impl Config {
@@ -71,6 +78,9 @@ impl Config {
             resend_after: Duration::from_secs(30),
             docker_host: None,
             runtime: None,
+            disk_mounts: Vec::new(),
+            disk_thresholds: disk::Thresholds::default(),
+            disk_interval: Duration::from_secs(30),
         }
     }
 }
@@ -152,6 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
+    tasks.spawn(disk_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(status_loop(
         agent.clone(),
         mqtt.clone(),
@@ -487,6 +498,90 @@ async fn full_sync(
     }
     state.services = Some(services);
     Ok(())
+}
+
+/// Samples the watched filesystems every `disk_interval` and reports each
+/// crossing of a threshold as `disk_pressure` (`disk::Tracker`).
+async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut tracker = disk::Tracker::default();
+    let mut data_root: Option<std::path::PathBuf> = None;
+    let mut tick = tokio::time::interval(agent.config.disk_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if data_root.is_none() {
+            if let Some(runtime) = agent.runtime() {
+                match runtime.data_root().await {
+                    Ok(root) => data_root = root,
+                    Err(error) => debug!(%error, "docker data root unknown"),
+                }
+            }
+        }
+        let mut mounts = vec![std::path::PathBuf::from("/")];
+        mounts.extend(agent.config.disk_mounts.iter().cloned());
+        mounts.extend(data_root.clone());
+        mounts.sort();
+        mounts.dedup();
+        for mount in mounts {
+            // statvfs can hang on a dead network filesystem: off the
+            // runtime, and bounded.
+            let path = mount.clone();
+            let sampled = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || disk::usage(&path)),
+            )
+            .await;
+            let (usage, used) = match sampled {
+                Ok(Ok(Ok(sample))) => sample,
+                Ok(Ok(Err(error))) => {
+                    debug!(mount = %mount.display(), %error, "disk usage not read");
+                    continue;
+                }
+                _ => {
+                    warn!(mount = %mount.display(), "disk usage not read within 10 s");
+                    continue;
+                }
+            };
+            let thresholds = &agent.config.disk_thresholds;
+            let Some(change) =
+                tracker.sample(&mount, usage.used_pct(used), usage.free_bytes, thresholds)
+            else {
+                continue;
+            };
+            let (severity, line) = if change.level == "high" {
+                (Severity::Warning, thresholds.high_pct)
+            } else {
+                (Severity::Info, thresholds.low_pct)
+            };
+            let message = format!(
+                "{} is {:.1}% full ({} MB free; {} {line}%)",
+                change.mount.display(),
+                change.used_pct,
+                change.free_bytes / 1_000_000,
+                if change.level == "high" {
+                    "at or above"
+                } else {
+                    "back to"
+                },
+            );
+            info!(mount = %change.mount.display(), level = change.level, used_pct = change.used_pct, "disk pressure");
+            agent.emit(
+                kinds::DISK_PRESSURE,
+                None,
+                severity,
+                &message,
+                json!({
+                    "level": change.level,
+                    "mount": change.mount.display().to_string(),
+                    "used_pct": change.used_pct,
+                    "free_bytes": change.free_bytes,
+                }),
+            );
+        }
+    }
 }
 
 async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {

@@ -41,6 +41,19 @@ pub struct AgentArgs {
     /// Longest wait before sending again what the observer has not acknowledged (the first resend of a stall comes after 2 s, doubling up to this).
     #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
     pub resend_after: Duration,
+    /// A filesystem to watch for pressure, besides `/` and Docker's data
+    /// root (repeatable).
+    #[arg(long = "disk-mount", value_name = "PATH")]
+    pub disk_mounts: Vec<std::path::PathBuf>,
+    /// Used % at or above which a filesystem is under pressure.
+    #[arg(long, default_value_t = 90.0)]
+    pub disk_high: f64,
+    /// Used % at or below which the pressure is over.
+    #[arg(long, default_value_t = 80.0)]
+    pub disk_low: f64,
+    /// How often disk usage is sampled.
+    #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
+    pub disk_interval: Duration,
 }
 
 /// A node name from the command line, or the hostname's.
@@ -86,6 +99,10 @@ pub async fn run(
     config.docker_host = args.docker_host;
     config.outbox_max_bytes = args.outbox_max_bytes;
     config.resend_after = args.resend_after.max(Duration::from_secs(1));
+    config.disk_thresholds = homelab_agent::disk::Thresholds::new(args.disk_high, args.disk_low)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    config.disk_mounts = args.disk_mounts;
+    config.disk_interval = args.disk_interval.max(Duration::from_secs(1));
     homelab_agent::run(config, shutdown).await
 }
 

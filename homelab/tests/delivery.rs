@@ -638,6 +638,91 @@ async fn a_command_runs_at_most_once_and_an_expired_one_is_refused() {
     assert_eq!(failed[0]["service"], "app");
 }
 
+/// A small tmpfs, unmounted when dropped (also when the test fails).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (not in CI: there it must run).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            assert!(std::env::var("CI").is_err(), "cannot mount a tmpfs: {why}");
+            eprintln!("\n*** SKIPPED: cannot mount a tmpfs: {why} ***\n");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).output();
+    }
+}
+
+/// A filesystem the agent watches fills past the high line and empties
+/// below the low one: `disk_pressure` high, then low, each once, with the
+/// mount, the used percentage and the free bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_filesystem_is_reported_high_then_low() {
+    let Some(tmpfs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let mount = tmpfs.0.path().display().to_string();
+    let args = ["--disk-mount", &mount, "--disk-interval", "1s"];
+    let Some(mut lab) = Lab::start(Broker::Embedded, &args).await else {
+        return;
+    };
+    let pressure = |lab: &Lab| -> Vec<Value> {
+        lab.logged()
+            .into_iter()
+            .filter(|e| e["type"] == "disk_pressure" && e["data"]["mount"] == mount.as_str())
+            .collect()
+    };
+    let wait_levels = |levels: usize| {
+        let lab = &lab;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while pressure(lab).len() < levels {
+                assert!(
+                    Instant::now() < deadline,
+                    "disk_pressure events: {:?}",
+                    pressure(lab)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ballast = tmpfs.0.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 3_900_000]).unwrap();
+    wait_levels(1).await;
+    std::fs::remove_file(&ballast).unwrap();
+    wait_levels(2).await;
+    lab.quiesce().await;
+    let events = pressure(&lab);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (high, low) = (&events[0], &events[1]);
+    assert_eq!(high["data"]["level"], "high");
+    assert_eq!(high["severity"], "warning");
+    assert!(high["data"]["used_pct"].as_f64().unwrap() >= 90.0, "{high}");
+    assert!(
+        high["data"]["free_bytes"].as_u64().unwrap() < 420_000,
+        "{high}"
+    );
+    assert_eq!(low["data"]["level"], "low");
+    assert!(low["data"]["used_pct"].as_f64().unwrap() <= 80.0, "{low}");
+    assert!(
+        low["data"]["free_bytes"].as_u64().unwrap() > 3_000_000,
+        "{low}"
+    );
+}
+
 async fn broker_restarted(kind: Broker) {
     let Some(mut lab) = Lab::start(kind, &[]).await else {
         return;
