@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions, RestartContainerOptions};
+use bollard::query_parameters::{
+    EventsOptions, InspectContainerOptions, ListContainersOptions, RestartContainerOptions,
+};
 use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -37,6 +39,9 @@ pub trait ContainerRuntime: Send + Sync {
 
 pub struct BollardRuntime {
     docker: Docker,
+    /// Restart counts by container id, with the status line they were read
+    /// under: a container is inspected again only when its line changed.
+    restarts: std::sync::Mutex<HashMap<String, (String, Option<u64>)>>,
 }
 
 impl BollardRuntime {
@@ -54,7 +59,10 @@ impl BollardRuntime {
             .await
             .context("negotiate docker api version")?;
         docker.ping().await.context("ping docker")?;
-        Ok(Arc::new(BollardRuntime { docker }))
+        Ok(Arc::new(BollardRuntime {
+            docker,
+            restarts: Default::default(),
+        }))
     }
 }
 
@@ -78,7 +86,28 @@ impl ContainerRuntime for BollardRuntime {
                 .list_containers(Some(options))
                 .await
                 .context("list containers")?;
-            Ok(summaries.into_iter().filter_map(to_container).collect())
+            let mut containers: Vec<Container> =
+                summaries.into_iter().filter_map(to_container).collect();
+            // The list has no restart count; inspect what changed.
+            let known: HashMap<String, (String, Option<u64>)> =
+                std::mem::take(&mut *self.restarts.lock().expect("restarts lock"));
+            let mut now = HashMap::new();
+            for container in &mut containers {
+                let count = match known.get(&container.id) {
+                    Some((status, count)) if *status == container.status => *count,
+                    _ => self
+                        .docker
+                        .inspect_container(&container.id, None::<InspectContainerOptions>)
+                        .await
+                        .ok()
+                        .and_then(|c| c.restart_count)
+                        .and_then(|n| u64::try_from(n).ok()),
+                };
+                container.restart_count = count;
+                now.insert(container.id.clone(), (container.status.clone(), count));
+            }
+            *self.restarts.lock().expect("restarts lock") = now;
+            Ok(containers)
         }
         .boxed()
     }
@@ -157,8 +186,10 @@ fn to_container(summary: bollard::models::ContainerSummary) -> Option<Container>
         service,
         image: summary.image.unwrap_or_default(),
         state,
+        exit_code: homelab_core::world::exit_code_in_status(&status),
         status,
         health,
+        restart_count: None,
     })
 }
 

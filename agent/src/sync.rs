@@ -82,6 +82,8 @@ mod tests {
             state: state.into(),
             status: state.into(),
             health: health.map(str::to_string),
+            restart_count: None,
+            exit_code: None,
         }
     }
 

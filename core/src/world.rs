@@ -80,6 +80,19 @@ pub struct Container {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// How often Docker has restarted it (its restart policy at work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<u64>,
+    /// The exit code of its last run, once it has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+/// The exit code in a stopped container's status line, e.g. 137 in
+/// `Exited (137) 5 minutes ago`.
+pub fn exit_code_in_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split(')').next()?.trim().parse().ok()
 }
 
 impl Container {
@@ -208,4 +221,25 @@ pub fn json_word<T: Serialize>(value: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_in_status_lines() {
+        let cases = [
+            ("Exited (137) 5 minutes ago", Some(137)),
+            ("Exited (0) About a minute ago", Some(0)),
+            ("Exited (-1) 2 hours ago", Some(-1)),
+            ("Up 3 hours (healthy)", None),
+            ("Restarting (1) 3 seconds ago", None),
+            ("Exited (x) now", None),
+            ("", None),
+        ];
+        for (status, want) in cases {
+            assert_eq!(exit_code_in_status(status), want, "{status}");
+        }
+    }
 }

@@ -503,6 +503,8 @@ mod tests {
                 state: state.to_string(),
                 status: state.to_string(),
                 health: None,
+                restart_count: None,
+                exit_code: None,
             })
             .collect();
         json!({ "containers": containers })

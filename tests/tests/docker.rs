@@ -1,7 +1,8 @@
 //! With a real container on the machine's Docker engine: the agent sees it
 //! stop, the supervisor proposes container_restart, an operator approves,
 //! the agent restarts it, and it runs again. Also: the agent keeps running
-//! and says so when Docker is unreachable.
+//! and says so when Docker is unreachable; a failing HEALTHCHECK is seen and
+//! a redeploy proposed; a crash loop shows its restart count and exit code.
 //!
 //! Needs the image `homelab-test/busybox:latest` (`.ci/test-image`). Without
 //! Docker or the image the test says loudly that it skips, unless
@@ -223,4 +224,138 @@ async fn agent_reports_docker_unreachable_and_keeps_running() {
     probe
         .expect("homelab/nodes/lonely/status", T, |p| p == b"offline")
         .await;
+}
+
+/// Creates and starts a labelled test container from `body` (image and
+/// labels filled in); removed when the test ends.
+async fn start_with(
+    docker: &Docker,
+    name: &str,
+    service: &str,
+    mut body: ContainerCreateBody,
+) -> Removal {
+    body.image = Some(IMAGE.into());
+    body.labels = Some(HashMap::from([(
+        "com.docker.compose.service".to_string(),
+        service.to_string(),
+    )]));
+    let options = CreateContainerOptions {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    docker
+        .create_container(Some(options), body)
+        .await
+        .expect("create test container");
+    let removal = Removal(name.to_string());
+    docker
+        .start_container(name, None)
+        .await
+        .expect("start test container");
+    removal
+}
+
+/// A container whose HEALTHCHECK fails is reported `service_unhealthy` and
+/// a redeploy is proposed; one that crashes under a restart policy shows
+/// its restart count and last exit code in the node's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_healthcheck_and_a_crash_loop_are_seen() {
+    use bollard::models::{HealthConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+    let Some(docker) = docker().await else { return };
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let tag = &tag[tag.len() - 8..];
+    let (sick, crash) = (format!("sick-{tag}"), format!("crash-{tag}"));
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  dockhost: {role: server}\n",
+        ),
+        (
+            "hosts/dockhost/services.yaml",
+            &format!(
+                "services:\n  {sick}: {{grace_period: 0s}}\n  {crash}: {{grace_period: 1h}}\n"
+            ),
+        ),
+    ]);
+    let second = 1_000_000_000;
+    let _sick = start_with(
+        &docker,
+        &format!("homelab-test-{sick}"),
+        &sick,
+        ContainerCreateBody {
+            cmd: Some(vec!["sleep".into(), "3600".into()]),
+            healthcheck: Some(HealthConfig {
+                test: Some(vec!["CMD".into(), "false".into()]),
+                interval: Some(second),
+                timeout: Some(second),
+                retries: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let _crash = start_with(
+        &docker,
+        &format!("homelab-test-{crash}"),
+        &crash,
+        ContainerCreateBody {
+            cmd: Some(vec!["sh".into(), "-c".into(), "exit 3".into()]),
+            host_config: Some(HostConfig {
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                    maximum_retry_count: Some(2),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let system = System::start(
+        repo,
+        Options {
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+        },
+    )
+    .await;
+
+    let redeploy = format!("redeploy-dockhost-{sick}");
+    wait_for("pending redeploy of the unhealthy service", T, || async {
+        system.action_file("pending", &redeploy).exists()
+    })
+    .await;
+    let pending = read_json(&system.action_file("pending", &redeploy)).unwrap();
+    assert_eq!(pending["reason"], "service_unhealthy", "{pending}");
+    assert!(
+        system
+            .logged("dockhost")
+            .iter()
+            .any(|e| e["type"] == "service_unhealthy" && e["service"] == sick.as_str()),
+        "the event log records the failing health check"
+    );
+
+    // Docker gives up after 2 restarts; the snapshot says so.
+    let crashed = |system: &System| {
+        system
+            .logged("dockhost")
+            .iter()
+            .rev()
+            .filter(|e| e["type"] == "node_snapshot")
+            .find_map(|e| {
+                e["data"]["containers"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["service"] == crash.as_str())
+                    .cloned()
+            })
+    };
+    wait_for("the crash loop in a snapshot", T, || async {
+        crashed(&system).is_some_and(|c| c["state"] == "exited" && c["restart_count"] == 2)
+    })
+    .await;
+    let container = crashed(&system).unwrap();
+    assert_eq!(container["exit_code"], 3, "{container}");
+    system.stop().await.unwrap();
 }
