@@ -151,25 +151,23 @@ async fn plant() -> Plant {
     }
 }
 
-/// The broker alone, same client library and message size: a publisher
-/// with the same window and a subscriber that only counts.
-async fn broker_baseline(n: u64) {
-    let mqtt = free_addr();
-    homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
-    let node = Name::parse("base").unwrap();
-    let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+/// A subscriber that only counts what it receives on `topic`.
+async fn count_received(mqtt: std::net::SocketAddr, topic: &str, clean: bool) -> Arc<AtomicU64> {
     let received = Arc::new(AtomicU64::new(0));
-    let mut options = MqttOptions::new("bench-counter", "127.0.0.1", mqtt.port());
+    let mut options = MqttOptions::new(
+        format!("bench-counter-{}", homelab_core::event::new_id()),
+        "127.0.0.1",
+        mqtt.port(),
+    );
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
-        .set_clean_session(std::env::var("BASE_CLEAN").is_err());
+        .set_clean_session(clean);
     let (sub, mut sub_loop) = AsyncClient::new(options, 100);
-    sub.subscribe("homelab/events/base", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    sub.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
     let counter = received.clone();
     tokio::spawn(async move {
+        let _sub = sub;
         while let Ok(event) = sub_loop.poll().await {
             if let MqttEvent::Incoming(Packet::Publish(_)) = event {
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -177,32 +175,35 @@ async fn broker_baseline(n: u64) {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut options = MqttOptions::new("bench-base-publisher", "127.0.0.1", mqtt.port());
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    const WINDOW: u64 = 5_000;
-    let start = Instant::now();
-    let cpu = cpu_time();
-    for (i, payload) in payloads.into_iter().enumerate() {
-        while i as u64 >= received.load(Ordering::SeqCst) + WINDOW {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        client
-            .publish("homelab/events/base", QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-    }
+    received
+}
+
+/// Waits until the counting subscriber has all `n`.
+async fn all_received(received: &AtomicU64, n: u64, start: Instant) {
     while received.load(Ordering::SeqCst) < n {
         assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "baseline subscriber got {} of {n}",
+            start.elapsed() < Duration::from_secs(300),
+            "the counting subscriber got {} of {n}",
             received.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The broker alone, same client library and message size: a publisher
+/// with the same window and a subscriber that only counts.
+async fn broker_baseline(n: u64) {
+    let mqtt = free_addr();
+    homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
+    let node = Name::parse("base").unwrap();
+    let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+    let topic = "homelab/events/base";
+    let received = count_received(mqtt, topic, std::env::var("BASE_CLEAN").is_ok()).await;
+    const WINDOW: u64 = 5_000;
+    let start = Instant::now();
+    let cpu = cpu_time();
+    publish_windowed(mqtt, topic, payloads, WINDOW, received.clone()).await;
+    all_received(&received, n, start).await;
     let took = start.elapsed();
     let cpu = cpu_time() - cpu;
     println!(
@@ -217,12 +218,6 @@ async fn observer_ingestion(n: u64) {
     let plant = plant().await;
     let node = Name::parse("ingest").unwrap();
     let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
-    let mut options = MqttOptions::new("bench-publisher", "127.0.0.1", plant.mqtt.port());
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let acked = Arc::new(AtomicU64::new(0));
     let waiter = tokio::spawn(wait_ack(
         plant.mqtt,
@@ -237,15 +232,7 @@ async fn observer_ingestion(n: u64) {
     const WINDOW: u64 = 5_000;
     let start = Instant::now();
     let cpu = cpu_time();
-    for (i, payload) in payloads.into_iter().enumerate() {
-        while i as u64 >= acked.load(Ordering::SeqCst) + WINDOW {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        client
-            .publish("homelab/events/ingest", QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-    }
+    publish_windowed(plant.mqtt, "homelab/events/ingest", payloads, WINDOW, acked).await;
     let published = start.elapsed();
     waiter.await.unwrap();
     let total = start.elapsed();
@@ -334,24 +321,7 @@ async fn ingestion_from_outside(n: u64) {
     listening(mqtt).await;
     let node = Name::parse("outside").unwrap();
     let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
-    let received = Arc::new(AtomicU64::new(0));
-    let mut options = MqttOptions::new("bench-outside-counter", "127.0.0.1", mqtt.port());
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (sub, mut sub_loop) = AsyncClient::new(options, 100);
-    sub.subscribe("homelab/events/outside", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let counter = received.clone();
-    tokio::spawn(async move {
-        while let Ok(event) = sub_loop.poll().await {
-            if let MqttEvent::Incoming(Packet::Publish(_)) = event {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = count_received(mqtt, "homelab/events/outside", true).await;
     let start = Instant::now();
     publish_windowed(
         mqtt,
@@ -361,13 +331,7 @@ async fn ingestion_from_outside(n: u64) {
         received.clone(),
     )
     .await;
-    while received.load(Ordering::SeqCst) < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the counting subscriber fell short"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    all_received(&received, n, start).await;
     let anchor = n as f64 / start.elapsed().as_secs_f64();
     drop(broker);
 

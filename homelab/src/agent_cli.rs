@@ -10,6 +10,18 @@ use clap::{Args, Subcommand};
 use homelab_core::{Layout, Name, Topics};
 use tokio_util::sync::CancellationToken;
 
+/// The flags every command of both binaries takes.
+#[derive(Args)]
+pub struct Globals {
+    /// The runtime root (events, world state, actions, state, config; an
+    /// agent's outbox, spool and status).
+    #[arg(long, env = "HOMELAB_ROOT", default_value = homelab_core::layout::DEFAULT_ROOT, global = true)]
+    pub root: std::path::PathBuf,
+    /// MQTT topic prefix.
+    #[arg(long, default_value = homelab_core::topics::DEFAULT_PREFIX, global = true)]
+    pub prefix: String,
+}
+
 #[derive(Subcommand)]
 pub enum AgentQuery {
     /// Prints the agent's state from `<root>/state/agent/<node>/status.json`:

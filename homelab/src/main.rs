@@ -16,12 +16,8 @@ use tokio_util::sync::CancellationToken;
     about = "Keeps a small fleet of Docker hosts healthy over MQTT"
 )]
 struct Cli {
-    /// The runtime root (events, world state, actions, state, config).
-    #[arg(long, env = "HOMELAB_ROOT", default_value = homelab_core::layout::DEFAULT_ROOT, global = true)]
-    root: PathBuf,
-    /// MQTT topic prefix.
-    #[arg(long, default_value = homelab_core::topics::DEFAULT_PREFIX, global = true)]
-    prefix: String,
+    #[command(flatten)]
+    globals: agent_cli::Globals,
     #[command(subcommand)]
     command: Commands,
 }
@@ -187,7 +183,7 @@ fn main() -> ExitCode {
         ..
     } = &cli.command
     {
-        return match agent_cli::status(&cli.root, node.clone(), *json) {
+        return match agent_cli::status(&cli.globals.root, node.clone(), *json) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -204,7 +200,7 @@ fn main() -> ExitCode {
         command,
     } = &cli.command
     {
-        let client = homelab::actions_cli::Client::new(url, token.clone(), &cli.root);
+        let client = homelab::actions_cli::Client::new(url, token.clone(), &cli.globals.root);
         return match homelab::actions_cli::run(&client, command.clone(), chrono::Utc::now()) {
             Ok(text) => {
                 print!("{text}");
@@ -273,7 +269,7 @@ fn emit(cli: Cli) -> Result<String> {
         message,
         data,
     };
-    homelab_agent::spool::hand_over(&Layout::new(&cli.root).agent_spool(&node), &event)?;
+    homelab_agent::spool::hand_over(&Layout::new(&cli.globals.root).agent_spool(&node), &event)?;
     Ok(event.id)
 }
 
@@ -302,8 +298,8 @@ fn check(repo: &std::path::Path) -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let shutdown = CancellationToken::new();
     homelab::cancel_on_signals(shutdown.clone());
-    let layout = Layout::new(&cli.root);
-    let topics = Topics::new(&cli.prefix);
+    let layout = Layout::new(&cli.globals.root);
+    let topics = Topics::new(&cli.globals.prefix);
     match cli.command {
         Commands::Up {
             repo,
@@ -320,7 +316,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(node_name(node)?)
             };
             let config = homelab::UpConfig {
-                root: cli.root,
+                root: cli.globals.root,
                 repo: repo.repo,
                 mqtt,
                 http,
@@ -337,7 +333,7 @@ async fn run(cli: Cli) -> Result<()> {
             homelab_broker::run(homelab_broker::Config::new(listen), shutdown).await
         }
         Commands::Agent { query: _, args } => {
-            agent_cli::run(args, &cli.root, &cli.prefix, shutdown).await
+            agent_cli::run(args, &cli.globals.root, &cli.globals.prefix, shutdown).await
         }
         Commands::Observer {
             broker,

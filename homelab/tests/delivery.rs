@@ -491,34 +491,33 @@ impl Lab {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_killed_mid_stream_and_restarted() {
-    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
-        return;
-    };
+/// The agent SIGKILLed mid-stream and started again on the same root
+/// (`slim`: as `homelab-agent`): its backlog is delivered exactly once.
+async fn agent_killed_and_restarted(slim: bool) -> Lab {
+    let mut lab = Lab::start(Broker::Embedded, &[])
+        .await
+        .expect("embedded broker");
     lab.emit(300);
     until(&lab, 20).await;
     drop(lab.agent.take()); // SIGKILL
     lab.emit(50);
+    lab.slim_agent = slim;
     lab.start_agent();
+    lab.emit_cli();
     lab.assert_delivered_exactly_once().await;
+    lab
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_stream_and_restarted() {
+    agent_killed_and_restarted(false).await;
 }
 
 /// A host moves from `homelab agent` to the slim `homelab-agent` (same
 /// root): the backlog the old one left is delivered by the new one, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slim_agent_binary_takes_over_the_outbox() {
-    let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
-        return;
-    };
-    lab.emit(300);
-    until(&lab, 20).await;
-    drop(lab.agent.take()); // SIGKILL
-    lab.emit(50);
-    lab.slim_agent = true;
-    lab.start_agent();
-    lab.emit_cli();
-    lab.assert_delivered_exactly_once().await;
+    let lab = agent_killed_and_restarted(true).await;
     lab.wait_agent_status(|s| s.contains("agent:           connected") && outbox_events(s) == 0)
         .await;
 }

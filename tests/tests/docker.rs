@@ -53,30 +53,11 @@ impl Drop for Removal {
 }
 
 async fn start_container(docker: &Docker, name: &str, service: &str) -> Removal {
-    let labels = HashMap::from([(
-        "com.docker.compose.service".to_string(),
-        service.to_string(),
-    )]);
     let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
         cmd: Some(vec!["sleep".into(), "3600".into()]),
-        labels: Some(labels),
         ..Default::default()
     };
-    let options = CreateContainerOptions {
-        name: Some(name.into()),
-        ..Default::default()
-    };
-    docker
-        .create_container(Some(options), body)
-        .await
-        .expect("create test container");
-    let removal = Removal(name.to_string());
-    docker
-        .start_container(name, None)
-        .await
-        .expect("start test container");
-    removal
+    start_with(docker, name, service, body).await
 }
 
 async fn running(docker: &Docker, name: &str) -> bool {

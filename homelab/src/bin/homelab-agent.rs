@@ -2,7 +2,6 @@
 //! as `homelab agent`, in a binary without the control plane linked in, so
 //! its idle memory stays small on hosts that run only the agent.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,12 +16,8 @@ use tokio_util::sync::CancellationToken;
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// The runtime root (the agent's outbox, spool and status live under it).
-    #[arg(long, env = "HOMELAB_ROOT", default_value = homelab_core::layout::DEFAULT_ROOT, global = true)]
-    root: PathBuf,
-    /// MQTT topic prefix.
-    #[arg(long, default_value = homelab_core::topics::DEFAULT_PREFIX, global = true)]
-    prefix: String,
+    #[command(flatten)]
+    globals: agent_cli::Globals,
     #[command(subcommand)]
     query: Option<AgentQuery>,
     #[command(flatten)]
@@ -33,7 +28,7 @@ fn main() -> ExitCode {
     homelab::init_logging();
     let cli = Cli::parse();
     if let Some(AgentQuery::Status { node, json }) = cli.query {
-        return match agent_cli::status(&cli.root, node, json) {
+        return match agent_cli::status(&cli.globals.root, node, json) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -47,7 +42,7 @@ fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     let result = agent_cli::runtime().block_on(async {
         homelab::cancel_on_signals(shutdown.clone());
-        agent_cli::run(cli.args, &cli.root, &cli.prefix, shutdown).await
+        agent_cli::run(cli.args, &cli.globals.root, &cli.globals.prefix, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
