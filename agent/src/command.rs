@@ -1,10 +1,14 @@
-//! Whether the agent carries out a command: pure, table-tested. The caller
+//! Whether the agent carries out a command, how long it may take, and when
+//! a restarted service is back: pure, table-tested. The caller
 //! asks the outbox whether the command id is new ([`Outbox::remember_command`],
 //! durable across restarts) only for commands addressed to this node.
 //!
 //! [`Outbox::remember_command`]: crate::outbox::Outbox::remember_command
 
+use std::time::Duration;
+
 use homelab_core::time::Timestamp;
+use homelab_core::world::Container;
 use homelab_core::Name;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +57,121 @@ pub fn judge(
     }
 }
 
+/// How long a command may take: until its deadline, at most `cap`, at
+/// least a second (a command judged `Run` is still before its deadline).
+pub fn budget(deadline: Timestamp, now: Timestamp, cap: Duration) -> Duration {
+    (deadline - now)
+        .to_std()
+        .unwrap_or_default()
+        .clamp(Duration::from_secs(1), cap.max(Duration::from_secs(1)))
+}
+
+/// Whether a restarted service is back: every container of it running,
+/// and healthy where it has a health check. `Err` says what it waits for.
+pub fn readiness(service: &Name, containers: &[Container]) -> Result<(), String> {
+    let mine: Vec<&Container> = containers
+        .iter()
+        .filter(|c| &c.service == service)
+        .collect();
+    if mine.is_empty() {
+        return Err(format!("no container of {service} on this node"));
+    }
+    for c in mine {
+        if c.state != "running" {
+            return Err(format!("{} is {} ({})", c.name, c.state, c.status));
+        }
+        match c.health.as_deref() {
+            Some("starting") => {
+                return Err(format!(
+                    "{} is running, its health check still starting",
+                    c.name
+                ))
+            }
+            Some("unhealthy") => return Err(format!("{} is running but unhealthy", c.name)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budgets() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let cap = Duration::from_secs(120);
+        let cases = [
+            (t(300), t(0), 120),
+            (t(60), t(0), 60),
+            (t(0), t(0), 1),
+            (t(0), t(5), 1),
+        ];
+        for (deadline, now, want) in cases {
+            assert_eq!(
+                budget(deadline, now, cap),
+                Duration::from_secs(want),
+                "{deadline} at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn readiness_of_a_restarted_service() {
+        let c = |name: &str, service: &str, state: &str, health: Option<&str>| Container {
+            id: name.into(),
+            name: name.into(),
+            service: Name::parse(service).unwrap(),
+            image: "img".into(),
+            state: state.into(),
+            status: format!("{state} status"),
+            health: health.map(String::from),
+            restart_count: None,
+            exit_code: None,
+        };
+        let app = Name::parse("app").unwrap();
+        let cases: Vec<(Vec<Container>, Result<(), &str>)> = vec![
+            (vec![c("app-1", "app", "running", None)], Ok(())),
+            (
+                vec![
+                    c("app-1", "app", "running", Some("healthy")),
+                    c("db-1", "db", "exited", None),
+                ],
+                Ok(()),
+            ),
+            (
+                vec![c("app-1", "app", "running", Some("starting"))],
+                Err("app-1 is running, its health check still starting"),
+            ),
+            (
+                vec![c("app-1", "app", "running", Some("unhealthy"))],
+                Err("app-1 is running but unhealthy"),
+            ),
+            (
+                vec![
+                    c("app-1", "app", "running", None),
+                    c("app-2", "app", "exited", None),
+                ],
+                Err("app-2 is exited (exited status)"),
+            ),
+            (
+                vec![c("app-1", "app", "restarting", None)],
+                Err("app-1 is restarting (restarting status)"),
+            ),
+            (
+                vec![c("db-1", "db", "running", None)],
+                Err("no container of app on this node"),
+            ),
+        ];
+        for (containers, want) in cases {
+            assert_eq!(
+                readiness(&app, &containers),
+                want.map_err(String::from),
+                "{containers:?}"
+            );
+        }
+    }
 
     #[test]
     fn verdicts() {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, ListContainersOptions, RestartContainerOptions,
+    EventsOptions, InspectContainerOptions, ListContainersOptions, PruneBuildOptions,
+    PruneImagesOptions, RemoveContainerOptions, RestartContainerOptions,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -18,7 +19,9 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use homelab_core::world::Container;
 use homelab_core::Name;
-use tracing::warn;
+use tracing::{info, warn};
+
+use crate::cleanup;
 
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 
@@ -34,6 +37,16 @@ pub trait ContainerRuntime: Send + Sync {
     /// filesystem is watched for pressure; `None` if it does not say.
     fn data_root(&self) -> BoxFuture<'_, Result<Option<std::path::PathBuf>>> {
         async { Ok(None) }.boxed()
+    }
+    /// Removes the stopped containers [`cleanup::select`] picks, then
+    /// prunes dangling images and build cache; never volumes.
+    fn cleanup<'a>(
+        &'a self,
+        keep: &'a [Name],
+        older_than_secs: u64,
+    ) -> BoxFuture<'a, Result<cleanup::Report>> {
+        let _ = (keep, older_than_secs);
+        async { anyhow::bail!("this container runtime cannot clean up") }.boxed()
     }
 }
 
@@ -67,6 +80,92 @@ impl BollardRuntime {
 }
 
 impl ContainerRuntime for BollardRuntime {
+    fn cleanup<'a>(
+        &'a self,
+        keep: &'a [Name],
+        older_than_secs: u64,
+    ) -> BoxFuture<'a, Result<cleanup::Report>> {
+        async move {
+            let options = ListContainersOptions {
+                all: true,
+                size: true,
+                ..Default::default()
+            };
+            let summaries = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .context("list containers")?;
+            let candidates: Vec<cleanup::Candidate> = summaries
+                .into_iter()
+                .map(|s| {
+                    let name = s
+                        .names
+                        .unwrap_or_default()
+                        .first()
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default();
+                    let labels = s.labels.unwrap_or_default();
+                    let service = labels.get(SERVICE_LABEL).unwrap_or(&name);
+                    cleanup::Candidate {
+                        id: s.id.unwrap_or_default(),
+                        service: Name::parse(service).ok(),
+                        name,
+                        state: s.state.map(|s| s.to_string()).unwrap_or_default(),
+                        created: s.created.unwrap_or(i64::MAX),
+                        size_rw: s.size_rw.and_then(|n| u64::try_from(n).ok()),
+                    }
+                })
+                .collect();
+            let now = chrono::Utc::now().timestamp();
+            let mut report = cleanup::Report::default();
+            for container in cleanup::select(&candidates, keep, older_than_secs, now) {
+                // `v: false`: its volumes stay, anonymous ones included.
+                let options = RemoveContainerOptions {
+                    v: false,
+                    force: false,
+                    link: false,
+                };
+                match self
+                    .docker
+                    .remove_container(&container.id, Some(options))
+                    .await
+                {
+                    Ok(()) => {
+                        info!(container = %container.name, "stopped container removed");
+                        report.containers_removed.push(container.name.clone());
+                        report.container_bytes += container.size_rw.unwrap_or(0);
+                    }
+                    Err(error) => report
+                        .errors
+                        .push(format!("remove container {}: {error}", container.name)),
+                }
+            }
+            // Only dangling images (the API's default for a prune).
+            match self.docker.prune_images(None::<PruneImagesOptions>).await {
+                Ok(pruned) => {
+                    report.images_deleted = pruned.images_deleted.map_or(0, |d| d.len() as u64);
+                    report.image_bytes = pruned
+                        .space_reclaimed
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0);
+                }
+                Err(error) => report.errors.push(format!("prune images: {error}")),
+            }
+            match self.docker.prune_build(None::<PruneBuildOptions>).await {
+                Ok(pruned) => {
+                    report.build_cache_bytes = pruned
+                        .space_reclaimed
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0);
+                }
+                Err(error) => report.errors.push(format!("prune build cache: {error}")),
+            }
+            Ok(report)
+        }
+        .boxed()
+    }
+
     fn data_root(&self) -> BoxFuture<'_, Result<Option<std::path::PathBuf>>> {
         async move {
             let info = self.docker.info().await.context("docker info")?;

@@ -7,10 +7,13 @@
 //! the node's `seq`; a command past its deadline, or for another node, is
 //! refused.
 
+pub mod cleanup;
 pub mod command;
+pub mod compose;
 pub mod disk;
 pub mod docker;
 pub mod outbox;
+pub mod proc;
 pub mod spool;
 pub mod status;
 pub mod sync;
@@ -620,12 +623,7 @@ async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
         metrics::counter!("homelab_agent_commands_rejected_total", "reason" => reason).increment(1);
     }
     let data = json!({"action_id": command.action_id, "command_id": command.id});
-    let service = match &command.op {
-        Operation::ContainerRestart { service } | Operation::Redeploy { service } => {
-            Some(service.clone())
-        }
-        Operation::DiskCleanup {} => None,
-    };
+    let service = command.op.service().cloned();
     match verdict {
         command::Verdict::Run => {}
         command::Verdict::OtherNode => {
@@ -658,31 +656,115 @@ async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
         command.op.kind().as_str(),
         data.clone(),
     );
-    let outcome = match (&command.op, agent.runtime()) {
-        (_, None) => Err(anyhow::anyhow!("docker engine unreachable")),
-        (Operation::ContainerRestart { service }, Some(runtime)) => runtime
-            .restart_service(service)
-            .await
-            .map(|names| format!("restarted {}", names.join(", "))),
-        (op, Some(_)) => Err(anyhow::anyhow!(
-            "{} is not supported by this agent yet",
-            op.kind().as_str()
-        )),
+    let (ok, message, extra) = carry_out(&agent, &command, now).await;
+    let mut data = data;
+    if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
+        data.extend(extra);
+    }
+    info!(id = %command.id, action = %command.action_id, ok, %message, "command carried out");
+    let (kind, severity) = match ok {
+        true => (kinds::REMEDIATION_COMPLETED, Severity::Info),
+        false => (kinds::REMEDIATION_FAILED, Severity::Error),
     };
-    match outcome {
-        Ok(message) => agent.emit(
-            kinds::REMEDIATION_COMPLETED,
-            service.as_ref(),
-            Severity::Info,
-            &message,
-            data,
-        ),
-        Err(error) => agent.emit(
-            kinds::REMEDIATION_FAILED,
-            service.as_ref(),
-            Severity::Error,
-            &format!("{error:#}"),
-            data,
-        ),
+    agent.emit(kind, service.as_ref(), severity, &message, data);
+}
+
+/// How long a restarted service has to be running (and healthy) again.
+const RESTART_READY_CAP: Duration = Duration::from_secs(120);
+/// How long Compose may take for a redeploy (pulls included).
+const COMPOSE_CAP: Duration = Duration::from_secs(15 * 60);
+
+/// Carries out a command judged `Run`: whether it worked, what to say, and
+/// what goes into the outcome's `data`.
+async fn carry_out(
+    agent: &Agent,
+    command: &Command,
+    now: chrono::DateTime<Utc>,
+) -> (bool, String, Value) {
+    let Some(runtime) = agent.runtime() else {
+        return (false, "docker engine unreachable".into(), json!({}));
+    };
+    match &command.op {
+        Operation::ContainerRestart { service } => {
+            let names = match runtime.restart_service(service).await {
+                Ok(names) => names,
+                Err(error) => return (false, format!("{error:#}"), json!({})),
+            };
+            let budget = command::budget(command.deadline, now, RESTART_READY_CAP);
+            let started = tokio::time::Instant::now();
+            let mut last = String::new();
+            while started.elapsed() < budget {
+                match runtime
+                    .list()
+                    .await
+                    .map(|cs| command::readiness(service, &cs))
+                {
+                    Ok(Ok(())) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        return (
+                            true,
+                            format!(
+                                "restarted {}; running again after {secs:.1} s",
+                                names.join(", ")
+                            ),
+                            json!({"containers": names, "duration_ms": started.elapsed().as_millis() as u64}),
+                        );
+                    }
+                    Ok(Err(why)) => last = why,
+                    Err(error) => last = format!("{error:#}"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            (
+                false,
+                format!(
+                    "restarted {}, but not running and healthy within {} s: {last}",
+                    names.join(", "),
+                    budget.as_secs()
+                ),
+                json!({"containers": names, "reason": "not_ready"}),
+            )
+        }
+        Operation::Redeploy { service, compose } => {
+            let Some(bundle) = compose else {
+                return (
+                    false,
+                    format!("redeploy of {service} carries no compose files"),
+                    json!({}),
+                );
+            };
+            let dir = agent
+                .config
+                .layout
+                .agent_deploy(&agent.config.node, &bundle.project);
+            let budget = command::budget(command.deadline, now, COMPOSE_CAP);
+            info!(project = %bundle.project, dir = %dir.display(), "compose up -d");
+            let outcome = compose::redeploy(&dir, bundle, None, budget).await;
+            (outcome.ok, outcome.message, outcome.data)
+        }
+        Operation::DiskCleanup {
+            keep_services,
+            older_than_secs,
+        } => match runtime.cleanup(keep_services, *older_than_secs).await {
+            Ok(report) => {
+                let bytes = report.bytes_reclaimed();
+                let message = format!(
+                    "reclaimed {:.1} MB: {} stopped containers removed, {} dangling images deleted, build cache pruned{}",
+                    bytes as f64 / 1e6,
+                    report.containers_removed.len(),
+                    report.images_deleted,
+                    match report.errors.len() {
+                        0 => String::new(),
+                        n => format!(" ({n} parts failed: {})", report.errors.join("; ")),
+                    }
+                );
+                let mut data = serde_json::to_value(&report).expect("report serializes");
+                data["bytes_reclaimed"] = json!(bytes);
+                // Failed only if every part failed.
+                let ok = report.errors.len() < 3 || !report.containers_removed.is_empty();
+                (ok, message, data)
+            }
+            Err(error) => (false, format!("{error:#}"), json!({})),
+        },
     }
 }

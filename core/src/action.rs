@@ -156,11 +156,32 @@ pub struct Action {
     #[serde(with = "time")]
     pub updated_at: Timestamp,
     pub history: Vec<Transition>,
+    /// What it carries out, fixed when it was proposed: for a redeploy the
+    /// compose files (with their SHA-256), for a cleanup the services whose
+    /// containers stay. The executor sends exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<ActionParams>,
     /// The command the executor sent for this action, once running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<SentCommand>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ActionResult>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<crate::command::ComposeBundle>,
+    /// Why a redeploy has no compose files (none in the repo, too large).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_missing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_services: Option<Vec<Name>>,
+    /// A cleanup removes stopped containers only once they are this old
+    /// (seconds; the node's `disk.cleanup_older_than`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +240,7 @@ impl Action {
                 by: "supervisor".into(),
                 why: format!("{reason}: {message}"),
             }],
+            params: None,
             command: None,
             result: None,
         }

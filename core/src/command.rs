@@ -8,7 +8,10 @@ use crate::action::ActionKind;
 use crate::name::Name;
 use crate::time::{self, Timestamp};
 
-pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// A redeploy carries its compose files, so commands may be this large.
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// The largest compose file the supervisor puts into an action.
+pub const MAX_COMPOSE_FILE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,17 +38,95 @@ pub struct Command {
     deny_unknown_fields
 )]
 pub enum Operation {
-    ContainerRestart { service: Name },
-    Redeploy { service: Name },
-    DiskCleanup {},
+    ContainerRestart {
+        service: Name,
+    },
+    Redeploy {
+        service: Name,
+        /// The compose files from the repo revision the action was
+        /// proposed from, as the operator approved them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compose: Option<ComposeBundle>,
+    },
+    DiskCleanup {
+        /// Services the node should run: their stopped containers stay.
+        #[serde(default)]
+        keep_services: Vec<Name>,
+        /// Stopped containers younger than this stay (seconds).
+        #[serde(default = "default_older_than")]
+        older_than_secs: u64,
+    },
+}
+
+/// Stopped containers are removed by a cleanup only after this long.
+pub const DEFAULT_CLEANUP_OLDER_THAN: u64 = 24 * 3600;
+
+fn default_older_than() -> u64 {
+    DEFAULT_CLEANUP_OLDER_THAN
+}
+
+/// What a redeploy runs: `up -d` of one Compose project made of these files,
+/// in order (the service's `docker-compose.yml`, then the node's override).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeBundle {
+    /// The Compose project name: stable, so `up -d` replaces what the last
+    /// redeploy started.
+    pub project: Name,
+    /// `v1` (`docker-compose`) or `v2` (`docker compose`) as the node's
+    /// `capabilities.yaml` says; absent: the agent detects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_version: Option<crate::desired::ComposeVersion>,
+    pub files: Vec<ComposeFile>,
+}
+
+/// One compose file: where it is in the repo (shown, never used as a path
+/// by the agent), its SHA-256 and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeFile {
+    pub path: String,
+    pub sha256: String,
+    pub content: String,
+}
+
+impl ComposeFile {
+    pub fn new(path: impl Into<String>, content: String) -> ComposeFile {
+        ComposeFile {
+            path: path.into(),
+            sha256: sha256_hex(content.as_bytes()),
+            content,
+        }
+    }
+
+    /// Whether `content` is what `sha256` says.
+    pub fn intact(&self) -> bool {
+        sha256_hex(self.content.as_bytes()) == self.sha256
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Operation {
+    /// The service it acts on, if any.
+    pub fn service(&self) -> Option<&Name> {
+        match self {
+            Operation::ContainerRestart { service } | Operation::Redeploy { service, .. } => {
+                Some(service)
+            }
+            Operation::DiskCleanup { .. } => None,
+        }
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Operation::ContainerRestart { .. } => ActionKind::ContainerRestart,
             Operation::Redeploy { .. } => ActionKind::Redeploy,
-            Operation::DiskCleanup {} => ActionKind::DiskCleanup,
+            Operation::DiskCleanup { .. } => ActionKind::DiskCleanup,
         }
     }
 }
@@ -111,5 +192,36 @@ mod tests {
         assert_eq!(Command::from_payload(json.as_bytes()).unwrap(), cmd);
         let forged = json.replace("mosquitto\"}", "../x\"}");
         assert!(Command::from_payload(forged.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn older_commands_still_parse_and_files_are_checked() {
+        let cleanup = r#"{"v":1,"id":"01JD","action_id":"disk-cleanup-piha","node":"piha",
+            "type":"disk_cleanup","params":{},"issued_at":"2026-11-22T10:00:00Z",
+            "deadline":"2026-11-22T10:05:00Z"}"#;
+        let cmd = Command::from_payload(cleanup.as_bytes()).unwrap();
+        assert_eq!(
+            cmd.op,
+            Operation::DiskCleanup {
+                keep_services: vec![],
+                older_than_secs: DEFAULT_CLEANUP_OLDER_THAN
+            }
+        );
+        let redeploy = cleanup.replace(
+            "disk_cleanup\",\"params\":{}",
+            "redeploy\",\"params\":{\"service\":\"npm\"}",
+        );
+        let cmd = Command::from_payload(redeploy.as_bytes()).unwrap();
+        assert_eq!(cmd.op.service().map(Name::as_str), Some("npm"));
+
+        let mut file = ComposeFile::new("services/npm/docker-compose.yml", "services: {}\n".into());
+        assert_eq!(file.sha256.len(), 64);
+        assert!(file.intact());
+        file.content.push(' ');
+        assert!(!file.intact());
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

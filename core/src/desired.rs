@@ -246,9 +246,9 @@ pub struct Capabilities {
     #[serde(default)]
     pub arch: Option<Arch>,
     /// Which Compose the node has: `v1` (`docker-compose`) or `v2`
-    /// (`docker compose`).
+    /// (`docker compose`); absent: the agent detects it.
     #[serde(default)]
-    pub docker_compose: ComposeVersion,
+    pub docker_compose: Option<ComposeVersion>,
     #[serde(default)]
     pub uplink: Option<Uplink>,
     #[serde(default)]
@@ -260,6 +260,31 @@ pub struct Capabilities {
     /// Device files services may be given (`/dev/ttyUSB0`).
     #[serde(default)]
     pub devices: Vec<String>,
+    /// How the agent watches its disks and what a cleanup removes.
+    #[serde(default)]
+    pub disk: Option<DiskPolicy>,
+}
+
+/// `disk:` in `capabilities.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskPolicy {
+    /// `disk_pressure high` at or above this percentage of a filesystem.
+    #[serde(default)]
+    pub high: Option<f64>,
+    /// `disk_pressure low` again at or below this percentage.
+    #[serde(default)]
+    pub low: Option<f64>,
+    /// Filesystems watched besides `/` and Docker's data root.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// A cleanup removes stopped containers only once they are this old.
+    #[serde(
+        default,
+        deserialize_with = "duration_opt",
+        serialize_with = "ser_duration_opt"
+    )]
+    pub cleanup_older_than: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -270,11 +295,10 @@ pub enum Arch {
     Armv7,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComposeVersion {
     V1,
-    #[default]
     V2,
 }
 
@@ -759,6 +783,29 @@ pub fn load_partial(repo: &Path) -> Loaded {
                     }
                 }
                 c.duplicates(&capabilities_path, &text, "device", &value.devices);
+                if let Some(disk) = &value.disk {
+                    for mount in &disk.mounts {
+                        if !clean_absolute(mount) {
+                            c.at(
+                                &capabilities_path,
+                                Some(&text),
+                                mount,
+                                format!("disk mount {mount:?} must be an absolute path"),
+                            );
+                        }
+                    }
+                    c.duplicates(&capabilities_path, &text, "disk mount", &disk.mounts);
+                    let (high, low) = (disk.high.unwrap_or(90.0), disk.low.unwrap_or(80.0));
+                    let valid = |p: f64| (0.0..=100.0).contains(&p);
+                    if !valid(high) || !valid(low) || low >= high {
+                        c.at(
+                            &capabilities_path,
+                            Some(&text),
+                            "disk",
+                            format!("disk thresholds must be percentages with low below high (high {high}, low {low})"),
+                        );
+                    }
+                }
                 capabilities.insert(node, value);
             }
         }
@@ -1085,6 +1132,49 @@ mod tests {
                 && got[2].contains("unknown field `colour`"),
             "{got:#?}"
         );
+    }
+
+    #[test]
+    fn disk_policy_in_capabilities() {
+        let cases: &[(&str, &[&str])] = &[
+            ("disk: {high: 85, low: 70, mounts: [/srv], cleanup_older_than: 2h}\n", &[]),
+            ("disk: {}\n", &[]),
+            (
+                "disk: {mounts: [srv, /srv, /srv]}\n",
+                &[
+                    "hosts/vps/capabilities.yaml:1: disk mount \"srv\" must be an absolute path",
+                    "hosts/vps/capabilities.yaml:1: disk mount /srv is listed twice",
+                ],
+            ),
+            (
+                "disk:\n  high: 70\n  low: 80\n",
+                &["hosts/vps/capabilities.yaml:1: disk thresholds must be percentages with low below high (high 70, low 80)"],
+            ),
+            ("disk: {high: 190}\n", &["hosts/vps/capabilities.yaml:1: disk thresholds must be percentages with low below high (high 190, low 80)"]),
+            ("disk: {cleanup_older_than: soon}\n", &["hosts/vps/capabilities.yaml:1: "]),
+        ];
+        for (text, want) in cases {
+            let got = problems_in(&with_defs(&[], &[("hosts/vps/capabilities.yaml", text)]));
+            assert_eq!(got.len(), want.len(), "{text}: {got:#?}");
+            for (got, want) in got.iter().zip(want.iter()) {
+                assert!(got.starts_with(want), "{text}: {got} vs {want}");
+            }
+        }
+        let dir = repo(&[
+            ("inventory/topology.yaml", TOPOLOGY),
+            (
+                "hosts/vps/capabilities.yaml",
+                "disk: {high: 85, mounts: [/srv], cleanup_older_than: 2h}\n",
+            ),
+        ]);
+        let disk = load(dir.path()).unwrap().capabilities[&Name::parse("vps").unwrap()]
+            .disk
+            .clone()
+            .unwrap();
+        assert_eq!(disk.high, Some(85.0));
+        assert_eq!(disk.low, None);
+        assert_eq!(disk.mounts, ["/srv"]);
+        assert_eq!(disk.cleanup_older_than, Some(Duration::from_secs(7200)));
     }
 
     #[test]

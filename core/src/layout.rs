@@ -69,6 +69,11 @@ impl Layout {
     pub fn agent_status(&self, node: &Name) -> PathBuf {
         self.agent_dir(node).join("status.json")
     }
+    /// Where a redeploy writes the compose files of `project` and runs
+    /// Compose: the project directory.
+    pub fn agent_deploy(&self, node: &Name, project: &Name) -> PathBuf {
+        self.agent_dir(node).join("deploy").join(project.as_str())
+    }
     /// Events handed over by `homelab emit`, one file each, drained by the
     /// agent into its outbox.
     pub fn agent_spool(&self, node: &Name) -> PathBuf {

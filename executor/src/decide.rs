@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use homelab_core::action::ActionResult;
+use homelab_core::action::{ActionParams, ActionResult};
 use homelab_core::event::kinds;
 use homelab_core::time::Timestamp;
 use homelab_core::{Action, ActionKind, ActionState, Event, Name, Operation};
@@ -14,17 +14,40 @@ use serde_json::json;
 /// outcome that was on its way arrive.
 pub const OUTCOME_MARGIN: Duration = Duration::from_secs(30);
 
-/// The operation an action of `kind` on `service` asks of the agent, or why
-/// there is none to carry out.
-pub fn operation(kind: ActionKind, service: Option<&Name>) -> Result<Operation, String> {
+/// The operation an action of `kind` on `service` asks of the agent, with
+/// the params fixed when it was proposed, or why there is none to carry
+/// out.
+pub fn operation(
+    kind: ActionKind,
+    service: Option<&Name>,
+    params: Option<&ActionParams>,
+) -> Result<Operation, String> {
     match (kind, service) {
         (ActionKind::ContainerRestart, Some(service)) => Ok(Operation::ContainerRestart {
             service: service.clone(),
         }),
-        (ActionKind::Redeploy, Some(service)) => Ok(Operation::Redeploy {
-            service: service.clone(),
+        (ActionKind::Redeploy, Some(service)) => {
+            match params.and_then(|p| p.compose.as_ref()) {
+                Some(compose) => Ok(Operation::Redeploy {
+                    service: service.clone(),
+                    compose: Some(compose.clone()),
+                }),
+                None => Err(match params.and_then(|p| p.compose_missing.as_ref()) {
+                    Some(why) => format!("no compose files to redeploy {service} with: {why}"),
+                    None => format!(
+                        "no compose files to redeploy {service} with: the action was proposed without them; reject it and let it be proposed again"
+                    ),
+                }),
+            }
+        }
+        (ActionKind::DiskCleanup, _) => Ok(Operation::DiskCleanup {
+            keep_services: params
+                .and_then(|p| p.keep_services.clone())
+                .unwrap_or_default(),
+            older_than_secs: params
+                .and_then(|p| p.older_than_secs)
+                .unwrap_or(homelab_core::command::DEFAULT_CLEANUP_OLDER_THAN),
         }),
-        (ActionKind::DiskCleanup, _) => Ok(Operation::DiskCleanup {}),
         (ActionKind::ContainerRestart | ActionKind::Redeploy, None) => {
             Err(format!("{} names no service", kind.as_str()))
         }
@@ -108,11 +131,21 @@ pub fn outcome(action: &Action, event: &Event) -> Option<ActionResult> {
             return None;
         }
     }
+    // What the agent reported (Compose's output, the duration, the bytes
+    // reclaimed) goes into the result, under the event's own keys.
+    let mut data = match &event.data {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => Default::default(),
+    };
+    data.remove("action_id");
+    data.insert("event_id".into(), json!(event.id));
+    data.insert("command_id".into(), json!(command_id));
+    data.insert("node".into(), json!(event.node));
     Some(ActionResult {
         ok,
         message: event.message.clone(),
         at: event.ts,
-        data: json!({"event_id": event.id, "command_id": command_id, "node": event.node}),
+        data: serde_json::Value::Object(data),
     })
 }
 
@@ -145,6 +178,7 @@ mod tests {
             created_at: t(0),
             updated_at: t(0),
             history: vec![],
+            params: None,
             command: command.map(|id| SentCommand {
                 id: id.into(),
                 sent_at: t(0),
@@ -155,7 +189,7 @@ mod tests {
     }
 
     fn event(kind: &str, action_id: &str, command_id: Option<&str>) -> Event {
-        let mut data = json!({"action_id": action_id});
+        let mut data = json!({"action_id": action_id, "duration_ms": 1200});
         if let Some(id) = command_id {
             data["command_id"] = json!(id);
         }
@@ -176,11 +210,44 @@ mod tests {
 
     #[test]
     fn kind_to_operation() {
+        use homelab_core::command::{ComposeBundle, ComposeFile, DEFAULT_CLEANUP_OLDER_THAN};
         let app = name("app");
-        let cases: Vec<(ActionKind, Option<&Name>, Result<Operation, &str>)> = vec![
+        let bundle = ComposeBundle {
+            project: app.clone(),
+            compose_version: None,
+            files: vec![ComposeFile::new(
+                "services/app/docker-compose.yml",
+                "services: {}".into(),
+            )],
+        };
+        let with_compose = ActionParams {
+            compose: Some(bundle.clone()),
+            ..Default::default()
+        };
+        let missing = ActionParams {
+            compose_missing: Some("services/app/docker-compose.yml: not found".into()),
+            ..Default::default()
+        };
+        let keep = ActionParams {
+            keep_services: Some(vec![app.clone()]),
+            older_than_secs: Some(60),
+            ..Default::default()
+        };
+        let cleanup = |keep: Vec<Name>, older_than_secs| Operation::DiskCleanup {
+            keep_services: keep,
+            older_than_secs,
+        };
+        type Case<'a> = (
+            ActionKind,
+            Option<&'a Name>,
+            Option<&'a ActionParams>,
+            Result<Operation, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 ActionKind::ContainerRestart,
                 Some(&app),
+                None,
                 Ok(Operation::ContainerRestart {
                     service: app.clone(),
                 }),
@@ -188,33 +255,45 @@ mod tests {
             (
                 ActionKind::Redeploy,
                 Some(&app),
+                Some(&with_compose),
                 Ok(Operation::Redeploy {
                     service: app.clone(),
+                    compose: Some(bundle.clone()),
                 }),
             ),
-            (ActionKind::DiskCleanup, None, Ok(Operation::DiskCleanup {})),
             (
-                ActionKind::DiskCleanup,
+                ActionKind::Redeploy,
                 Some(&app),
-                Ok(Operation::DiskCleanup {}),
+                Some(&missing),
+                Err("no compose files to redeploy app with: services/app/docker-compose.yml: not found"),
             ),
+            (
+                ActionKind::Redeploy,
+                Some(&app),
+                None,
+                Err("no compose files to redeploy app with: the action was proposed without them; reject it and let it be proposed again"),
+            ),
+            (ActionKind::DiskCleanup, None, Some(&keep), Ok(cleanup(vec![app.clone()], 60))),
+            (ActionKind::DiskCleanup, Some(&app), None, Ok(cleanup(vec![], DEFAULT_CLEANUP_OLDER_THAN))),
             (
                 ActionKind::ContainerRestart,
                 None,
+                None,
                 Err("container_restart names no service"),
             ),
-            (ActionKind::Redeploy, None, Err("redeploy names no service")),
+            (ActionKind::Redeploy, None, None, Err("redeploy names no service")),
             (
                 ActionKind::AlertOnly,
                 Some(&app),
+                None,
                 Err("alert_only has nothing to execute"),
             ),
         ];
-        for (kind, service, want) in cases {
+        for (kind, service, params, want) in cases {
             assert_eq!(
-                operation(kind, service),
+                operation(kind, service, params),
                 want.map_err(String::from),
-                "{kind:?} {service:?}"
+                "{kind:?} {service:?} {params:?}"
             );
         }
     }
@@ -331,6 +410,10 @@ mod tests {
                 assert_eq!(result.message, "restarted app-1");
                 assert_eq!(result.at, t(10));
                 assert_eq!(result.data["event_id"], "E1");
+                // What the agent reported is kept; the action id is not
+                // repeated.
+                assert_eq!(result.data["duration_ms"], 1200);
+                assert_eq!(result.data.get("action_id"), None);
             }
         }
         // Only while it runs.

@@ -172,7 +172,7 @@ async fn pass(config: &Config, store: &ActionStore, mqtt: &Mqtt, started: chrono
 /// Records and publishes the command for a running action.
 async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Action) {
     let now = Utc::now();
-    let op = match decide::operation(action.kind, action.service.as_ref()) {
+    let op = match decide::operation(action.kind, action.service.as_ref(), action.params.as_ref()) {
         Ok(op) => op,
         Err(why) => {
             let result = ActionResult {

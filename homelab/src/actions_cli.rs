@@ -319,6 +319,7 @@ mod tests {
                 by: "supervisor".into(),
                 why: "mosquitto exited".into(),
             }],
+            params: None,
             command: None,
             result: None,
         }

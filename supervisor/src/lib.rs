@@ -11,6 +11,7 @@
 //! does not load, the last good desired state is kept; if a world or action
 //! file does not parse, the pass is skipped.
 
+pub mod params;
 pub mod plan;
 pub mod recent;
 pub mod world;
@@ -290,7 +291,8 @@ impl Supervisor {
             // Counted for the cooldown until the log has it.
             self.recent.add(event);
         }
-        for action in plan.create {
+        for mut action in plan.create {
+            action.params = params::for_action(&self.config.repo, desired, &action);
             match self.store.create(&action) {
                 Ok(()) => {
                     info!(id = %action.id, reason = %action.reason, "action proposed");

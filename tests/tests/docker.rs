@@ -340,3 +340,239 @@ async fn failing_healthcheck_and_a_crash_loop_are_seen() {
     assert_eq!(container["exit_code"], 3, "{container}");
     system.stop().await.unwrap();
 }
+
+/// Removes a Compose project's containers and network when the test ends.
+struct ProjectRemoval(Vec<String>);
+
+impl Drop for ProjectRemoval {
+    fn drop(&mut self) {
+        for project in &self.0 {
+            let script = format!(
+                "docker ps -aq --filter label=com.docker.compose.project={project} | xargs -r docker rm -f; docker network rm {project}_default"
+            );
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .output();
+        }
+    }
+}
+
+fn compose_file(service: &str, labels: &str) -> String {
+    format!(
+        "version: \"2.4\"\nservices:\n  {service}:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    labels: {{{labels}}}\n"
+    )
+}
+
+/// Containers of a Compose project, with their labels.
+async fn project_containers(
+    docker: &Docker,
+    project: &str,
+) -> Vec<bollard::models::ContainerSummary> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default()
+}
+
+async fn approve(system: &System, id: &str) -> Value {
+    let (status, body) = system
+        .post(&format!("/api/actions/{id}/approve"), Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        &format!("{id} finished"),
+        Duration::from_secs(90),
+        || async {
+            system.action_file("completed", id).exists()
+                || system.action_file("failed", id).exists()
+        },
+    )
+    .await;
+    let done = system.action_file("completed", id);
+    assert!(
+        done.exists(),
+        "{id} failed: {}",
+        read_json(&system.action_file("failed", id)).unwrap()
+    );
+    read_json(&done).unwrap()
+}
+
+/// Two services deployed with the machine's docker-compose: one stopped is
+/// restarted after approval and reported running again; one removed is
+/// redeployed by Compose from the files (and the node's override) carried
+/// in the action, with Compose's output in the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_services_are_restarted_and_redeployed_after_approval() {
+    let Some(docker) = docker().await else { return };
+    let required = std::env::var("HOMELAB_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let has_compose = std::process::Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_compose {
+        assert!(
+            !required,
+            "HOMELAB_REQUIRE_DOCKER=1 but docker-compose is missing"
+        );
+        eprintln!("\n*** SKIPPED: no docker-compose ***\n");
+        return;
+    }
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let tag = &tag[tag.len() - 8..];
+    let (web, api) = (format!("web-{tag}"), format!("api-{tag}"));
+    let web_compose = compose_file(&web, &format!("homelab.test: \"{tag}\""));
+    let api_compose = compose_file(&api, &format!("homelab.test: \"{tag}\""));
+    let web_override = format!(
+        "version: \"2.4\"\nservices:\n  {web}:\n    labels: {{homelab.override: \"yes\"}}\n"
+    );
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  dockhost: {role: server}\n",
+        ),
+        (
+            "hosts/dockhost/services.yaml",
+            &format!("services:\n  {web}: {{grace_period: 0s}}\n  {api}: {{grace_period: 0s}}\n"),
+        ),
+        (&format!("services/{web}/docker-compose.yml"), &web_compose),
+        (&format!("services/{api}/docker-compose.yml"), &api_compose),
+        (
+            &format!("hosts/dockhost/runtime/{web}/docker-compose.override.yml"),
+            &web_override,
+        ),
+    ]);
+    let _removal = ProjectRemoval(vec![web.clone(), api.clone()]);
+    // Deployed as an operator would, before homelab watches.
+    for service in [&web, &api] {
+        let file = repo
+            .path()
+            .join(format!("services/{service}/docker-compose.yml"));
+        let out = std::process::Command::new("docker-compose")
+            .args(["-p", service, "-f", &file.display().to_string(), "up", "-d"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let system = System::start(
+        repo,
+        Options {
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+        },
+    )
+    .await;
+    for service in [&web, &api] {
+        wait_for("world shows both services running", T, || {
+            service_running(&system, service)
+        })
+        .await;
+    }
+
+    // api stops: a restart is proposed, approved, and it runs again.
+    let api_container = project_containers(&docker, &api).await[0]
+        .id
+        .clone()
+        .unwrap();
+    docker
+        .stop_container(
+            &api_container,
+            Some(StopContainerOptions {
+                t: Some(1),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let restart = format!("container-restart-dockhost-{api}");
+    wait_for("pending restart", T, || async {
+        system.action_file("pending", &restart).exists()
+    })
+    .await;
+    let done = approve(&system, &restart).await;
+    assert_eq!(done["result"]["ok"], true, "{done}");
+    let message = done["result"]["message"].as_str().unwrap();
+    assert!(message.contains("running again"), "{message}");
+    assert!(running(&docker, &api_container).await);
+
+    // web is removed: a redeploy is proposed with the repo's files.
+    let web_container = project_containers(&docker, &web).await[0]
+        .id
+        .clone()
+        .unwrap();
+    docker
+        .remove_container(
+            &web_container,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let redeploy = format!("redeploy-dockhost-{web}");
+    wait_for("pending redeploy", T, || async {
+        system.action_file("pending", &redeploy).exists()
+    })
+    .await;
+    let pending = read_json(&system.action_file("pending", &redeploy)).unwrap();
+    let files = pending["params"]["compose"]["files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(files.len(), 2, "{pending}");
+    assert_eq!(
+        files[0]["path"],
+        format!("services/{web}/docker-compose.yml")
+    );
+    assert_eq!(
+        files[0]["sha256"],
+        homelab_core::command::sha256_hex(web_compose.as_bytes())
+    );
+    assert_eq!(
+        files[1]["path"],
+        format!("hosts/dockhost/runtime/{web}/docker-compose.override.yml")
+    );
+    assert_eq!(pending["params"]["compose"]["project"], web.as_str());
+
+    let done = approve(&system, &redeploy).await;
+    let result = &done["result"];
+    assert_eq!(result["ok"], true, "{done}");
+    // Detected: this machine has docker-compose (v1) only.
+    assert_eq!(result["data"]["compose"], "v1", "{done}");
+    let output = result["data"]["output"].as_str().unwrap();
+    assert!(
+        output.contains(&format!("{web}_{web}_1")),
+        "Compose's output: {output}"
+    );
+    assert!(result["data"]["duration_ms"].as_u64().is_some());
+    assert_eq!(result["data"]["files"][1]["sha256"], files[1]["sha256"]);
+    // Compose recreated it, with the node's override applied.
+    let now = project_containers(&docker, &web).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(
+        now[0].state.map(|s| s.to_string()).as_deref(),
+        Some("running")
+    );
+    let labels = now[0].labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("homelab.override").map(String::as_str),
+        Some("yes")
+    );
+    wait_for("world shows web running again", T, || {
+        service_running(&system, &web)
+    })
+    .await;
+    system.stop().await.unwrap();
+}
