@@ -144,12 +144,9 @@ mod tests {
             .collect(),
         );
 
-        let cases: &[(
-            ActionKind,
-            Option<&str>,
-            Option<(&str, usize, Option<ComposeVersion>)>,
-            Option<&str>,
-        )] = &[
+        // (kind, service, expected bundle: project, files, version; why missing)
+        type Bundle<'a> = Option<(&'a str, usize, Option<ComposeVersion>)>;
+        let cases: &[(ActionKind, Option<&str>, Bundle, Option<&str>)] = &[
             // service with an override: both files, in order
             (
                 ActionKind::Redeploy,
