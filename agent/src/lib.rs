@@ -12,6 +12,8 @@ pub mod command;
 pub mod compose;
 pub mod disk;
 pub mod docker;
+pub mod health;
+pub mod mqttprobe;
 pub mod outbox;
 pub mod proc;
 pub mod spool;
@@ -28,6 +30,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use homelab_core::event::{kinds, SOURCE_AGENT};
+use homelab_core::nodeconfig::NodeConfig;
 use homelab_core::world::{Container, Snapshot};
 use homelab_core::{fsutil, Command, Event, Layout, Name, Operation, Severity, Topics};
 use homelab_mqtt::{Incoming, Mqtt};
@@ -66,6 +69,8 @@ pub struct Config {
     pub disk_thresholds: disk::Thresholds,
     /// How often disk usage is sampled.
     pub disk_interval: Duration,
+    /// How often the brokers the node's services depend on are probed.
+    pub broker_interval: Duration,
 }
 
 impl Config {
@@ -84,6 +89,7 @@ impl Config {
             disk_mounts: Vec::new(),
             disk_thresholds: disk::Thresholds::default(),
             disk_interval: Duration::from_secs(30),
+            broker_interval: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +99,9 @@ struct Agent {
     config: Config,
     outbox: Outbox,
     runtime: RwLock<Option<Arc<dyn ContainerRuntime>>>,
+    /// What the control plane gave this node from the repo (health
+    /// checks, brokers, disk policy); the last one is kept on disk.
+    node_config: tokio::sync::watch::Sender<Arc<NodeConfig>>,
 }
 
 impl Agent {
@@ -137,10 +146,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         node.clone(),
         config.outbox_max_bytes,
     )?;
+    let stored = load_node_config(&config.layout, &node);
     let agent = Arc::new(Agent {
         config: config.clone(),
         outbox,
         runtime: RwLock::new(None),
+        node_config: tokio::sync::watch::Sender::new(Arc::new(stored)),
     });
 
     let status_topic = topics.node_status(&node);
@@ -152,7 +163,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         payload: b"offline".to_vec(),
         retain: true,
     });
-    mqtt_config.subscriptions = vec![topics.commands(&node), topics.acks(&node)];
+    mqtt_config.subscriptions = vec![
+        topics.commands(&node),
+        topics.acks(&node),
+        topics.node_config(&node),
+    ];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     info!(%node, broker = %config.broker, "agent started");
 
@@ -166,6 +181,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     ));
     tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(disk_loop(agent.clone(), shutdown.clone()));
+    tasks.spawn(checks_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(status_loop(
         agent.clone(),
         mqtt.clone(),
@@ -217,6 +233,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     },
                     None => warn!(topic = %message.topic, "ack watermark is not a number"),
                 }
+            }
+            Some(Incoming::Message(message)) if message.topic == topics.node_config(&node) => {
+                apply_node_config(&agent, &message.payload);
             }
             Some(Incoming::Message(message)) if message.topic == topics.commands(&node) => {
                 tasks.spawn(handle_command(agent.clone(), message.payload.to_vec()));
@@ -523,8 +542,22 @@ async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
                 }
             }
         }
+        let node_config = agent.node_config.borrow().clone();
         let mut mounts = vec![std::path::PathBuf::from("/")];
         mounts.extend(agent.config.disk_mounts.iter().cloned());
+        mounts.extend(node_config.disk.mounts.iter().map(std::path::PathBuf::from));
+        // The repo's thresholds win over the command line's.
+        let thresholds = disk::Thresholds::new(
+            node_config
+                .disk
+                .high_pct
+                .unwrap_or(agent.config.disk_thresholds.high_pct),
+            node_config
+                .disk
+                .low_pct
+                .unwrap_or(agent.config.disk_thresholds.low_pct),
+        )
+        .unwrap_or(agent.config.disk_thresholds);
         mounts.extend(data_root.clone());
         mounts.sort();
         mounts.dedup();
@@ -548,9 +581,8 @@ async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
                     continue;
                 }
             };
-            let thresholds = &agent.config.disk_thresholds;
             let Some(change) =
-                tracker.sample(&mount, usage.used_pct(used), usage.free_bytes, thresholds)
+                tracker.sample(&mount, usage.used_pct(used), usage.free_bytes, &thresholds)
             else {
                 continue;
             };
@@ -585,6 +617,211 @@ async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             );
         }
     }
+}
+
+/// The node config stored by an earlier run, if it is still good.
+fn load_node_config(layout: &Layout, node: &Name) -> NodeConfig {
+    let path = layout.agent_config(node);
+    match std::fs::read(&path) {
+        Ok(bytes) => match NodeConfig::from_payload(&bytes, node) {
+            Ok(config) => {
+                info!(revision = %config.revision, "node config from the last run");
+                config
+            }
+            Err(error) => {
+                warn!(path = %path.display(), %error, "stored node config ignored");
+                NodeConfig::empty(node)
+            }
+        },
+        Err(_) => NodeConfig::empty(node),
+    }
+}
+
+/// A node config from the control plane: checked, kept on disk, and
+/// applied when its revision is new. An empty payload (the node left the
+/// inventory) stops every check.
+fn apply_node_config(agent: &Agent, payload: &[u8]) {
+    let node = &agent.config.node;
+    let config = if payload.is_empty() {
+        NodeConfig::empty(node)
+    } else {
+        match NodeConfig::from_payload(payload, node) {
+            Ok(config) => config,
+            Err(error) => {
+                warn!(%error, "node config rejected; the last good one stays");
+                metrics::counter!("homelab_agent_config_rejected_total").increment(1);
+                return;
+            }
+        }
+    };
+    if agent.node_config.borrow().revision == config.revision {
+        return;
+    }
+    let path = agent.config.layout.agent_config(node);
+    let written = serde_json::to_vec(&config)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| blocking(|| fsutil::write_atomic(&path, &bytes)));
+    if let Err(error) = written {
+        warn!(
+            error = format!("{error:#}"),
+            "node config not stored (applied all the same)"
+        );
+    }
+    info!(
+        revision = %config.revision,
+        healthchecks = config.healthchecks.len(),
+        brokers = config.mqtt_brokers.len(),
+        "node config applied"
+    );
+    agent.node_config.send_replace(Arc::new(config));
+}
+
+/// Runs the health checks and broker probes of the current node config,
+/// starting them afresh whenever it changes.
+async fn checks_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut changes = agent.node_config.subscribe();
+    loop {
+        let config = changes.borrow_and_update().clone();
+        let mut checks = tokio::task::JoinSet::new();
+        for check in &config.healthchecks {
+            checks.spawn(run_healthcheck(agent.clone(), check.clone()));
+        }
+        for broker in &config.mqtt_brokers {
+            checks.spawn(watch_broker(agent.clone(), broker.clone()));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        // Dropping the set aborts its tasks (and kills running scripts).
+        drop(checks);
+    }
+}
+
+/// At most this much of a failing script's output goes into its event.
+const HEALTHCHECK_OUTPUT: usize = 1024;
+
+async fn run_healthcheck(agent: Arc<Agent>, spec: homelab_core::nodeconfig::HealthcheckSpec) {
+    let dir = agent
+        .config
+        .layout
+        .agent_dir(&agent.config.node)
+        .join("healthchecks");
+    let script = dir.join(format!("{}.sh", spec.service));
+    if let Err(error) = blocking(|| fsutil::write_atomic(&script, spec.script.as_bytes())) {
+        warn!(service = %spec.service, error = format!("{error:#}"), "health check script not written; not run");
+        return;
+    }
+    let timeout = Duration::from_secs(spec.timeout_secs);
+    let args = vec![script.display().to_string()];
+    let (node, service) = (agent.config.node.to_string(), spec.service.to_string());
+    let env = [
+        ("HOMELAB_NODE", node.as_str()),
+        ("HOMELAB_SERVICE", service.as_str()),
+    ];
+    let mut tracker = health::Tracker::default();
+    info!(service = %spec.service, interval_s = spec.interval_secs, "health check scheduled");
+    health::schedule(
+        Duration::from_secs(spec.interval_secs),
+        || proc::run("sh", &args, &dir, &env, timeout),
+        |result| {
+            let (ok, why, data) = match result {
+                Ok(done) => {
+                    let output = done
+                        .output
+                        .get(done.output.len().saturating_sub(HEALTHCHECK_OUTPUT)..)
+                        .unwrap_or(&done.output)
+                        .to_string();
+                    let why = match (done.timed_out, done.code) {
+                        (true, _) => {
+                            format!("timed out after {} s and was killed", spec.timeout_secs)
+                        }
+                        (false, Some(code)) => format!("exit {code}: {}", done.last_line()),
+                        (false, None) => "killed by a signal".to_string(),
+                    };
+                    let data = json!({
+                        "exit_code": done.code,
+                        "timed_out": done.timed_out,
+                        "duration_ms": done.duration.as_millis() as u64,
+                        "output": output,
+                    });
+                    (done.ok(), why, data)
+                }
+                Err(error) => (false, format!("cannot run: {error}"), json!({})),
+            };
+            for change in tracker.record(ok, spec.retries) {
+                let source = json!({"source": "healthcheck"});
+                match change {
+                    health::Change::Failed { failures } => {
+                        let mut data = data.clone();
+                        data["failures"] = json!(failures);
+                        data["retries"] = json!(spec.retries);
+                        agent.emit(
+                            kinds::HEALTHCHECK_FAILED,
+                            Some(&spec.service),
+                            Severity::Warning,
+                            &format!(
+                                "health check failed ({failures} of {}): {why}",
+                                spec.retries
+                            ),
+                            data,
+                        );
+                    }
+                    health::Change::Unhealthy { failures } => agent.emit(
+                        kinds::SERVICE_UNHEALTHY,
+                        Some(&spec.service),
+                        Severity::Error,
+                        &format!("health check failed {failures} times in a row: {why}"),
+                        json!({"source": "healthcheck", "failures": failures}),
+                    ),
+                    health::Change::Recovered => agent.emit(
+                        kinds::SERVICE_RECOVERED,
+                        Some(&spec.service),
+                        Severity::Info,
+                        "health check passes again",
+                        source,
+                    ),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+async fn watch_broker(agent: Arc<Agent>, broker: homelab_core::nodeconfig::BrokerSpec) {
+    let client_id = format!("homelab-probe-{}", agent.config.node);
+    let mut reach = health::Reachability::default();
+    health::schedule(
+        agent.config.broker_interval,
+        || mqttprobe::probe(&broker.address, &client_id, Duration::from_secs(10)),
+        |result| {
+            let change = reach.record(result.is_ok());
+            match (change, result) {
+                (Some(false), Err(error)) => {
+                    warn!(service = %broker.service, address = %broker.address, %error, "mqtt broker unreachable");
+                    agent.emit(
+                        kinds::MQTT_UNREACHABLE,
+                        Some(&broker.service),
+                        Severity::Error,
+                        &error,
+                        json!({"address": broker.address, "error": error}),
+                    );
+                }
+                (Some(true), Ok(how)) => {
+                    info!(service = %broker.service, address = %broker.address, "mqtt broker answers again");
+                    agent.emit(
+                        kinds::SERVICE_RECOVERED,
+                        Some(&broker.service),
+                        Severity::Info,
+                        &format!("mqtt broker at {} {how}", broker.address),
+                        json!({"address": broker.address, "source": "mqtt"}),
+                    );
+                }
+                _ => {}
+            }
+        },
+    )
+    .await;
 }
 
 async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {

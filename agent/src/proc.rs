@@ -97,6 +97,8 @@ pub async fn run(
     }
     let mut child = command.spawn()?;
     let pid = child.id();
+    // Dropped mid-run (its task aborted): the whole group goes too.
+    let _group = Group(pid);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let readers = [
         child
@@ -153,6 +155,14 @@ pub async fn run(
         output: tail.text(),
         duration: started.elapsed(),
     })
+}
+
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 fn kill_group(pid: Option<u32>) {

@@ -109,6 +109,11 @@ pub struct ServiceSpec {
     pub exposure: Option<Exposure>,
     #[serde(default)]
     pub description: Option<String>,
+    /// The service is an MQTT broker other services of the node depend on,
+    /// answering at this `host:port` (seen from the node): the agent checks
+    /// it answers an MQTT CONNECT.
+    #[serde(default)]
+    pub mqtt_broker: Option<String>,
 }
 
 impl Default for ServiceSpec {
@@ -119,8 +124,29 @@ impl Default for ServiceSpec {
             grace_period: None,
             exposure: None,
             description: None,
+            mqtt_broker: None,
         }
     }
+}
+
+/// Whether `raw` is a `host:port` an agent can dial: a port in 1..=65535
+/// and a host of letters, digits, `.`, `-`, `_` or a bracketed IPv6.
+pub fn host_port_ok(raw: &str) -> bool {
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    port_ok && host_ok
 }
 
 /// A map in which a key given twice is an error, not "the last one wins".
@@ -741,7 +767,19 @@ pub fn load_partial(repo: &Path) -> Loaded {
             if let Some(Read { value, text }) =
                 read_yaml::<ServicesFile>(&services_path, &mut c.problems)
             {
-                for service in value.services.keys() {
+                for (service, spec) in &value.services {
+                    if let Some(address) = &spec.mqtt_broker {
+                        if !host_port_ok(address) {
+                            c.at(
+                                &services_path,
+                                Some(&text),
+                                "mqtt_broker",
+                                format!(
+                                    "service {service}: mqtt_broker {address:?} must be host:port"
+                                ),
+                            );
+                        }
+                    }
                     match services.get(service) {
                         None if !service_files.contains_key(service) => c.at(
                             &services_path,
@@ -1131,6 +1169,35 @@ mod tests {
             got[2].starts_with("hosts/vps/services.yaml:4: ")
                 && got[2].contains("unknown field `colour`"),
             "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn mqtt_broker_addresses() {
+        let cases = [
+            ("127.0.0.1:1883", true),
+            ("mosquitto:1883", true),
+            ("[::1]:8883", true),
+            ("broker.lan:0", false),
+            ("broker.lan", false),
+            (":1883", false),
+            ("a b:1883", false),
+            ("[zz]:1883", false),
+            ("host:99999", false),
+        ];
+        for (raw, ok) in cases {
+            assert_eq!(host_port_ok(raw), ok, "{raw}");
+        }
+        let got = problems_in(&with_defs(
+            &["mosquitto"],
+            &[(
+                "hosts/vps/services.yaml",
+                "services:\n  mosquitto:\n    mqtt_broker: nowhere\n",
+            )],
+        ));
+        assert_eq!(
+            got,
+            ["hosts/vps/services.yaml:3: service mosquitto: mqtt_broker \"nowhere\" must be host:port"]
         );
     }
 

@@ -69,6 +69,10 @@ impl Layout {
     pub fn agent_status(&self, node: &Name) -> PathBuf {
         self.agent_dir(node).join("status.json")
     }
+    /// The last node config the control plane gave the agent.
+    pub fn agent_config(&self, node: &Name) -> PathBuf {
+        self.agent_dir(node).join("config.json")
+    }
     /// Where a redeploy writes the compose files of `project` and runs
     /// Compose: the project directory.
     pub fn agent_deploy(&self, node: &Name, project: &Name) -> PathBuf {

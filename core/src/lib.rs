@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod layout;
 pub mod maintenance;
 pub mod name;
+pub mod nodeconfig;
 pub mod store;
 pub mod time;
 pub mod topics;

@@ -66,6 +66,11 @@ impl Topics {
     pub fn actions_all(&self) -> String {
         format!("{}/actions/+", self.prefix)
     }
+    /// What the control plane gives the node's agent from the repo
+    /// ([`crate::nodeconfig::NodeConfig`]), retained.
+    pub fn node_config(&self, node: &Name) -> String {
+        format!("{}/config/{node}", self.prefix)
+    }
     pub fn commands(&self, node: &Name) -> String {
         format!("{}/commands/{node}", self.prefix)
     }

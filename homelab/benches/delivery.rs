@@ -870,6 +870,7 @@ async fn event_to_action(samples_n: usize) {
         ui_token: Some("bench".into()),
         default_grace: Duration::ZERO,
         sync_interval: Duration::from_secs(30),
+        check_interval: Duration::from_secs(30),
         retention: Default::default(),
     };
     let shutdown = CancellationToken::new();

@@ -66,6 +66,10 @@ pub struct AgentArgs {
     /// How often disk usage is sampled.
     #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
     pub disk_interval: Duration,
+    /// How often the MQTT brokers the node's services depend on (the
+    /// repo's `mqtt_broker`) are probed.
+    #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
+    pub broker_interval: Duration,
 }
 
 /// A node name from the command line, or the hostname's.
@@ -115,6 +119,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!(e))?;
     config.disk_mounts = args.disk_mounts;
     config.disk_interval = args.disk_interval.max(Duration::from_secs(1));
+    config.broker_interval = args.broker_interval.max(Duration::from_secs(1));
     homelab_agent::run(config, shutdown).await
 }
 

@@ -32,6 +32,8 @@ pub struct UpConfig {
     pub default_grace: Duration,
     /// How often the agent lists all containers without Docker events.
     pub sync_interval: Duration,
+    /// How often the local agent samples disks and probes brokers.
+    pub check_interval: Duration,
     /// When old days of the event log are compressed and removed.
     pub retention: homelab_observer::retention::Policy,
 }
@@ -125,6 +127,8 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
         let mut cfg = homelab_agent::Config::new(node, &broker, layout.clone());
         cfg.topics = config.topics.clone();
         cfg.sync_interval = config.sync_interval;
+        cfg.disk_interval = config.check_interval;
+        cfg.broker_interval = config.check_interval;
         let token = child();
         tasks.spawn(async move { ("agent", homelab_agent::run(cfg, token).await) });
     }

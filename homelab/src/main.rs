@@ -325,6 +325,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ui_token: std::env::var("HOMELAB_UI_TOKEN").ok(),
                 default_grace: grace_period,
                 sync_interval: Duration::from_secs(30),
+                check_interval: Duration::from_secs(30),
                 retention: retention.policy(),
             };
             homelab::up(config, shutdown).await

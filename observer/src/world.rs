@@ -35,6 +35,11 @@ pub struct World {
     /// service: an open alert's `count` and `last_seen` follow them.
     #[serde(with = "pairs")]
     happened: BTreeMap<(Name, String, Option<Name>), VecDeque<Timestamp>>,
+    /// Services the agent's health check script calls unhealthy: a
+    /// snapshot of running containers does not make them healthy again;
+    /// only the script passing (`service_recovered`) does.
+    #[serde(default)]
+    failing_checks: BTreeSet<(Name, Name)>,
 }
 
 /// A map with keys that are not strings, as a JSON list of pairs.
@@ -139,11 +144,27 @@ impl World {
                 }
             }
             kinds::CONTAINERS_NOT_RUNNING => self.set_service(event, ServiceStatus::NotRunning),
-            kinds::SERVICE_UNHEALTHY | kinds::HEALTHCHECK_FAILED => {
+            kinds::SERVICE_UNHEALTHY => {
+                if let (true, Some(service)) = (from_healthcheck(event), &event.service) {
+                    self.failing_checks
+                        .insert((event.node.clone(), service.clone()));
+                }
+                self.set_service(event, ServiceStatus::Unhealthy)
+            }
+            // The agent's failures before `retries` are only recorded (it
+            // says `service_unhealthy` at the last); a failure from a
+            // publisher that does not count retries marks it at once.
+            kinds::HEALTHCHECK_FAILED if !below_retries(&event.data) => {
                 self.set_service(event, ServiceStatus::Unhealthy)
             }
             kinds::SERVICE_HEALTHY => self.set_service(event, ServiceStatus::Healthy),
-            kinds::SERVICE_RECOVERED => self.set_service(event, ServiceStatus::Running),
+            kinds::SERVICE_RECOVERED => {
+                if let (true, Some(service)) = (from_healthcheck(event), &event.service) {
+                    self.failing_checks
+                        .remove(&(event.node.clone(), service.clone()));
+                }
+                self.set_service(event, ServiceStatus::Running)
+            }
             _ => {}
         }
     }
@@ -250,11 +271,18 @@ impl World {
             }
         }
         for (service, containers) in grouped {
-            let worst = containers
+            let mut worst = containers
                 .iter()
                 .map(|c| c.service_status())
                 .max_by_key(|s| s.rank())
                 .unwrap_or(ServiceStatus::Running);
+            if self
+                .failing_checks
+                .contains(&(node.clone(), service.clone()))
+                && ServiceStatus::Unhealthy.rank() > worst.rank()
+            {
+                worst = ServiceStatus::Unhealthy;
+            }
             let message = containers
                 .iter()
                 .map(|c| format!("{}: {}", c.name, c.status))
@@ -465,6 +493,23 @@ impl World {
     }
 }
 
+/// Whether a service event comes from the agent's health check script.
+fn from_healthcheck(event: &Event) -> bool {
+    event.data.get("source").and_then(|s| s.as_str()) == Some("healthcheck")
+}
+
+/// Whether a `healthcheck_failed` says it is still below its retries
+/// (`data.failures < data.retries`).
+fn below_retries(data: &serde_json::Value) -> bool {
+    match (
+        data.get("failures").and_then(|v| v.as_u64()),
+        data.get("retries").and_then(|v| v.as_u64()),
+    ) {
+        (Some(failures), Some(retries)) => failures < retries,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +616,33 @@ mod tests {
         ));
         assert_eq!(world.services[&(n("piha"), n("mosquitto"))].since, since);
         assert_eq!(world.nodes[&n("piha")].last_seq, 5);
+    }
+
+    #[test]
+    fn health_check_failures_count_only_at_their_retries() {
+        // (data of a healthcheck_failed, unhealthy after it)
+        let cases = [
+            (json!({"failures": 1, "retries": 3}), false),
+            (json!({"failures": 3, "retries": 3}), true),
+            (json!({}), true),
+            (json!({"failures": "x", "retries": 3}), true),
+        ];
+        for (data, unhealthy) in cases {
+            let mut world = World::default();
+            world.apply(&event(
+                1,
+                "node_snapshot",
+                None,
+                snapshot(&[("z2m", "running")]),
+            ));
+            world.apply(&event(2, "healthcheck_failed", Some("z2m"), data.clone()));
+            let status = world.services[&(n("piha"), n("z2m"))].status;
+            assert_eq!(
+                status == ServiceStatus::Unhealthy,
+                unhealthy,
+                "{data}: {status:?}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct Supervisor {
     services_file: Watched,
     world: world::World,
     actions: ListCache,
+    /// Node configs published since the last CONNACK: topic → revision.
+    configs: std::collections::BTreeMap<String, String>,
 }
 
 /// A JSON file, parsed only when it changed.
@@ -114,6 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         services_file: Watched::default(),
         world: world::World::default(),
         actions: ListCache::default(),
+        configs: Default::default(),
     };
     info!(repo = %config.repo.display(), "supervisor started");
 
@@ -180,7 +183,11 @@ impl Supervisor {
                     .apply(&self.config.topics, &message.topic, &message.payload);
                 Wake::Message(&message.topic)
             }
-            Incoming::Connected { .. } => Wake::Connected,
+            Incoming::Connected { .. } => {
+                // Retained configs may be gone with a broker that restarted.
+                self.configs.clear();
+                Wake::Connected
+            }
             Incoming::Disconnected => return,
         };
         match &self.desired {
@@ -235,8 +242,12 @@ impl Supervisor {
         // The repo is read again on full passes (every interval, and on a
         // reconnect): a pass that one event woke judges by the desired
         // state already loaded, so a burst of events does not re-read it.
-        if (scope == Scope::All || self.desired.is_none()) && self.load_desired() {
+        let full = scope == Scope::All || self.desired.is_none();
+        if full && self.load_desired() {
             scope = Scope::All;
+        }
+        if full {
+            self.publish_configs(mqtt).await;
         }
         if self.desired.is_none() || scope.is_empty() {
             return;
@@ -347,6 +358,51 @@ impl Supervisor {
                     info!(id = %cancel.id, %actual, "cancel lost the race")
                 }
                 Err(error) => warn!(id = %cancel.id, error = format!("{error:#}"), "cancel failed"),
+            }
+        }
+    }
+
+    /// Publishes each node's config (retained) when its revision changed,
+    /// under its name and its aliases; clears the config of a node that
+    /// left the inventory.
+    async fn publish_configs(&mut self, mqtt: &Mqtt) {
+        let Some(desired) = &self.desired else { return };
+        let mut wanted = std::collections::BTreeMap::new();
+        for (node, spec) in &desired.topology.nodes {
+            let scripts = params::healthcheck_scripts(&self.config.repo, desired, node);
+            let config = homelab_core::nodeconfig::NodeConfig::build(node, desired, &scripts);
+            let payload = serde_json::to_vec(&config).expect("config serializes");
+            for name in std::iter::once(node).chain(&spec.aliases) {
+                wanted.insert(
+                    self.config.topics.node_config(name),
+                    (config.revision.clone(), payload.clone()),
+                );
+            }
+        }
+        let gone: Vec<String> = self
+            .configs
+            .keys()
+            .filter(|t| !wanted.contains_key(*t))
+            .cloned()
+            .collect();
+        for topic in gone {
+            match mqtt.publish(&topic, Vec::new(), true).await {
+                Ok(()) => {
+                    self.configs.remove(&topic);
+                }
+                Err(error) => warn!(%error, %topic, "node config not cleared"),
+            }
+        }
+        for (topic, (revision, payload)) in wanted {
+            if self.configs.get(&topic) == Some(&revision) {
+                continue;
+            }
+            match mqtt.publish(&topic, payload, true).await {
+                Ok(()) => {
+                    info!(%topic, %revision, "node config published");
+                    self.configs.insert(topic, revision);
+                }
+                Err(error) => warn!(%error, %topic, "node config not published"),
             }
         }
     }

@@ -90,6 +90,52 @@ fn compose_bundle(
     })
 }
 
+/// The text of the health check script of each monitored service of
+/// `node` that has one. A script that cannot be read is left out, with a
+/// warning (the loader already checked that it exists).
+pub fn healthcheck_scripts(
+    repo: &Path,
+    desired: &Desired,
+    node: &Name,
+) -> std::collections::BTreeMap<Name, String> {
+    let mut scripts = std::collections::BTreeMap::new();
+    for (service, spec) in desired.hosts.get(node).into_iter().flatten() {
+        let Some(check) = desired
+            .services
+            .get(service)
+            .and_then(|d| d.healthcheck.as_ref())
+        else {
+            continue;
+        };
+        if !spec.monitor {
+            continue;
+        }
+        let path = repo
+            .join("services")
+            .join(service.as_str())
+            .join(&check.script);
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() <= homelab_core::nodeconfig::MAX_SCRIPT_BYTES => {
+                match String::from_utf8(bytes) {
+                    Ok(text) => {
+                        scripts.insert(service.clone(), text);
+                    }
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "health check script is not UTF-8; not run")
+                    }
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "health check script larger than 64 KiB; not run")
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "health check script unreadable; not run")
+            }
+        }
+    }
+    scripts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

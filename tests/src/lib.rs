@@ -86,6 +86,8 @@ pub struct System {
 pub struct Options {
     pub agent_node: Option<&'static str>,
     pub sync_interval: Duration,
+    /// How often the agent samples disks and probes brokers.
+    pub check_interval: Duration,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
         Options {
             agent_node: None,
             sync_interval: Duration::from_secs(30),
+            check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -114,6 +117,7 @@ impl System {
             ui_token: Some(TOKEN.into()),
             default_grace: Duration::ZERO,
             sync_interval: options.sync_interval,
+            check_interval: options.check_interval,
             retention: Default::default(),
         };
         let shutdown = CancellationToken::new();
@@ -408,4 +412,89 @@ pub fn ensure(cond: bool, what: &str) -> Result<()> {
         bail!("{what}");
     }
     Ok(())
+}
+
+/// The test image built by `.ci/test-image`.
+pub const IMAGE: &str = "homelab-test/busybox:latest";
+
+/// The machine's Docker engine with the test image, or `None` (the test
+/// then says loudly that it skips; under `HOMELAB_REQUIRE_DOCKER=1`, as in
+/// CI, a missing engine or image fails it).
+pub async fn docker() -> Option<bollard::Docker> {
+    let required = std::env::var("HOMELAB_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let found = async {
+        let docker = bollard::Docker::connect_with_defaults()
+            .ok()?
+            .negotiate_version()
+            .await
+            .ok()?;
+        docker.inspect_image(IMAGE).await.ok()?;
+        Some(docker)
+    }
+    .await;
+    if found.is_none() {
+        assert!(!required, "HOMELAB_REQUIRE_DOCKER=1 but Docker or the image {IMAGE} is missing (run .ci/test-image)");
+        eprintln!("\n*** SKIPPED: no Docker engine or no image {IMAGE}; run .ci/test-image ***\n");
+    }
+    found
+}
+
+/// Approves `id` over HTTP with the operator token and waits until it
+/// finished; fails the test unless it completed. The completed file.
+pub async fn approve(system: &System, id: &str) -> Value {
+    let (status, body) = system
+        .post(&format!("/api/actions/{id}/approve"), Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        &format!("{id} finished"),
+        Duration::from_secs(90),
+        || async {
+            system.action_file("completed", id).exists()
+                || system.action_file("failed", id).exists()
+        },
+    )
+    .await;
+    let done = system.action_file("completed", id);
+    assert!(
+        done.exists(),
+        "{id} failed: {}",
+        read_json(&system.action_file("failed", id)).unwrap()
+    );
+    read_json(&done).unwrap()
+}
+
+/// A small tmpfs, unmounted when dropped (also when the test fails).
+pub struct Tmpfs(pub tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (not in CI: there it must run).
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            assert!(std::env::var("CI").is_err(), "cannot mount a tmpfs: {why}");
+            eprintln!("\n*** SKIPPED: cannot mount a tmpfs: {why} ***\n");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .output();
+    }
 }

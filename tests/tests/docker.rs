@@ -17,29 +17,9 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use homelab_tests::*;
-use serde_json::Value;
 
-const IMAGE: &str = "homelab-test/busybox:latest";
 const T: Duration = Duration::from_secs(30);
-
-async fn docker() -> Option<Docker> {
-    let required = std::env::var("HOMELAB_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
-    let found = async {
-        let docker = Docker::connect_with_defaults()
-            .ok()?
-            .negotiate_version()
-            .await
-            .ok()?;
-        docker.inspect_image(IMAGE).await.ok()?;
-        Some(docker)
-    }
-    .await;
-    if found.is_none() {
-        assert!(!required, "HOMELAB_REQUIRE_DOCKER=1 but Docker or the image {IMAGE} is missing (run .ci/test-image)");
-        eprintln!("\n*** SKIPPED: no Docker engine or no image {IMAGE}; run .ci/test-image ***\n");
-    }
-    found
-}
+use serde_json::Value;
 
 /// Removes the container when the test ends, passed or failed.
 struct Removal(String);
@@ -102,6 +82,7 @@ async fn stopped_container_is_restarted_after_approval() {
         Options {
             agent_node: Some("dockhost"),
             sync_interval: Duration::from_secs(2),
+            ..Default::default()
         },
     )
     .await;
@@ -298,6 +279,7 @@ async fn failing_healthcheck_and_a_crash_loop_are_seen() {
         Options {
             agent_node: Some("dockhost"),
             sync_interval: Duration::from_secs(2),
+            ..Default::default()
         },
     )
     .await;
@@ -382,29 +364,6 @@ async fn project_containers(
         .unwrap_or_default()
 }
 
-async fn approve(system: &System, id: &str) -> Value {
-    let (status, body) = system
-        .post(&format!("/api/actions/{id}/approve"), Some(TOKEN), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    wait_for(
-        &format!("{id} finished"),
-        Duration::from_secs(90),
-        || async {
-            system.action_file("completed", id).exists()
-                || system.action_file("failed", id).exists()
-        },
-    )
-    .await;
-    let done = system.action_file("completed", id);
-    assert!(
-        done.exists(),
-        "{id} failed: {}",
-        read_json(&system.action_file("failed", id)).unwrap()
-    );
-    read_json(&done).unwrap()
-}
-
 /// Two services deployed with the machine's docker-compose: one stopped is
 /// restarted after approval and reported running again; one removed is
 /// redeployed by Compose from the files (and the node's override) carried
@@ -470,6 +429,7 @@ async fn compose_services_are_restarted_and_redeployed_after_approval() {
         Options {
             agent_node: Some("dockhost"),
             sync_interval: Duration::from_secs(2),
+            ..Default::default()
         },
     )
     .await;
@@ -574,5 +534,196 @@ async fn compose_services_are_restarted_and_redeployed_after_approval() {
         service_running(&system, &web)
     })
     .await;
+    system.stop().await.unwrap();
+}
+
+/// A Mosquitto process on a loopback port, killed when dropped.
+struct Mosquitto(std::process::Child);
+
+impl Mosquitto {
+    async fn start(port: u16) -> Mosquitto {
+        let child = std::process::Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto)");
+        let mosquitto = Mosquitto(child);
+        wait_for("mosquitto listens", T, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        mosquitto
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn logged_of(system: &System, kind: &str, service: &str) -> Vec<Value> {
+    system
+        .logged("dockhost")
+        .into_iter()
+        .filter(|e| e["type"] == kind && e["service"] == service)
+        .collect()
+}
+
+/// The repo's health check scripts and brokers reach the agent through the
+/// control plane (no checkout on the node): a script failing `retries`
+/// times makes the service unhealthy and a redeploy is proposed, then
+/// cancelled when it passes again; a hanging script is killed at its
+/// timeout; a broker that stops answering gets `mqtt_unreachable` and a
+/// restart of the service that provides it, and `service_recovered` when it
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_scripts_and_brokers_from_the_repo() {
+    let Some(docker) = docker().await else { return };
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let tag = &tag[tag.len() - 8..];
+    let (checked, hung, broker) = (
+        format!("checked-{tag}"),
+        format!("hung-{tag}"),
+        format!("broker-{tag}"),
+    );
+    let flags = tempfile::tempdir().unwrap();
+    let flag = flags.path().join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let port = free_addr().port();
+    let _mosquitto = Mosquitto::start(port).await;
+    let repo = write_repo(&[
+        ("inventory/topology.yaml", "nodes:\n  dockhost: {role: server}\n"),
+        (
+            "hosts/dockhost/services.yaml",
+            &format!(
+                "services:\n  {checked}: {{grace_period: 0s}}\n  {hung}: {{grace_period: 0s, remediation: \"off\"}}\n  {broker}: {{grace_period: 0s, mqtt_broker: \"127.0.0.1:{port}\"}}\n"
+            ),
+        ),
+        (
+            &format!("services/{checked}/service.yaml"),
+            "healthcheck: {script: healthcheck.sh, interval: 1s, timeout: 2s, retries: 3}\n",
+        ),
+        (
+            &format!("services/{checked}/healthcheck.sh"),
+            &format!("test -f {} || {{ echo \"flag is gone\"; exit 1; }}\n", flag.display()),
+        ),
+        (
+            &format!("services/{hung}/service.yaml"),
+            "healthcheck: {script: healthcheck.sh, interval: 1s, timeout: 1s, retries: 1}\n",
+        ),
+        (&format!("services/{hung}/healthcheck.sh"), "echo waiting\nsleep 60\n"),
+    ]);
+    let mut removals = Vec::new();
+    for service in [&checked, &hung, &broker] {
+        removals.push(start_container(&docker, &format!("homelab-test-{service}"), service).await);
+    }
+    let system = System::start(
+        repo,
+        Options {
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+            check_interval: Duration::from_secs(1),
+        },
+    )
+    .await;
+    for service in [&checked, &broker] {
+        wait_for("world shows the service running", T, || {
+            service_running(&system, service)
+        })
+        .await;
+    }
+    // The agent has its config from the control plane, kept on disk.
+    wait_for("node config stored by the agent", T, || async {
+        read_json(&system.root().join("state/agent/dockhost/config.json"))
+            .is_ok_and(|c| c["healthchecks"].as_array().is_some_and(|h| h.len() == 2))
+    })
+    .await;
+
+    // The hanging script is killed at its 1 s timeout, its output kept.
+    wait_for("hung check reported", T, || async {
+        !logged_of(&system, "healthcheck_failed", &hung).is_empty()
+    })
+    .await;
+    let failed = &logged_of(&system, "healthcheck_failed", &hung)[0];
+    assert_eq!(failed["data"]["timed_out"], true, "{failed}");
+    assert!(
+        failed["data"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("waiting"),
+        "{failed}"
+    );
+    assert!(
+        failed["data"]["duration_ms"].as_u64().unwrap() < 10_000,
+        "{failed}"
+    );
+
+    // The flag goes: three failures, then unhealthy, then a redeploy.
+    std::fs::remove_file(&flag).unwrap();
+    let redeploy = format!("redeploy-dockhost-{checked}");
+    wait_for("pending redeploy", T, || async {
+        system.action_file("pending", &redeploy).exists()
+    })
+    .await;
+    let pending = read_json(&system.action_file("pending", &redeploy)).unwrap();
+    assert_eq!(pending["reason"], "service_unhealthy", "{pending}");
+    let failures: Vec<u64> = logged_of(&system, "healthcheck_failed", &checked)
+        .iter()
+        .map(|e| e["data"]["failures"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&failures[..3], &[1, 2, 3], "{failures:?}");
+    let unhealthy = logged_of(&system, "service_unhealthy", &checked);
+    assert_eq!(unhealthy.len(), 1);
+    assert!(
+        unhealthy[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("flag is gone"),
+        "{}",
+        unhealthy[0]
+    );
+    // It passes again: recovered, and the proposal is cancelled.
+    std::fs::write(&flag, "").unwrap();
+    wait_for("redeploy cancelled", T, || async {
+        system.action_file("cancelled", &redeploy).exists()
+    })
+    .await;
+    assert_eq!(logged_of(&system, "service_recovered", &checked).len(), 1);
+
+    // The broker stops answering: mqtt_unreachable, a restart proposed.
+    drop(_mosquitto);
+    let restart = format!("container-restart-dockhost-{broker}");
+    wait_for("pending restart of the broker's service", T, || async {
+        system.action_file("pending", &restart).exists()
+    })
+    .await;
+    let unreachable = logged_of(&system, "mqtt_unreachable", &broker);
+    assert_eq!(unreachable.len(), 1, "{unreachable:?}");
+    assert_eq!(
+        unreachable[0]["data"]["address"],
+        format!("127.0.0.1:{port}")
+    );
+    assert!(
+        unreachable[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connect to"),
+        "{}",
+        unreachable[0]
+    );
+    let done = approve(&system, &restart).await;
+    assert_eq!(done["result"]["ok"], true, "{done}");
+    // It answers again.
+    let _mosquitto = Mosquitto::start(port).await;
+    wait_for("broker recovered", T, || async {
+        !logged_of(&system, "service_recovered", &broker).is_empty()
+    })
+    .await;
+    drop(removals);
     system.stop().await.unwrap();
 }
