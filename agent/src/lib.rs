@@ -19,6 +19,7 @@ pub mod proc;
 pub mod spool;
 pub mod status;
 pub mod sync;
+pub mod vitals;
 pub mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +103,8 @@ struct Agent {
     /// What the control plane gave this node from the repo (health
     /// checks, brokers, disk policy); the last one is kept on disk.
     node_config: tokio::sync::watch::Sender<Arc<NodeConfig>>,
+    /// The watched filesystems as last sampled, for the vitals.
+    disks: std::sync::Mutex<std::collections::BTreeMap<String, vitals::DiskUse>>,
 }
 
 impl Agent {
@@ -152,6 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         outbox,
         runtime: RwLock::new(None),
         node_config: tokio::sync::watch::Sender::new(Arc::new(stored)),
+        disks: Default::default(),
     });
 
     let status_topic = topics.node_status(&node);
@@ -293,6 +297,15 @@ async fn report_status(agent: &Agent, mqtt: &Mqtt, connected: bool, running: boo
         oldest_unacked: outbox.oldest().unwrap_or(None),
         updated: Utc::now(),
         running,
+        vitals: Some(vitals::read(
+            agent
+                .disks
+                .lock()
+                .expect("disks lock")
+                .values()
+                .cloned()
+                .collect(),
+        )),
     };
     metrics::gauge!("homelab_agent_outbox_events").set(status.outbox_events as f64);
     let path = agent.config.layout.agent_status(&agent.config.node);
@@ -581,6 +594,14 @@ async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
                     continue;
                 }
             };
+            agent.disks.lock().expect("disks lock").insert(
+                mount.display().to_string(),
+                vitals::DiskUse {
+                    mount: mount.display().to_string(),
+                    used_pct: (usage.used_pct(used) * 10.0).round() / 10.0,
+                    free_bytes: usage.free_bytes,
+                },
+            );
             let Some(change) =
                 tracker.sample(&mount, usage.used_pct(used), usage.free_bytes, &thresholds)
             else {

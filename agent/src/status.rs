@@ -30,6 +30,9 @@ pub struct AgentStatus {
     pub updated: Timestamp,
     /// False once the agent has stopped.
     pub running: bool,
+    /// Load, memory, uptime and disk use of the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vitals: Option<crate::vitals::Vitals>,
 }
 
 impl AgentStatus {
@@ -61,6 +64,26 @@ impl AgentStatus {
             "seq:             {} given out, {} acknowledged\n",
             self.last_seq, self.acked
         );
+        if let Some(v) = &self.vitals {
+            out += &format!(
+                "load:            {:.2} {:.2} {:.2}\n",
+                v.load[0], v.load[1], v.load[2]
+            );
+            out += &format!(
+                "memory:          {:.1} of {:.1} GB available\n",
+                v.memory_available_bytes as f64 / 1e9,
+                v.memory_total_bytes as f64 / 1e9
+            );
+            out += &format!("up:              {}\n", humanize(v.uptime_secs as i64));
+            for d in &v.disks {
+                out += &format!(
+                    "disk:            {} {:.1}% used, {:.1} GB free\n",
+                    d.mount,
+                    d.used_pct,
+                    d.free_bytes as f64 / 1e9
+                );
+            }
+        }
         out
     }
 }
@@ -91,6 +114,17 @@ mod tests {
             oldest_unacked: Some(at("2026-11-22T09:00:00Z")),
             updated: at("2026-11-22T10:59:55Z"),
             running: true,
+            vitals: Some(crate::vitals::Vitals {
+                load: [0.5, 0.25, 1.0],
+                memory_total_bytes: 4_000_000_000,
+                memory_available_bytes: 1_500_000_000,
+                uptime_secs: 90_000,
+                disks: vec![crate::vitals::DiskUse {
+                    mount: "/".into(),
+                    used_pct: 91.5,
+                    free_bytes: 2_500_000_000,
+                }],
+            }),
         };
         let text = status.render(at("2026-11-22T11:00:00Z"));
         assert!(
@@ -103,6 +137,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("421 given out, 9 acknowledged"), "{text}");
+        assert!(text.contains("load:            0.50 0.25 1.00"), "{text}");
+        assert!(text.contains("1.5 of 4.0 GB available"), "{text}");
+        assert!(text.contains("up:              1 d 1 h"), "{text}");
+        assert!(
+            text.contains("disk:            / 91.5% used, 2.5 GB free"),
+            "{text}"
+        );
         let back: AgentStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back, status);

@@ -100,6 +100,26 @@ async fn disk_pressure_is_cleaned_up_after_approval() {
             .is_ok_and(|c| c["disk"]["mounts"][0] == mount.as_str())
     })
     .await;
+    // The node's vitals, retained with the agent's status: load, memory,
+    // uptime, and the watched filesystems' use.
+    let mut probe = Probe::connect(system.mqtt, &["homelab/nodes/dockhost/agent"]).await;
+    let status = probe
+        .expect("homelab/nodes/dockhost/agent", T, |p| {
+            serde_json::from_slice::<Value>(p).is_ok_and(|s| {
+                s["vitals"]["disks"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["mount"] == mount.as_str()))
+            })
+        })
+        .await;
+    let status: Value = serde_json::from_slice(&status).unwrap();
+    let vitals = &status["vitals"];
+    assert!(
+        vitals["memory_total_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(vitals["uptime_secs"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(vitals["load"].as_array().unwrap().len(), 3, "{status}");
     std::fs::write(&ballast, vec![1u8; 3_900_000]).unwrap();
     wait_for("pending cleanup", T, || async {
         system.action_file("pending", id).exists()
