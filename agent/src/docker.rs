@@ -79,6 +79,40 @@ impl BollardRuntime {
     }
 }
 
+impl BollardRuntime {
+    /// Every container, stopped ones included; with `size`, their
+    /// writable layers' sizes too (slower).
+    async fn summaries(&self, size: bool) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let options = ListContainersOptions {
+            all: true,
+            size,
+            ..Default::default()
+        };
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .context("list containers")
+    }
+}
+
+/// A container's name (without Docker's leading `/`) and its raw service
+/// name: its Compose service label, else its name.
+fn name_and_service(summary: &bollard::models::ContainerSummary) -> (String, String) {
+    let name = summary
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let service = summary
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_LABEL))
+        .cloned()
+        .unwrap_or_else(|| name.clone());
+    (name, service)
+}
+
 impl ContainerRuntime for BollardRuntime {
     fn cleanup<'a>(
         &'a self,
@@ -86,30 +120,14 @@ impl ContainerRuntime for BollardRuntime {
         older_than_secs: u64,
     ) -> BoxFuture<'a, Result<cleanup::Report>> {
         async move {
-            let options = ListContainersOptions {
-                all: true,
-                size: true,
-                ..Default::default()
-            };
-            let summaries = self
-                .docker
-                .list_containers(Some(options))
-                .await
-                .context("list containers")?;
+            let summaries = self.summaries(true).await?;
             let candidates: Vec<cleanup::Candidate> = summaries
                 .into_iter()
                 .map(|s| {
-                    let name = s
-                        .names
-                        .unwrap_or_default()
-                        .first()
-                        .map(|n| n.trim_start_matches('/').to_string())
-                        .unwrap_or_default();
-                    let labels = s.labels.unwrap_or_default();
-                    let service = labels.get(SERVICE_LABEL).unwrap_or(&name);
+                    let (name, service) = name_and_service(&s);
                     cleanup::Candidate {
                         id: s.id.unwrap_or_default(),
-                        service: Name::parse(service).ok(),
+                        service: Name::parse(&service).ok(),
                         name,
                         state: s.state.map(|s| s.to_string()).unwrap_or_default(),
                         created: s.created.unwrap_or(i64::MAX),
@@ -176,15 +194,7 @@ impl ContainerRuntime for BollardRuntime {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<Container>>> {
         async move {
-            let options = ListContainersOptions {
-                all: true,
-                ..Default::default()
-            };
-            let summaries = self
-                .docker
-                .list_containers(Some(options))
-                .await
-                .context("list containers")?;
+            let summaries = self.summaries(false).await?;
             let mut containers: Vec<Container> =
                 summaries.into_iter().filter_map(to_container).collect();
             // The list has no restart count; inspect what changed.
@@ -254,17 +264,7 @@ fn to_container(summary: bollard::models::ContainerSummary) -> Option<Container>
     if state == "created" {
         return None;
     }
-    let name = summary
-        .names
-        .unwrap_or_default()
-        .first()
-        .map(|n| n.trim_start_matches('/').to_string())
-        .unwrap_or_default();
-    let labels = summary.labels.unwrap_or_default();
-    let raw_service = labels
-        .get(SERVICE_LABEL)
-        .cloned()
-        .unwrap_or_else(|| name.clone());
+    let (name, raw_service) = name_and_service(&summary);
     let service = match Name::parse(&raw_service) {
         Ok(service) => service,
         Err(error) => {
