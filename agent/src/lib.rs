@@ -748,11 +748,6 @@ async fn run_healthcheck(agent: Arc<Agent>, spec: homelab_core::nodeconfig::Heal
         |result| {
             let (ok, why, data) = match result {
                 Ok(done) => {
-                    let output = done
-                        .output
-                        .get(done.output.len().saturating_sub(HEALTHCHECK_OUTPUT)..)
-                        .unwrap_or(&done.output)
-                        .to_string();
                     let why = match (done.timed_out, done.code) {
                         (true, _) => {
                             format!("timed out after {} s and was killed", spec.timeout_secs)
@@ -764,14 +759,13 @@ async fn run_healthcheck(agent: Arc<Agent>, spec: homelab_core::nodeconfig::Heal
                         "exit_code": done.code,
                         "timed_out": done.timed_out,
                         "duration_ms": done.duration.as_millis() as u64,
-                        "output": output,
+                        "output": done.tail(HEALTHCHECK_OUTPUT),
                     });
                     (done.ok(), why, data)
                 }
                 Err(error) => (false, format!("cannot run: {error}"), json!({})),
             };
             for change in tracker.record(ok, spec.retries) {
-                let source = json!({"source": "healthcheck"});
                 match change {
                     health::Change::Failed { failures } => {
                         let mut data = data.clone();
@@ -800,7 +794,7 @@ async fn run_healthcheck(agent: Arc<Agent>, spec: homelab_core::nodeconfig::Heal
                         Some(&spec.service),
                         Severity::Info,
                         "health check passes again",
-                        source,
+                        json!({"source": "healthcheck"}),
                     ),
                 }
             }
@@ -997,7 +991,9 @@ async fn carry_out(
                 .agent_deploy(&agent.config.node, &bundle.project);
             let budget = command::budget(command.deadline, now, COMPOSE_CAP);
             info!(project = %bundle.project, dir = %dir.display(), "compose up -d");
-            let outcome = compose::redeploy(&dir, bundle, None, budget).await;
+            // The bundle's Compose, else the node config's, else detected.
+            let version = agent.node_config.borrow().compose;
+            let outcome = compose::redeploy(&dir, bundle, version, budget).await;
             (outcome.ok, outcome.message, outcome.data)
         }
         Operation::DiskCleanup {

@@ -27,6 +27,15 @@ impl Finished {
         self.code == Some(0) && !self.timed_out
     }
 
+    /// At most the last `max` bytes of its output, cut at a character.
+    pub fn tail(&self, max: usize) -> &str {
+        let mut start = self.output.len().saturating_sub(max);
+        while !self.output.is_char_boundary(start) {
+            start += 1;
+        }
+        &self.output[start..]
+    }
+
     /// Its last non-empty line of output: the usual one-line reason.
     pub fn last_line(&self) -> &str {
         self.output
@@ -202,6 +211,26 @@ mod tests {
                 tail.push(chunk.as_bytes());
             }
             assert_eq!(tail.text(), *want, "{chunks:?}");
+        }
+    }
+
+    #[test]
+    fn tail_of_the_output_cuts_at_a_character() {
+        let done = |output: &str| Finished {
+            code: Some(0),
+            timed_out: false,
+            output: output.into(),
+            duration: Duration::ZERO,
+        };
+        let cases = [
+            ("abcdef", 3, "def"),
+            ("ab", 5, "ab"),
+            ("xé!", 2, "!"),
+            ("xé!", 3, "é!"),
+            ("", 4, ""),
+        ];
+        for (output, max, want) in cases {
+            assert_eq!(done(output).tail(max), want, "{output} {max}");
         }
     }
 
