@@ -19,6 +19,9 @@
 //!   the broker passes messages again (`BENCH_ONLY=restart`);
 //! - the agent's idle RSS, as its own process, connected and watching Docker:
 //!   the slim `homelab-agent` next to `homelab agent`;
+//! - the agent idle with 100 containers and 20 health checks: its CPU share
+//!   and RSS, next to the same binary without checks and dockerd's CPU in
+//!   the same window (`BENCH_ONLY=idle`, `BENCH_IDLE_SECS`, default 60);
 //! - latency from an event published (a service's container exits) to its
 //!   pending action file, through `homelab up` in-process, next to the
 //!   broker's own publish → receive round trip in the same run.
@@ -714,6 +717,238 @@ async fn agent_idle_rss() {
     }
 }
 
+/// Clock ticks of CPU a process has used: (its own, its waited-for
+/// children's), from /proc/<pid>/stat.
+fn proc_cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Some((fields[0] + fields[1], fields[2] + fields[3]))
+}
+
+fn proc_rss(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
+/// Removes the bench's containers, also when the bench panics.
+struct Containers(&'static str);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label={}", self.0)])
+            .output();
+        let ids = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The agent idle on a node with 100 containers and 20 health checks
+/// (default 30 s interval, `exit 0` scripts), connected to a broker and an
+/// observer that acknowledges its events: CPU share over a window and RSS,
+/// next to the same binary on the same Docker with no checks, and
+/// dockerd's own CPU in the same window.
+async fn agent_idle_cpu() {
+    const LABEL: &str = "homelab.bench=idle";
+    const CONTAINERS: usize = 100;
+    const CHECKS: usize = 20;
+    let window = Duration::from_secs(
+        std::env::var("BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let image = "homelab-test/busybox:latest";
+    let have_image = std::process::Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_image {
+        println!("agent idle CPU: skipped (no Docker or no {image}; run .ci/test-image)");
+        return;
+    }
+    let guard = Containers(LABEL);
+    drop(Containers(LABEL)); // leftovers of an interrupted run
+    let started = Instant::now();
+    let handles: Vec<_> = (0..CONTAINERS)
+        .collect::<Vec<_>>()
+        .chunks(CONTAINERS / 4)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                for i in chunk {
+                    let ok = std::process::Command::new("docker")
+                        .args(["run", "-d", "--label", LABEL, "--label"])
+                        .arg(format!("com.docker.compose.service=svc{:02}", i % 50))
+                        .args(["--name", &format!("homelab-bench-idle-{i}"), image])
+                        .args(["sleep", "86400"])
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "docker run failed");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    println!(
+        "agent idle CPU: {CONTAINERS} containers started in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let plant = plant().await;
+    let runs = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo x >> {}/runs-$HOMELAB_SERVICE\nexit 0\n",
+        runs.path().display()
+    );
+    let checked = Name::parse("idle-checks").unwrap();
+    let mut desired = homelab_core::desired::Desired::default();
+    let mut scripts = std::collections::BTreeMap::new();
+    let mut services = std::collections::BTreeMap::new();
+    for i in 0..CHECKS {
+        let service = Name::parse(&format!("svc{i:02}")).unwrap();
+        services.insert(service.clone(), Default::default());
+        desired.services.insert(
+            service.clone(),
+            homelab_core::desired::ServiceDef {
+                healthcheck: Some(homelab_core::desired::Healthcheck {
+                    script: "healthcheck.sh".into(),
+                    interval: None,
+                    timeout: None,
+                    retries: None,
+                }),
+                ..Default::default()
+            },
+        );
+        scripts.insert(service, script.clone());
+    }
+    desired.hosts.insert(checked.clone(), services);
+    let config = homelab_core::nodeconfig::NodeConfig::build(&checked, &desired, &scripts);
+    assert_eq!(config.healthchecks.len(), CHECKS);
+    let interval = config.healthchecks[0].interval_secs;
+    let (client, _) = probe_client(plant.mqtt, None).await;
+    client
+        .publish(
+            homelab_core::Topics::default().node_config(&checked),
+            QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_homelab-agent");
+    let agents: Vec<(String, tempfile::TempDir)> = ["idle-checks", "idle-bare"]
+        .iter()
+        .map(|n| (n.to_string(), tempfile::tempdir().unwrap()))
+        .collect();
+    let children: Vec<Child> = agents
+        .iter()
+        .map(|(node, root)| {
+            Child(
+                std::process::Command::new(bin)
+                    .args(["--node", node, "--broker", &plant.mqtt.to_string()])
+                    .arg("--root")
+                    .arg(root.path())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    // Past the first full sync (an inspect per container) and the first
+    // round of checks.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let dockerd = std::process::Command::new("pidof")
+        .arg("dockerd")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()?
+                .parse::<u32>()
+                .ok()
+        });
+    let count_runs = || -> usize {
+        std::fs::read_dir(runs.path())
+            .map(|d| {
+                d.flatten()
+                    .map(|f| {
+                        std::fs::read_to_string(f.path())
+                            .unwrap_or_default()
+                            .lines()
+                            .count()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let pids: Vec<u32> = children.iter().map(|c| c.0.id()).collect();
+    let before: Vec<_> = pids.iter().map(|p| proc_cpu_ticks(*p).unwrap()).collect();
+    let dockerd_before = dockerd.and_then(proc_cpu_ticks);
+    let runs_before = count_runs();
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let after: Vec<_> = pids.iter().map(|p| proc_cpu_ticks(*p).unwrap()).collect();
+    let dockerd_after = dockerd.and_then(proc_cpu_ticks);
+    let runs_in_window = count_runs() - runs_before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let share = |ticks: u64| 100.0 * ticks as f64 / hz / elapsed;
+    for (i, (node, _)) in agents.iter().enumerate() {
+        let own = after[i].0 - before[i].0;
+        let scripts = after[i].1 - before[i].1;
+        println!(
+            "agent idle, {node:<12} ({CONTAINERS} containers{}): CPU {:.3}% of a core, with its scripts {:.3}%; RSS {}",
+            if i == 0 { format!(", {CHECKS} checks every {interval} s") } else { String::new() },
+            share(own),
+            share(own + scripts),
+            proc_rss(pids[i]),
+        );
+    }
+    println!(
+        "  anchor, same {:.0} s window: dockerd CPU {}; health check runs {runs_in_window} (expected about {:.0})",
+        elapsed,
+        match (dockerd_before, dockerd_after) {
+            (Some(b), Some(a)) => format!("{:.3}% of a core", share(a.0 - b.0)),
+            _ => "not visible from here".to_string(),
+        },
+        CHECKS as f64 * elapsed / interval as f64,
+    );
+    drop(children);
+    drop(guard);
+    plant.shutdown.cancel();
+}
+
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -1056,6 +1291,12 @@ fn main() {
             .block_on(agent_idle_rss());
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "idle") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(agent_idle_cpu());
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency") {
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -1070,6 +1311,7 @@ fn main() {
     runtime.block_on(replay_after_outage(n));
     runtime.block_on(fleet_replay(100, 1_000));
     runtime.block_on(agent_idle_rss());
+    runtime.block_on(agent_idle_cpu());
     runtime.block_on(broker_restart_recovery(10));
     runtime.block_on(event_to_action(100));
     observer_start(
