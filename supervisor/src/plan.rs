@@ -188,8 +188,8 @@ struct Recent<'a> {
     unreachable: BTreeMap<(Name, Name), &'a Event>,
     /// Latest sign of a service answering again.
     recovered: BTreeMap<(Name, Name), Timestamp>,
-    /// Latest `disk_pressure` per node.
-    disk: BTreeMap<Name, &'a Event>,
+    /// Latest `disk_pressure` per node and mount (`data.mount`).
+    disk: BTreeMap<(Name, String), &'a Event>,
     /// Latest `ha_websocket_dead` or `ha_websocket_recovered` per node.
     websocket: BTreeMap<Name, &'a Event>,
     /// Other `ha_*` per node and type.
@@ -235,7 +235,11 @@ impl<'a> Recent<'a> {
                 (kinds::SERVICE_RECOVERED | kinds::SERVICE_HEALTHY, Some(s)) => {
                     keep_latest(&mut r.recovered, key(s), event.ts, |t| *t)
                 }
-                (kinds::DISK_PRESSURE, _) => keep_latest(&mut r.disk, node, event, |e| e.ts),
+                (kinds::DISK_PRESSURE, _) => {
+                    let mount = event.data.get("mount").and_then(|m| m.as_str());
+                    let key = (node, mount.unwrap_or_default().to_string());
+                    keep_latest(&mut r.disk, key, event, |e| e.ts)
+                }
                 (HA_WEBSOCKET_DEAD | HA_WEBSOCKET_RECOVERED, _) => {
                     keep_latest(&mut r.websocket, node, event, |e| e.ts)
                 }
@@ -482,32 +486,43 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
         let node_state = node_by_name[node];
         let node_window = desired.in_maintenance(node, None, now).is_some();
 
-        // Disk.
-        if let Some(event) = recent.disk.get(node) {
-            match event.data.get("level").and_then(|l| l.as_str()) {
-                Some("high") => {
-                    let drift = Drift {
-                        kind: ActionKind::DiskCleanup,
-                        risk: Risk::Guarded,
-                        reason: kinds::DISK_PRESSURE,
-                        message: event.message.clone(),
-                        since: event.ts,
-                    };
-                    let grace = settings.default_grace;
-                    propose(
-                        &mut plan,
-                        &mut drifting,
-                        node,
-                        None,
-                        drift,
-                        grace,
-                        node_window,
-                    );
-                }
-                _ => {
-                    disk_relieved.insert(node.clone());
-                }
+        // Disk: under pressure while any mount's latest report is high
+        // (dated from the earliest of those); relieved once every mount
+        // reported is low again.
+        let mounts: Vec<&Event> = recent
+            .disk
+            .range((node.clone(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .map(|(_, event)| *event)
+            .collect();
+        let high = mounts
+            .iter()
+            .filter(|e| e.data.get("level").and_then(|l| l.as_str()) == Some("high"))
+            .min_by_key(|e| e.ts);
+        match high {
+            Some(event) => {
+                let drift = Drift {
+                    kind: ActionKind::DiskCleanup,
+                    risk: Risk::Guarded,
+                    reason: kinds::DISK_PRESSURE,
+                    message: event.message.clone(),
+                    since: event.ts,
+                };
+                let grace = settings.default_grace;
+                propose(
+                    &mut plan,
+                    &mut drifting,
+                    node,
+                    None,
+                    drift,
+                    grace,
+                    node_window,
+                );
             }
+            None if !mounts.is_empty() => {
+                disk_relieved.insert(node.clone());
+            }
+            None => {}
         }
 
         for (service, spec) in services {
@@ -1221,13 +1236,17 @@ mod tests {
             self
         }
 
-        fn disk(mut self, level: &str, secs: i64) -> Case {
+        fn disk(self, level: &str, secs: i64) -> Case {
+            self.disk_on("/", level, secs)
+        }
+
+        fn disk_on(mut self, mount: &str, level: &str, secs: i64) -> Case {
             self.events.push(ev(
                 "vps",
                 "disk_pressure",
                 None,
                 secs,
-                serde_json::json!({"level": level}),
+                serde_json::json!({"level": level, "mount": mount}),
             ));
             self
         }
@@ -1354,6 +1373,52 @@ mod tests {
         // Offline: not judged blind.
         case.nodes[0].status = NodeStatus::Offline;
         assert_eq!(case.plan(100), Plan::default());
+    }
+
+    #[test]
+    fn disk_pressure_is_judged_per_mount() {
+        let cleanup = || {
+            vec![(
+                "disk-cleanup-vps".to_string(),
+                "disk_pressure".to_string(),
+                Risk::Guarded,
+            )]
+        };
+        let open = || {
+            vec![Action::new(
+                ActionKind::DiskCleanup,
+                n("vps"),
+                None,
+                Risk::Guarded,
+                "disk_pressure",
+                "m",
+                at(20),
+            )]
+        };
+        // /srv high, then / low: /srv is still full, the cleanup stays.
+        let case = Case::new(&[])
+            .disk_on("/srv", "high", 10)
+            .disk_on("/", "low", 30);
+        assert_eq!(created(&case.plan(100)), cleanup());
+        let mut kept = Case::new(&[])
+            .disk_on("/srv", "high", 10)
+            .disk_on("/", "low", 30);
+        kept.open = open();
+        assert_eq!(kept.plan(100), Plan::default());
+        // Both high, then one low: still under pressure.
+        let case = Case::new(&[])
+            .disk_on("/", "high", 10)
+            .disk_on("/srv", "high", 20)
+            .disk_on("/", "low", 30);
+        assert_eq!(created(&case.plan(100)), cleanup());
+        // Every mount low again: the pending cleanup goes.
+        let mut relieved = case.disk_on("/srv", "low", 40);
+        assert_eq!(relieved.plan(100), Plan::default());
+        relieved.open = open();
+        assert_eq!(
+            ids(&relieved.plan(100)).1,
+            vec![("disk-cleanup-vps".to_string(), "drift_resolved_auto")]
+        );
     }
 
     #[test]
