@@ -8,6 +8,7 @@ pub mod command;
 pub mod desired;
 pub mod event;
 pub mod eventlog;
+pub mod feed;
 pub mod fsutil;
 pub mod layout;
 pub mod maintenance;

@@ -38,12 +38,20 @@ pub struct Config {
     pub command_timeout: Duration,
     /// How often to look at `approved/` and `running/` without a trigger.
     pub interval: Duration,
+    /// Stored events from the observer in the same process; None: outcomes
+    /// come through the broker.
+    pub feed: Option<homelab_core::feed::Feed>,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-executor");
     mqtt_config.clean_session = false;
-    mqtt_config.subscriptions = vec![config.topics.events_all(), config.topics.actions_all()];
+    mqtt_config.subscriptions = vec![config.topics.actions_all()];
+    // Subscribed before the log is read below, so no outcome falls between.
+    let mut feed = config.feed.as_ref().map(|feed| feed.subscribe());
+    if feed.is_none() {
+        mqtt_config.subscriptions.push(config.topics.events_all());
+    }
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let store = ActionStore::new(config.layout.clone());
     let started = Utc::now();
@@ -55,6 +63,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => pass(&config, &store, &mqtt, started).await,
+            stored = homelab_core::feed::next(&mut feed) => match stored {
+                Ok(event) if decide::is_outcome(&event.kind) => {
+                    outcome(&config, &store, &mqtt, &event).await
+                }
+                Ok(_) => {}
+                // Missed some: their outcomes are in the log.
+                Err(homelab_core::feed::Missed) => resolve_from_log(&config, &store, &mqtt).await,
+            },
             message = incoming.recv() => match message {
                 None => break,
                 Some(Incoming::Message(message)) => {

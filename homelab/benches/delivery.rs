@@ -6,7 +6,10 @@
 //! - observer durable ingestion through the embedded broker: a client
 //!   publishes N events (QoS 1) as fast as it can; time until the observer's
 //!   watermark covers them all (so they are fsynced in the log);
-//! - the same from outside: `homelab up` in its own process fed by a
+//! - the floor of any durable ingestion through this broker: a subscriber
+//!   that only parses, appends and fsyncs per batch, next to the broker
+//!   alone;
+//! - durable ingestion from outside: `homelab up` in its own process fed by a
 //!   publisher that keeps an agent's window, next to `homelab broker` in its
 //!   own process passing the same payloads to a counting subscriber;
 //! - replay after a long outage: an agent starts with N events in its
@@ -144,6 +147,7 @@ async fn plant() -> Plant {
         topics: homelab_core::Topics::default(),
         repo: None,
         retention: Default::default(),
+        feed: None,
     };
     tokio::spawn(homelab_observer::run(config, shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -195,7 +199,7 @@ async fn all_received(received: &AtomicU64, n: u64, start: Instant) {
 
 /// The broker alone, same client library and message size: a publisher
 /// with the same window and a subscriber that only counts.
-async fn broker_baseline(n: u64) {
+async fn broker_baseline(n: u64) -> f64 {
     let mqtt = free_addr();
     homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
     let node = Name::parse("base").unwrap();
@@ -212,6 +216,81 @@ async fn broker_baseline(n: u64) {
     println!(
         "broker alone, publisher -> counting subscriber: {:>9.0} events/s (same window, same payloads; CPU {:.1} us/event, {:.2} cores)",
         n as f64 / took.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        cpu.as_secs_f64() / took.as_secs_f64()
+    );
+    n as f64 / took.as_secs_f64()
+}
+
+/// The floor of any durable ingestion through this broker: a subscriber
+/// that only parses each event, appends its payload as it came and fsyncs
+/// once per batch (as the observer batches), then counts. No validation of
+/// order, no dedup, no world state, no ack: what is left between this and
+/// the broker alone is the cost of storing at all.
+async fn durable_floor(n: u64, anchor: f64) {
+    use std::io::Write;
+    let mqtt = free_addr();
+    homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
+    let node = Name::parse("floor").unwrap();
+    let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+    let topic = "homelab/events/floor";
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("events.jsonl")).unwrap();
+    let stored = Arc::new(AtomicU64::new(0));
+    let mut options = MqttOptions::new("bench-floor", "127.0.0.1", mqtt.port());
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_clean_session(false);
+    let (sub, mut sub_loop) = AsyncClient::new(options, 100);
+    sub.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _sub = sub;
+        while let Ok(event) = sub_loop.poll().await {
+            if let MqttEvent::Incoming(Packet::Publish(publish)) = event {
+                let _ = tx.send(publish.payload);
+            }
+        }
+    });
+    let counter = stored.clone();
+    tokio::spawn(async move {
+        let mut buffer = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 1000 {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            buffer.clear();
+            for payload in &batch {
+                let event = Event::from_payload(payload).expect("valid event");
+                std::hint::black_box(&event);
+                buffer.extend_from_slice(payload);
+                buffer.push(b'\n');
+            }
+            tokio::task::block_in_place(|| {
+                file.write_all(&buffer).unwrap();
+                file.sync_data().unwrap();
+            });
+            counter.fetch_add(batch.len() as u64, Ordering::SeqCst);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    const WINDOW: u64 = 5_000;
+    let start = Instant::now();
+    let cpu = cpu_time();
+    publish_windowed(mqtt, topic, payloads, WINDOW, stored.clone()).await;
+    all_received(&stored, n, start).await;
+    let took = start.elapsed();
+    let cpu = cpu_time() - cpu;
+    let rate = n as f64 / took.as_secs_f64();
+    println!(
+        "floor: parse + append + fsync per batch only: {:>9.0} events/s (ratio to the broker alone {:.2}; CPU {:.1} us/event, {:.2} cores)",
+        rate,
+        rate / anchor,
         cpu.as_secs_f64() * 1e6 / n as f64,
         cpu.as_secs_f64() / took.as_secs_f64()
     );
@@ -1006,6 +1085,7 @@ fn observer_start(n: u64) {
         topics: homelab_core::Topics::default(),
         repo: None,
         retention: Default::default(),
+        feed: None,
     };
     let rss0 = rss_kb();
     let start = Instant::now();
@@ -1273,7 +1353,8 @@ fn main() {
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "ingest") {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         if std::env::var("BENCH_NO_ANCHOR").is_err() {
-            runtime.block_on(broker_baseline(n));
+            let anchor = runtime.block_on(broker_baseline(n));
+            runtime.block_on(durable_floor(n, anchor));
         }
         runtime.block_on(observer_ingestion(n));
         runtime.block_on(ingestion_from_outside(n));
@@ -1305,7 +1386,8 @@ fn main() {
     }
     outbox_append();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(broker_baseline(n));
+    let anchor = runtime.block_on(broker_baseline(n));
+    runtime.block_on(durable_floor(n, anchor));
     runtime.block_on(observer_ingestion(n));
     runtime.block_on(ingestion_from_outside(n));
     runtime.block_on(replay_after_outage(n));

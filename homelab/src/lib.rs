@@ -76,6 +76,10 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
 
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
     let child = || shutdown.child_token();
+    // Stored events reach the supervisor and the executor in-process, once
+    // they are in the log: the broker carries each event once, to the
+    // observer.
+    let feed = homelab_core::feed::channel();
     {
         let cfg = homelab_observer::Config {
             broker: broker.clone(),
@@ -83,6 +87,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             topics: config.topics.clone(),
             repo: Some(config.repo.clone()),
             retention: config.retention,
+            feed: Some(feed.clone()),
         };
         let token = child();
         tasks.spawn(async move { ("observer", homelab_observer::run(cfg, token).await) });
@@ -96,6 +101,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             default_grace: config.default_grace,
             interval: Duration::from_secs(5),
             auto_limit: homelab_supervisor::plan::Settings::default().auto_limit,
+            feed: Some(feed.clone()),
         };
         let token = child();
         tasks.spawn(async move { ("supervisor", homelab_supervisor::run(cfg, token).await) });
@@ -107,6 +113,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             topics: config.topics.clone(),
             command_timeout: Duration::from_secs(300),
             interval: Duration::from_secs(2),
+            feed: Some(feed.clone()),
         };
         let token = child();
         tasks.spawn(async move { ("executor", homelab_executor::run(cfg, token).await) });

@@ -348,6 +348,7 @@ async fn run(cli: Cli) -> Result<()> {
                     topics,
                     repo: Some(repo.repo),
                     retention: retention.policy(),
+                    feed: None,
                 },
                 shutdown,
             )
@@ -367,6 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
                 default_grace: grace_period,
                 interval: Duration::from_secs(5),
                 auto_limit,
+                feed: None,
             };
             homelab_supervisor::run(config, shutdown).await
         }
@@ -380,6 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
                 topics,
                 command_timeout,
                 interval: Duration::from_secs(2),
+                feed: None,
             };
             homelab_executor::run(config, shutdown).await
         }

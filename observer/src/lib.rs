@@ -52,6 +52,9 @@ pub struct Config {
     pub repo: Option<PathBuf>,
     /// When old days of the log are compressed and removed.
     pub retention: retention::Policy,
+    /// Where each stored event goes once it is on disk, for the components
+    /// in the same process (`homelab up`).
+    pub feed: Option<homelab_core::feed::Feed>,
 }
 
 struct Observer {
@@ -569,8 +572,15 @@ impl Observer {
             self.ids.insert(&event.id, now);
             self.world.apply(event);
         }
+        let stored_any = !stored.is_empty();
+        if let Some(feed) = &self.config.feed {
+            for event in stored {
+                // No receiver (yet) is fine: they start from the log.
+                let _ = feed.send(std::sync::Arc::new(event));
+            }
+        }
         self.ids.expire(now);
-        self.unsaved |= !stored.is_empty();
+        self.unsaved |= stored_any;
         // A watermark that moved is published; one that did not is
         // repeated only for a node that sent an event ahead of a missing
         // one (the agent resends), not for mere duplicates, which would
@@ -583,7 +593,7 @@ impl Observer {
                     .await?;
             }
         }
-        Ok(changed || !stored.is_empty())
+        Ok(changed || stored_any)
     }
 
     fn watermark(&self, node: &Name) -> u64 {
@@ -914,6 +924,7 @@ mod tests {
             topics: Topics::default(),
             repo: None,
             retention: Default::default(),
+            feed: None,
         })
         .unwrap();
         let stored = observer

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use homelab_core::store::{CreateError, ListCache, Move, TransitionError};
-use homelab_core::{desired, fsutil, Action, ActionState, ActionStore, Layout, Topics};
+use homelab_core::{desired, feed, fsutil, Action, ActionState, ActionStore, Layout, Topics};
 use homelab_mqtt::{Incoming, Mqtt};
 use plan::{Scope, Wake};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,9 @@ pub struct Config {
     pub interval: Duration,
     /// Runs of one action id an hour that `remediation: auto` may approve.
     pub auto_limit: usize,
+    /// Stored events from the observer in the same process; None: events
+    /// wake passes through the broker.
+    pub feed: Option<homelab_core::feed::Feed>,
 }
 
 struct Read {
@@ -103,7 +106,11 @@ impl Watched {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-supervisor");
     // World changes and new events (for the event rules) wake a pass.
-    mqtt_config.subscriptions = vec![config.topics.state_all(), config.topics.events_all()];
+    mqtt_config.subscriptions = vec![config.topics.state_all()];
+    let mut feed = config.feed.as_ref().map(|feed| feed.subscribe());
+    if feed.is_none() {
+        mqtt_config.subscriptions.push(config.topics.events_all());
+    }
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let mut supervisor = Supervisor {
         passes: 0,
@@ -131,10 +138,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 Some(incoming) => supervisor.widen(&mut scope, &incoming),
                 None => break,
             },
+            stored = feed::next(&mut feed) => supervisor.widen_stored(&mut scope, stored),
         }
         // Everything that arrived so far is covered by this one pass.
         while let Ok(incoming) = incoming.try_recv() {
             supervisor.widen(&mut scope, &incoming);
+        }
+        while let Some(stored) = feed::try_next(&mut feed) {
+            supervisor.widen_stored(&mut scope, stored);
         }
         let started = std::time::Instant::now();
         let this = std::mem::replace(&mut scope, Scope::none());
@@ -193,6 +204,21 @@ impl Supervisor {
         match &self.desired {
             Some(desired) => scope.widen(wake, &self.config.topics, desired),
             None => *scope = Scope::All,
+        }
+    }
+
+    /// A stored event from the feed widens the scope to its node; a gap in
+    /// the feed to everything.
+    fn widen_stored(
+        &mut self,
+        scope: &mut Scope,
+        stored: std::result::Result<std::sync::Arc<homelab_core::Event>, feed::Missed>,
+    ) {
+        match (&self.desired, stored) {
+            (Some(desired), Ok(event)) => {
+                scope.widen(Wake::Stored(&event.node), &self.config.topics, desired)
+            }
+            _ => *scope = Scope::All,
         }
     }
 

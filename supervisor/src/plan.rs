@@ -322,6 +322,8 @@ pub enum Wake<'a> {
     Connected,
     /// A message on this topic.
     Message(&'a str),
+    /// An event of this node, stored by the observer in the same process.
+    Stored(&'a Name),
 }
 
 impl Scope {
@@ -336,9 +338,16 @@ impl Scope {
     /// timer, a reconnect, a topic not understood) may change anything.
     pub fn widen(&mut self, wake: Wake<'_>, topics: &homelab_core::Topics, desired: &Desired) {
         let Scope::Nodes(nodes) = self else { return };
-        let Wake::Message(topic) = wake else {
-            *self = Scope::All;
-            return;
+        let topic = match wake {
+            Wake::Message(topic) => topic,
+            Wake::Stored(node) => {
+                nodes.insert(desired.canonical(node));
+                return;
+            }
+            Wake::Tick | Wake::Connected => {
+                *self = Scope::All;
+                return;
+            }
         };
         if topic == topics.state_summary() {
             return;

@@ -23,6 +23,7 @@ fn start(
         topics: Topics::default(),
         repo: None,
         retention: Default::default(),
+        feed: None,
     };
     let shutdown = CancellationToken::new();
     (
@@ -176,6 +177,7 @@ async fn old_days_are_compressed_then_removed() {
         topics: Topics::default(),
         repo: None,
         retention: Default::default(),
+        feed: None,
     })
     .unwrap();
     assert!(recovery.from_checkpoint);
