@@ -85,6 +85,20 @@ where
     }
 }
 
+/// Services whose health check `old` had and `new` has not: their last
+/// verdict no longer holds.
+pub fn removed_checks(
+    old: &homelab_core::nodeconfig::NodeConfig,
+    new: &homelab_core::nodeconfig::NodeConfig,
+) -> Vec<homelab_core::Name> {
+    old.healthchecks
+        .iter()
+        .map(|c| &c.service)
+        .filter(|s| !new.healthchecks.iter().any(|c| &c.service == *s))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +204,40 @@ mod tests {
         // 75, then every 30 s from there.
         assert_eq!(*runs.lock().unwrap(), [0, 30, 75, 105, 135]);
         assert_eq!(*results.lock().unwrap(), [true, false, true, true, true]);
+    }
+
+    #[test]
+    fn a_check_that_leaves_the_config_is_reported() {
+        use homelab_core::nodeconfig::{HealthcheckSpec, NodeConfig};
+        use homelab_core::Name;
+        let node = Name::parse("piha").unwrap();
+        let config = |services: &[&str]| NodeConfig {
+            healthchecks: services
+                .iter()
+                .map(|s| HealthcheckSpec {
+                    service: Name::parse(s).unwrap(),
+                    script: "exit 0".into(),
+                    sha256: String::new(),
+                    interval_secs: 30,
+                    timeout_secs: 10,
+                    retries: 3,
+                })
+                .collect(),
+            ..NodeConfig::empty(&node)
+        };
+        // (old, new, removed)
+        let cases: [(&[&str], &[&str], &[&str]); 4] = [
+            (&["a", "b"], &["a", "b"], &[]),
+            (&["a", "b"], &["b"], &["a"]),
+            (&["a"], &[], &["a"]),
+            (&[], &["a"], &[]),
+        ];
+        for (old, new, removed) in cases {
+            let got: Vec<String> = removed_checks(&config(old), &config(new))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(got, removed, "{old:?} -> {new:?}");
+        }
     }
 }

@@ -701,8 +701,23 @@ fn apply_node_config(agent: &Agent, payload: &[u8]) {
 /// starting them afresh whenever it changes.
 async fn checks_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
     let mut changes = agent.node_config.subscribe();
+    let mut previous: Option<std::sync::Arc<homelab_core::nodeconfig::NodeConfig>> = None;
     loop {
         let config = changes.borrow_and_update().clone();
+        for service in previous
+            .as_ref()
+            .map(|old| health::removed_checks(old, &config))
+            .unwrap_or_default()
+        {
+            agent.emit(
+                kinds::HEALTHCHECK_REMOVED,
+                Some(&service),
+                Severity::Info,
+                "health check removed from the node's config; its last verdict no longer holds",
+                json!({"source": "healthcheck"}),
+            );
+        }
+        previous = Some(config.clone());
         let mut checks = tokio::task::JoinSet::new();
         for check in &config.healthchecks {
             checks.spawn(run_healthcheck(agent.clone(), check.clone()));

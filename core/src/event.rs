@@ -27,6 +27,9 @@ pub mod kinds {
     pub const SERVICE_RECOVERED: &str = "service_recovered";
     pub const CONTAINERS_NOT_RUNNING: &str = "containers_not_running";
     pub const HEALTHCHECK_FAILED: &str = "healthcheck_failed";
+    /// Project-defined: a service's health check left the node's config;
+    /// its verdict no longer holds.
+    pub const HEALTHCHECK_REMOVED: &str = "healthcheck_removed";
     pub const MQTT_UNREACHABLE: &str = "mqtt_unreachable";
     pub const DISK_PRESSURE: &str = "disk_pressure";
     pub const NODE_ONLINE: &str = "node_online";

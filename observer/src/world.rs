@@ -158,6 +158,30 @@ impl World {
                 self.set_service(event, ServiceStatus::Unhealthy)
             }
             kinds::SERVICE_HEALTHY => self.set_service(event, ServiceStatus::Healthy),
+            // The script is gone: its containers say how the service is
+            // (an unchanged snapshot is not sent again).
+            kinds::HEALTHCHECK_REMOVED => {
+                if let Some(service) = &event.service {
+                    let key = (event.node.clone(), service.clone());
+                    self.failing_checks.remove(&key);
+                    if let Some(state) = self.services.get_mut(&key) {
+                        let from_containers = state
+                            .containers
+                            .iter()
+                            .map(|c| c.service_status())
+                            .max_by_key(|s| s.rank());
+                        if let (ServiceStatus::Unhealthy, Some(status)) =
+                            (state.status, from_containers)
+                        {
+                            if status != state.status {
+                                state.status = status;
+                                state.since = event.ts;
+                                state.message = event.message.clone();
+                            }
+                        }
+                    }
+                }
+            }
             kinds::SERVICE_RECOVERED => {
                 if let (true, Some(service)) = (from_healthcheck(event), &event.service) {
                     self.failing_checks
@@ -642,6 +666,42 @@ mod tests {
                 unhealthy,
                 "{data}: {status:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_scripts_verdict_outlives_snapshots_until_it_passes_or_is_removed() {
+        let unhealthy = json!({"source": "healthcheck", "failures": 3});
+        let running = || snapshot(&[("z2m", "running")]);
+        let status = |world: &World| world.services[&(n("piha"), n("z2m"))].status;
+        // (what follows the verdict, status after the next snapshot)
+        let cases = [
+            (None, ServiceStatus::Unhealthy),
+            (Some("service_recovered"), ServiceStatus::Running),
+            (Some("healthcheck_removed"), ServiceStatus::Running),
+        ];
+        for (then, after) in cases {
+            let mut world = World::default();
+            world.apply(&event(1, "node_snapshot", None, running()));
+            world.apply(&event(
+                2,
+                "service_unhealthy",
+                Some("z2m"),
+                unhealthy.clone(),
+            ));
+            if let Some(kind) = then {
+                world.apply(&event(
+                    3,
+                    kind,
+                    Some("z2m"),
+                    json!({"source": "healthcheck"}),
+                ));
+            }
+            // At once (the agent does not repeat an unchanged snapshot),
+            // and after the next one.
+            assert_eq!(status(&world), after, "{then:?}");
+            world.apply(&event(4, "node_snapshot", None, running()));
+            assert_eq!(status(&world), after, "{then:?}");
         }
     }
 

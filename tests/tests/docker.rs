@@ -51,12 +51,16 @@ async fn running(docker: &Docker, name: &str) -> bool {
 }
 
 async fn service_running(system: &System, service: &str) -> bool {
+    service_is(system, service, "running").await
+}
+
+async fn service_is(system: &System, service: &str, status: &str) -> bool {
     let (_, body) = system.get("/api/services").await;
     serde_json::from_str::<Value>(&body).is_ok_and(|v| {
         v.as_array()
             .unwrap()
             .iter()
-            .any(|s| s["service"] == service && s["status"] == "running")
+            .any(|s| s["service"] == service && s["status"] == status)
     })
 }
 
@@ -580,7 +584,7 @@ fn logged_of(system: &System, kind: &str, service: &str) -> Vec<Value> {
 /// cancelled when it passes again; a hanging script is killed at its
 /// timeout; a broker that stops answering gets `mqtt_unreachable` and a
 /// restart of the service that provides it, and `service_recovered` when it
-/// answers again.
+/// answers again; a check removed from the repo takes its verdict with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_check_scripts_and_brokers_from_the_repo() {
     let Some(docker) = docker().await else { return };
@@ -722,6 +726,29 @@ async fn health_check_scripts_and_brokers_from_the_repo() {
     let _mosquitto = Mosquitto::start(port).await;
     wait_for("broker recovered", T, || async {
         !logged_of(&system, "service_recovered", &broker).is_empty()
+    })
+    .await;
+
+    // The hanging check leaves the repo: its verdict goes with it, and the
+    // running container counts again.
+    wait_for("hung service unhealthy", T, || {
+        service_is(&system, &hung, "unhealthy")
+    })
+    .await;
+    std::fs::write(
+        system
+            .repo
+            .path()
+            .join(format!("services/{hung}/service.yaml")),
+        "{}\n",
+    )
+    .unwrap();
+    wait_for("healthcheck_removed logged", T, || async {
+        !logged_of(&system, "healthcheck_removed", &hung).is_empty()
+    })
+    .await;
+    wait_for("hung service running again", T, || {
+        service_running(&system, &hung)
     })
     .await;
     drop(removals);
