@@ -774,15 +774,7 @@ async fn agent_idle_rss() {
         .collect();
     tokio::time::sleep(Duration::from_secs(8)).await;
     for ((name, _, _), child) in programs.iter().zip(&children) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .unwrap_or("?")
-                .trim()
-                .to_string()
-        };
+        let field = |key: &str| proc_status(child.id(), key);
         println!(
             "agent idle RSS, {name:<14} ({docker}, after 8 s): {:>9}  (anonymous {}, file-backed {})",
             field("VmRSS:"),
@@ -811,11 +803,12 @@ fn proc_cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     Some((fields[0] + fields[1], fields[2] + fields[3]))
 }
 
-fn proc_rss(pid: u32) -> String {
+/// One field of /proc/<pid>/status (`key` with its colon), "?" if unread.
+fn proc_status(pid: u32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .unwrap_or("?")
         .trim()
         .to_string()
@@ -1011,7 +1004,7 @@ async fn agent_idle_cpu() {
             if i == 0 { format!(", {CHECKS} checks every {interval} s") } else { String::new() },
             share(own),
             share(own + scripts),
-            proc_rss(pids[i]),
+            proc_status(pids[i], "VmRSS:"),
         );
     }
     println!(

@@ -165,13 +165,8 @@ impl World {
                     let key = (event.node.clone(), service.clone());
                     self.failing_checks.remove(&key);
                     if let Some(state) = self.services.get_mut(&key) {
-                        let from_containers = state
-                            .containers
-                            .iter()
-                            .map(|c| c.service_status())
-                            .max_by_key(|s| s.rank());
                         if let (ServiceStatus::Unhealthy, Some(status)) =
-                            (state.status, from_containers)
+                            (state.status, containers_status(&state.containers))
                         {
                             if status != state.status {
                                 state.status = status;
@@ -295,11 +290,7 @@ impl World {
             }
         }
         for (service, containers) in grouped {
-            let mut worst = containers
-                .iter()
-                .map(|c| c.service_status())
-                .max_by_key(|s| s.rank())
-                .unwrap_or(ServiceStatus::Running);
+            let mut worst = containers_status(&containers).unwrap_or(ServiceStatus::Running);
             if self
                 .failing_checks
                 .contains(&(node.clone(), service.clone()))
@@ -518,6 +509,14 @@ impl World {
 }
 
 /// Whether a service event comes from the agent's health check script.
+/// The worst status of a service's containers (None: it has none).
+fn containers_status(containers: &[homelab_core::world::Container]) -> Option<ServiceStatus> {
+    containers
+        .iter()
+        .map(|c| c.service_status())
+        .max_by_key(|s| s.rank())
+}
+
 fn from_healthcheck(event: &Event) -> bool {
     event.data.get("source").and_then(|s| s.as_str()) == Some("healthcheck")
 }

@@ -1366,15 +1366,7 @@ mod tests {
         );
         let mut case = case.disk("low", 60);
         assert_eq!(case.plan(100), Plan::default());
-        case.open = vec![Action::new(
-            ActionKind::DiskCleanup,
-            n("vps"),
-            None,
-            Risk::Guarded,
-            "disk_pressure",
-            "m",
-            at(20),
-        )];
+        case.open = open_cleanup();
         assert_eq!(
             ids(&case.plan(100)).1,
             vec![("disk-cleanup-vps".to_string(), "drift_resolved_auto")]
@@ -1382,6 +1374,19 @@ mod tests {
         // Offline: not judged blind.
         case.nodes[0].status = NodeStatus::Offline;
         assert_eq!(case.plan(100), Plan::default());
+    }
+
+    /// vps's pending disk cleanup, proposed at 20.
+    fn open_cleanup() -> Vec<Action> {
+        vec![Action::new(
+            ActionKind::DiskCleanup,
+            n("vps"),
+            None,
+            Risk::Guarded,
+            "disk_pressure",
+            "m",
+            at(20),
+        )]
     }
 
     #[test]
@@ -1393,17 +1398,6 @@ mod tests {
                 Risk::Guarded,
             )]
         };
-        let open = || {
-            vec![Action::new(
-                ActionKind::DiskCleanup,
-                n("vps"),
-                None,
-                Risk::Guarded,
-                "disk_pressure",
-                "m",
-                at(20),
-            )]
-        };
         // /srv high, then / low: /srv is still full, the cleanup stays.
         let case = Case::new(&[])
             .disk_on("/srv", "high", 10)
@@ -1412,7 +1406,7 @@ mod tests {
         let mut kept = Case::new(&[])
             .disk_on("/srv", "high", 10)
             .disk_on("/", "low", 30);
-        kept.open = open();
+        kept.open = open_cleanup();
         assert_eq!(kept.plan(100), Plan::default());
         // Both high, then one low: still under pressure.
         let case = Case::new(&[])
@@ -1423,7 +1417,7 @@ mod tests {
         // Every mount low again: the pending cleanup goes.
         let mut relieved = case.disk_on("/srv", "low", 40);
         assert_eq!(relieved.plan(100), Plan::default());
-        relieved.open = open();
+        relieved.open = open_cleanup();
         assert_eq!(
             ids(&relieved.plan(100)).1,
             vec![("disk-cleanup-vps".to_string(), "drift_resolved_auto")]
