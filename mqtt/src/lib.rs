@@ -315,6 +315,18 @@ impl Forward {
     }
 }
 
+/// `homelab_mqtt_subscribed{client, broker}`: 1 while the client is
+/// connected with every subscription confirmed (for operators, and for
+/// tests that must not publish before a component listens).
+fn subscribed(config: &Config, yes: bool) {
+    metrics::gauge!(
+        "homelab_mqtt_subscribed",
+        "client" => config.client_id.clone(),
+        "broker" => config.broker.clone()
+    )
+    .set(if yes { 1.0 } else { 0.0 });
+}
+
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -356,6 +368,7 @@ async fn drive(
                 connected = true;
                 info!(client = %config.client_id, broker = %config.broker, session_present = ack.session_present, "mqtt connected");
                 if config.subscriptions.is_empty() {
+                    subscribed(&config, true);
                     let connected = Incoming::Connected {
                         session_present: ack.session_present,
                     };
@@ -372,6 +385,7 @@ async fn drive(
                 if granted(&suback.return_codes, config.subscriptions.len()) {
                     resubscribe_at = None;
                     debug!(client = %config.client_id, "mqtt subscriptions confirmed");
+                    subscribed(&config, true);
                     incoming.deliver(Incoming::Connected { session_present });
                 } else {
                     warn!(client = %config.client_id, codes = ?suback.return_codes, filters = ?config.subscriptions, "broker refused a subscription; asking again");
@@ -401,6 +415,7 @@ async fn drive(
                 if connected {
                     warn!(client = %config.client_id, %error, "mqtt connection lost");
                     connected = false;
+                    subscribed(&config, false);
                     incoming.deliver(Incoming::Disconnected);
                 } else {
                     debug!(client = %config.client_id, %error, "mqtt connect failed");

@@ -137,6 +137,17 @@ impl System {
             )
         })
         .await;
+        // An event published before the observer listens goes to no one
+        // (a test's publisher, unlike an agent, does not resend).
+        wait_for("components subscribed", Duration::from_secs(20), || async {
+            let Ok((200, metrics)) = http_request(http, "GET", "/metrics", None, None).await else {
+                return false;
+            };
+            ["homelab-observer", "homelab-supervisor", "homelab-executor"]
+                .iter()
+                .all(|client| subscribed(&metrics, client, &mqtt.to_string()))
+        })
+        .await;
         system
     }
 
@@ -219,6 +230,16 @@ impl Drop for System {
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.
+/// Whether `/metrics` says `client` is subscribed on `broker`.
+fn subscribed(metrics: &str, client: &str, broker: &str) -> bool {
+    metrics.lines().any(|line| {
+        line.starts_with("homelab_mqtt_subscribed{")
+            && line.contains(&format!("client=\"{client}\""))
+            && line.contains(&format!("broker=\"{broker}\""))
+            && line.ends_with(" 1")
+    })
+}
+
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
