@@ -780,9 +780,12 @@ impl Observer {
         self.last_incidents = incidents.clone();
         // Only files whose content changed are written, with one fsync of
         // the directory for all of them.
+        // Services before nodes, here and on the bus: a reader that takes
+        // nodes first (the supervisor does) never sees a node's new state
+        // (its first snapshot: Docker ok) with its services from before.
         let texts = [
-            (layout.world_nodes(), fsutil::json_bytes(&nodes)?),
             (layout.world_services(), fsutil::json_bytes(&services)?),
+            (layout.world_nodes(), fsutil::json_bytes(&nodes)?),
             (layout.world_incidents(), fsutil::json_bytes(&incidents)?),
             (
                 layout.world_deployments(),
@@ -803,31 +806,51 @@ impl Observer {
         }
         let summary = Summary::new(&nodes, &services, &incidents, &open);
 
-        let mut wanted: HashMap<String, String> = HashMap::new();
-        for node in &nodes {
-            wanted.insert(topics.state_node(&node.node), serde_json::to_string(node)?);
-        }
+        let mut wanted: Vec<(String, String)> = Vec::new();
         for service in &services {
-            wanted.insert(
+            wanted.push((
                 topics.state_service(&service.node, &service.service),
                 serde_json::to_string(service)?,
-            );
+            ));
         }
-        wanted.insert(topics.state_summary(), serde_json::to_string(&summary)?);
-        for (topic, payload) in &wanted {
-            if self.published.get(topic) != Some(payload) {
-                mqtt.publish(topic, payload.clone(), true).await?;
-            }
+        for node in &nodes {
+            wanted.push((topics.state_node(&node.node), serde_json::to_string(node)?));
         }
-        // A service that is gone: clear its retained message.
-        for topic in self.published.keys() {
-            if !wanted.contains_key(topic) {
-                mqtt.publish(topic, Vec::new(), true).await?;
-            }
+        wanted.push((topics.state_summary(), serde_json::to_string(&summary)?));
+        let (sends, keep) = retained_sends(&self.published, wanted);
+        for (topic, payload) in sends {
+            mqtt.publish(&topic, payload, true).await?;
         }
-        self.published = wanted;
+        self.published = keep;
         Ok(())
     }
+}
+
+/// A retained message: topic and payload (empty clears it).
+type Retained = (String, Vec<u8>);
+
+/// The retained messages to publish, in order, to go from `published` to
+/// `wanted` (which lists services before nodes): first the clearing of
+/// topics no longer wanted, then what changed, in `wanted`'s order. A node's
+/// new state then never arrives before its services'. Also what is
+/// published afterwards.
+fn retained_sends(
+    published: &HashMap<String, String>,
+    wanted: Vec<(String, String)>,
+) -> (Vec<Retained>, HashMap<String, String>) {
+    let keep: HashMap<String, String> = wanted.iter().cloned().collect();
+    let mut gone: Vec<&String> = published
+        .keys()
+        .filter(|t| !keep.contains_key(*t))
+        .collect();
+    gone.sort();
+    let mut sends: Vec<Retained> = gone.into_iter().map(|t| (t.clone(), Vec::new())).collect();
+    for (topic, payload) in wanted {
+        if published.get(&topic) != Some(&payload) {
+            sends.push((topic, payload.into_bytes()));
+        }
+    }
+    (sends, keep)
 }
 
 /// Opens an event log for append. A last line without its newline is the
@@ -909,6 +932,63 @@ mod tests {
             severity: homelab_core::Severity::Info,
             message: String::new(),
             data: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn retained_state_clears_first_then_services_before_nodes() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(t, p)| (t.to_string(), p.to_string()))
+                .collect()
+        };
+        let sent = |sends: Vec<Retained>| -> Vec<(String, String)> {
+            sends
+                .into_iter()
+                .map(|(t, p)| (t, String::from_utf8(p).unwrap()))
+                .collect()
+        };
+        let before: HashMap<String, String> = pairs(&[
+            ("s/services/n1/old", "gone soon"),
+            ("s/services/n1/app", "running"),
+            ("s/nodes/n1", "docker unknown"),
+            ("s/summary", "1"),
+        ])
+        .into_iter()
+        .collect();
+        // (wanted, expected sends)
+        let cases = [
+            (
+                // First snapshot: the service and the node change; the
+                // service goes out first, the gone one is cleared before.
+                pairs(&[
+                    ("s/services/n1/app", "exited"),
+                    ("s/services/n1/db", "running"),
+                    ("s/nodes/n1", "docker ok"),
+                    ("s/summary", "1"),
+                ]),
+                pairs(&[
+                    ("s/services/n1/old", ""),
+                    ("s/services/n1/app", "exited"),
+                    ("s/services/n1/db", "running"),
+                    ("s/nodes/n1", "docker ok"),
+                ]),
+            ),
+            (
+                // Nothing changed: nothing sent.
+                pairs(&[
+                    ("s/services/n1/old", "gone soon"),
+                    ("s/services/n1/app", "running"),
+                    ("s/nodes/n1", "docker unknown"),
+                    ("s/summary", "1"),
+                ]),
+                vec![],
+            ),
+        ];
+        for (wanted, expected) in cases {
+            let (sends, keep) = retained_sends(&before, wanted.clone());
+            assert_eq!(sent(sends), expected);
+            assert_eq!(keep, wanted.into_iter().collect::<HashMap<_, _>>());
         }
     }
 
