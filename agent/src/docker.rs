@@ -52,6 +52,9 @@ pub trait ContainerRuntime: Send + Sync {
 
 pub struct BollardRuntime {
     docker: Docker,
+    /// Only containers with this label (`key` or `key=value`) are this
+    /// node's: several nodes on one engine.
+    label: Option<String>,
     /// Restart counts by container id, with the status line they were read
     /// under: a container is inspected again only when its line changed.
     restarts: std::sync::Mutex<HashMap<String, (String, Option<u64>)>>,
@@ -61,7 +64,9 @@ impl BollardRuntime {
     /// Connects to the engine at `host` (`unix:///…`, `tcp://…`), else
     /// `DOCKER_HOST` or the local Unix socket, and negotiates the API
     /// version, which bollard does not do by itself.
-    pub async fn connect(host: Option<&str>) -> Result<Arc<BollardRuntime>> {
+    /// With `label`, only containers carrying it are seen, restarted or
+    /// cleaned up.
+    pub async fn connect(host: Option<&str>, label: Option<&str>) -> Result<Arc<BollardRuntime>> {
         let docker = match host {
             Some(host) => Docker::connect_with_host(host),
             None => Docker::connect_with_defaults(),
@@ -74,6 +79,7 @@ impl BollardRuntime {
         docker.ping().await.context("ping docker")?;
         Ok(Arc::new(BollardRuntime {
             docker,
+            label: label.map(str::to_string),
             restarts: Default::default(),
         }))
     }
@@ -86,6 +92,7 @@ impl BollardRuntime {
         let options = ListContainersOptions {
             all: true,
             size,
+            filters: self.label_filter(),
             ..Default::default()
         };
         self.docker
@@ -93,6 +100,26 @@ impl BollardRuntime {
             .await
             .context("list containers")
     }
+
+    fn label_filter(&self) -> Option<HashMap<String, Vec<String>>> {
+        let label = self.label.clone()?;
+        Some(HashMap::from([("label".to_string(), vec![label])]))
+    }
+}
+
+/// Checks a `--label` scope: `key` or `key=value`, as Docker's label
+/// filter takes it.
+pub fn check_label(label: &str) -> Result<()> {
+    let key = label.split_once('=').map_or(label, |(key, _)| key);
+    anyhow::ensure!(
+        !key.is_empty() && !key.contains(char::is_whitespace),
+        "a label is KEY or KEY=VALUE, with a key and no spaces in it: {label:?}"
+    );
+    anyhow::ensure!(
+        !label.contains(char::is_control),
+        "a label has no control characters: {label:?}"
+    );
+    Ok(())
 }
 
 /// A container's name (without Docker's leading `/`) and its raw service
@@ -247,7 +274,10 @@ impl ContainerRuntime for BollardRuntime {
     }
 
     fn changes(&self) -> BoxStream<'static, Result<()>> {
-        let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        let mut filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        if let Some(label) = &self.label {
+            filters.insert("label".to_string(), vec![label.clone()]);
+        }
         let options = EventsOptions {
             filters: Some(filters),
             ..Default::default()
@@ -309,6 +339,16 @@ fn health_from_status(status: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_scopes_take_docker_filter_syntax() {
+        for good in ["homelab.node", "homelab.node=piha", "a=", "k=v=w"] {
+            assert!(check_label(good).is_ok(), "{good}");
+        }
+        for bad in ["", "=piha", "a b=c", "k=v\n"] {
+            assert!(check_label(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn health_from_status_line() {

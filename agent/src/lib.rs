@@ -16,6 +16,7 @@ pub mod health;
 pub mod mqttprobe;
 pub mod outbox;
 pub mod proc;
+pub mod secrets;
 pub mod spool;
 pub mod status;
 pub mod sync;
@@ -40,13 +41,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use docker::{BollardRuntime, ContainerRuntime};
+use homelab_core::identity;
 use outbox::Outbox;
 
 #[derive(Clone)]
 pub struct Config {
     pub node: Name,
-    /// `host:port` of the MQTT broker.
+    /// `host:port` or `mqtts://host:port` of the MQTT broker.
     pub broker: String,
+    /// The node's identity in a fleet (TLS, login, keys); `None` in open
+    /// mode.
+    pub identity: Option<homelab_core::identity::AgentSecrets>,
     pub layout: Layout,
     pub topics: Topics,
     /// How often to list all containers even without Docker events.
@@ -62,6 +67,9 @@ pub struct Config {
     /// The Docker engine (`unix:///…`, `tcp://…`); `None` is `DOCKER_HOST`
     /// or the local socket.
     pub docker_host: Option<String>,
+    /// Only containers with this label (`key` or `key=value`) are this
+    /// node's; `None`: all of the engine's.
+    pub docker_label: Option<String>,
     /// The container runtime; `None` connects to the Docker engine.
     pub runtime: Option<Arc<dyn ContainerRuntime>>,
     /// Filesystems watched for pressure besides the root and Docker's data
@@ -79,6 +87,7 @@ impl Config {
         Config {
             node,
             broker: broker.to_string(),
+            identity: None,
             layout,
             topics: Topics::default(),
             sync_interval: Duration::from_secs(30),
@@ -86,6 +95,7 @@ impl Config {
             outbox_max_bytes: outbox::DEFAULT_MAX_BYTES,
             resend_after: Duration::from_secs(30),
             docker_host: None,
+            docker_label: None,
             runtime: None,
             disk_mounts: Vec::new(),
             disk_thresholds: disk::Thresholds::default(),
@@ -105,6 +115,90 @@ struct Agent {
     node_config: tokio::sync::watch::Sender<Arc<NodeConfig>>,
     /// The watched filesystems as last sampled, for the vitals.
     disks: std::sync::Mutex<std::collections::BTreeMap<String, vitals::DiskUse>>,
+    /// Fleet mode: this node's signing key and the control plane's pinned
+    /// public key.
+    keys: Option<Keys>,
+}
+
+struct Keys {
+    node: identity::SecretKey,
+    control: identity::PublicKey,
+    /// Opens the commands sealed for this node.
+    boxed: homelab_core::sealbox::BoxSecret,
+}
+
+impl Agent {
+    /// What the control plane sent on `topic`, checked: in fleet mode it
+    /// must carry the control plane's signature for `context`. Refusals
+    /// are counted (`homelab_agent_refused_total{what, reason}`).
+    fn signed_by_control<'a>(
+        &self,
+        payload: &'a [u8],
+        context: identity::Context,
+        what: &'static str,
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let Some(keys) = &self.keys else {
+            return Some(std::borrow::Cow::Borrowed(payload));
+        };
+        match identity::open(payload, context, &keys.control) {
+            Ok(unsigned) => Some(std::borrow::Cow::Owned(unsigned)),
+            Err(error) => {
+                warn!(what, %error, "refused: not signed by the control plane");
+                metrics::counter!("homelab_agent_refused_total", "what" => what, "reason" => error.reason())
+                    .increment(1);
+                None
+            }
+        }
+    }
+
+    /// A command from the bus: in fleet mode it must be sealed for this
+    /// node ([`homelab_core::sealbox`]); then it is checked like
+    /// [`Agent::signed_by_control`].
+    fn command_from_control(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        let opened;
+        let payload = match &self.keys {
+            None => payload,
+            Some(keys) => {
+                match homelab_core::sealbox::open(payload, &self.config.node, &keys.boxed) {
+                    Ok(plain) => {
+                        opened = plain;
+                        &opened[..]
+                    }
+                    Err(error) => {
+                        warn!(%error, "command refused: not sealed for this node");
+                        metrics::counter!("homelab_agent_refused_total", "what" => "command", "reason" => error.reason())
+                            .increment(1);
+                        return None;
+                    }
+                }
+            }
+        };
+        self.signed_by_control(payload, identity::Context::Command, "command")
+            .map(|p| p.into_owned())
+    }
+
+    /// An ack watermark, checked like [`Agent::signed_by_control`].
+    fn ack_from_control(&self, payload: &[u8]) -> Option<u64> {
+        let text = std::str::from_utf8(payload).ok()?.trim();
+        let text = match &self.keys {
+            None => text,
+            Some(keys) => match identity::open_text(
+                text,
+                self.config.node.as_str(),
+                identity::Context::Ack,
+                &keys.control,
+            ) {
+                Ok(text) => text,
+                Err(error) => {
+                    warn!(%error, "ack refused: not signed by the control plane");
+                    metrics::counter!("homelab_agent_refused_total", "what" => "ack", "reason" => error.reason())
+                        .increment(1);
+                    return None;
+                }
+            },
+        };
+        text.parse().ok()
+    }
 }
 
 impl Agent {
@@ -156,11 +250,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         runtime: RwLock::new(None),
         node_config: tokio::sync::watch::Sender::new(Arc::new(stored)),
         disks: Default::default(),
+        keys: match &config.identity {
+            Some(identity) => Some(Keys {
+                node: identity.signing_key().map_err(anyhow::Error::msg)?,
+                control: identity.control_key().map_err(anyhow::Error::msg)?,
+                boxed: identity.box_key().map_err(anyhow::Error::msg)?,
+            }),
+            None => None,
+        },
     });
 
     let status_topic = topics.node_status(&node);
-    let mut mqtt_config =
-        homelab_mqtt::Config::new(&config.broker, &format!("homelab-agent-{node}"));
+    let mut endpoint = homelab_mqtt::Endpoint::new(&config.broker);
+    if let Some(identity) = &config.identity {
+        endpoint = endpoint
+            .with_tls(identity.ca_pem.clone())
+            .with_credentials(identity.username.clone(), identity.password.clone());
+    }
+    let mut mqtt_config = homelab_mqtt::Config::new(endpoint, &format!("homelab-agent-{node}"));
     mqtt_config.clean_session = false;
     mqtt_config.last_will = Some(homelab_mqtt::Will {
         topic: status_topic.clone(),
@@ -218,10 +325,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 report_status(&agent, &mqtt, false, true).await;
             }
             Some(Incoming::Message(message)) if message.topic == topics.acks(&node) => {
-                match std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                {
+                match agent.ack_from_control(&message.payload) {
                     Some(watermark) => match blocking(|| agent.outbox.ack(watermark)) {
                         Ok(outbox::Ack::Repeat { resend: true }) => {
                             info!(
@@ -235,7 +339,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                             "ack not applied to the outbox"
                         ),
                     },
-                    None => warn!(topic = %message.topic, "ack watermark is not a number"),
+                    None => warn!(topic = %message.topic, "ack watermark refused or not a number"),
                 }
             }
             Some(Incoming::Message(message)) if message.topic == topics.node_config(&node) => {
@@ -353,6 +457,11 @@ async fn publish_loop(
                 }
             };
             for (seq, payload) in batch {
+                // Fleet mode: signed by this node's key as it leaves.
+                let payload = match &agent.keys {
+                    Some(keys) => identity::seal(&payload, identity::Context::Event, &keys.node),
+                    None => payload,
+                };
                 if let Err(error) = mqtt.publish(&topic, payload, false).await {
                     warn!(%error, "publish failed");
                     break 'send;
@@ -400,9 +509,12 @@ async fn docker_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
     loop {
         let connected = match agent.config.runtime.clone() {
             Some(runtime) => Ok(runtime),
-            None => BollardRuntime::connect(agent.config.docker_host.as_deref())
-                .await
-                .map(|r| r as Arc<dyn ContainerRuntime>),
+            None => BollardRuntime::connect(
+                agent.config.docker_host.as_deref(),
+                agent.config.docker_label.as_deref(),
+            )
+            .await
+            .map(|r| r as Arc<dyn ContainerRuntime>),
         };
         let result = match connected {
             Ok(runtime) => {
@@ -663,6 +775,13 @@ fn load_node_config(layout: &Layout, node: &Name) -> NodeConfig {
 /// inventory) stops every check.
 fn apply_node_config(agent: &Agent, payload: &[u8]) {
     let node = &agent.config.node;
+    // Fleet mode: signed by the control plane, also an empty one (a node
+    // that left the inventory gets a signed empty config).
+    let Some(payload) = agent.signed_by_control(payload, identity::Context::NodeConfig, "config")
+    else {
+        return;
+    };
+    let payload: &[u8] = &payload;
     let config = if payload.is_empty() {
         NodeConfig::empty(node)
     } else {
@@ -855,6 +974,9 @@ async fn watch_broker(agent: Arc<Agent>, broker: homelab_core::nodeconfig::Broke
 }
 
 async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
+    let Some(payload) = agent.command_from_control(&payload) else {
+        return;
+    };
     let command = match Command::from_payload(&payload) {
         Ok(command) => command,
         Err(error) => {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use homelab_agent::window::{Ack, Window};
 use homelab_core::{Event, Name, Severity};
-use homelab_observer::sequence::{Admit, Sequence};
+use homelab_observer::sequence::{publish_ack, AckCue, Admit, Sequence};
 use proptest::prelude::*;
 
 const RESEND_AFTER: Duration = Duration::from_secs(30);
@@ -81,6 +81,8 @@ struct Model {
     // The broker's queues, each way.
     to_observer: VecDeque<u64>,
     to_agent: VecDeque<u64>,
+    /// When the observer last published the watermark.
+    acked_at: Option<Instant>,
     /// A batch taken to send, with the window's epoch then.
     taken: Option<(u64, Vec<u64>)>,
 }
@@ -121,6 +123,7 @@ impl Model {
             log: Vec::new(),
             to_observer: VecDeque::new(),
             to_agent: VecDeque::new(),
+            acked_at: None,
             taken: None,
         }
     }
@@ -190,7 +193,7 @@ impl Model {
             Op::ObserverUp => {
                 if !self.up {
                     self.up = true;
-                    self.to_agent.push_back(self.sequence.watermark());
+                    self.ack();
                 }
             }
             Op::BrokerRestart => {
@@ -198,7 +201,7 @@ impl Model {
                 self.to_agent.clear();
                 self.window.resend(self.now);
                 if self.up {
-                    self.to_agent.push_back(self.sequence.watermark());
+                    self.ack();
                 }
             }
             Op::AgentRestart => {
@@ -218,22 +221,28 @@ impl Model {
     /// ahead of a missing one.
     fn observe(&mut self, seq: u64) {
         let event = event(seq);
-        if self.log.iter().any(|(_, id)| *id == event.id) {
-            return;
-        }
         let before = self.sequence.watermark();
-        let now = self.ts();
-        match self.sequence.admit(&event, now) {
-            Admit::Store => self.log.push((seq, event.id)),
-            Admit::Behind => {}
-            Admit::Early => {
-                self.to_agent.push_back(before);
-                return;
+        let mut cue = AckCue::default();
+        if self.log.iter().any(|(_, id)| *id == event.id) {
+            cue.duplicate = true;
+        } else {
+            let now = self.ts();
+            match self.sequence.admit(&event, now) {
+                Admit::Store => self.log.push((seq, event.id)),
+                Admit::Behind => cue.duplicate = true,
+                Admit::Early => cue.early = true,
             }
         }
-        if self.sequence.watermark() != before {
-            self.to_agent.push_back(self.sequence.watermark());
+        cue.moved = self.sequence.watermark() != before;
+        if publish_ack(cue, self.acked_at.map(|at| self.now - at)) {
+            self.ack();
         }
+    }
+
+    /// The observer publishes its watermark.
+    fn ack(&mut self) {
+        self.to_agent.push_back(self.sequence.watermark());
+        self.acked_at = Some(self.now);
     }
 
     fn on_ack(&mut self, mark: u64) {

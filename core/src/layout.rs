@@ -99,4 +99,39 @@ impl Layout {
     pub fn ui_token_file(&self) -> PathBuf {
         self.config_dir().join("ui").join("token")
     }
+    /// `config/tls/`: the fleet's CA and the broker's certificate
+    /// (`ca.pem`, `ca.key`, `server.pem`, `server.key`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.config_dir().join("tls")
+    }
+    pub fn tls_ca_cert(&self) -> PathBuf {
+        self.tls_dir().join("ca.pem")
+    }
+    pub fn tls_ca_key(&self) -> PathBuf {
+        self.tls_dir().join("ca.key")
+    }
+    pub fn tls_server_cert(&self) -> PathBuf {
+        self.tls_dir().join("server.pem")
+    }
+    pub fn tls_server_key(&self) -> PathBuf {
+        self.tls_dir().join("server.key")
+    }
+    /// `config/control.json`: the control plane's signing key and broker
+    /// password (mode 0600).
+    pub fn control_secrets(&self) -> PathBuf {
+        self.config_dir().join("control.json")
+    }
+    /// `config/nodes/`: one record per enrolled node (its password's hash
+    /// and public key); removing a node's file revokes it.
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.config_dir().join("nodes")
+    }
+    pub fn node_record(&self, node: &Name) -> PathBuf {
+        self.nodes_dir().join(format!("{node}.json"))
+    }
+    /// On a node: `config/agent/<node>.json`, the agent's secrets (mode
+    /// 0600), written from its enrollment token.
+    pub fn agent_secrets(&self, node: &Name) -> PathBuf {
+        self.config_dir().join("agent").join(format!("{node}.json"))
+    }
 }

@@ -139,7 +139,7 @@ impl NodeConfig {
         config
     }
 
-    fn digest(&self) -> String {
+    pub fn digest(&self) -> String {
         let mut copy = self.clone();
         copy.revision.clear();
         sha256_hex(&serde_json::to_vec(&copy).expect("config serializes"))

@@ -27,11 +27,11 @@ use homelab_core::{Action, ActionState, ActionStore, Command, Event, Layout, Top
 use homelab_mqtt::{Incoming, Mqtt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub broker: String,
+    pub broker: homelab_mqtt::Endpoint,
     pub layout: Layout,
     pub topics: Topics,
     /// How long an agent has to carry out a command.
@@ -41,6 +41,9 @@ pub struct Config {
     /// Stored events from the observer in the same process; None: outcomes
     /// come through the broker.
     pub feed: Option<homelab_core::feed::Feed>,
+    /// Fleet mode: what is signed and checked end to end (see
+    /// `homelab_core::identity`); `None` in open mode.
+    pub fleet: Option<homelab_core::fleet::Fleet>,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -74,13 +77,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             message = incoming.recv() => match message {
                 None => break,
                 Some(Incoming::Message(message)) => {
-                    if config.topics.parse_events(&message.topic).is_some() {
+                    if let Some(node) = config.topics.parse_events(&message.topic) {
                         // Only outcomes matter here: the rest of the event
                         // stream is not parsed in full.
                         let outcome_kind = Event::peek_kind(&message.payload)
                             .is_some_and(|kind| decide::is_outcome(&kind));
-                        if let (true, Ok(event)) = (outcome_kind, Event::from_payload(&message.payload)) {
-                            outcome(&config, &store, &mqtt, &event).await;
+                        if !outcome_kind {
+                            continue;
+                        }
+                        // Fleet mode: an outcome counts only when signed by
+                        // the node's key.
+                        let payload = match (&config.fleet, node) {
+                            (None, _) => Ok(message.payload.to_vec()),
+                            (Some(fleet), Ok(node)) => fleet.open_event(&node, &message.payload),
+                            (Some(_), Err(_)) => Err("bad_name"),
+                        };
+                        match payload.map(|p| Event::from_payload(&p)) {
+                            Ok(Ok(event)) => outcome(&config, &store, &mqtt, &event).await,
+                            Ok(Err(error)) => debug!(%error, "outcome event malformed"),
+                            Err(reason) => warn!(topic = %message.topic, reason, "outcome event refused"),
                         }
                     } else {
                         // An action changed (approved, perhaps): look now.
@@ -201,6 +216,29 @@ async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Act
             return;
         }
     };
+    // Fleet mode: the command is sealed for its node, which must be
+    // enrolled to open it.
+    let recipient = match &config.fleet {
+        None => None,
+        Some(fleet) => {
+            let node = action.target.as_ref().unwrap_or(&action.node);
+            match fleet.node(node) {
+                Some(enrolled) => Some(enrolled.box_key),
+                None => {
+                    let result = ActionResult {
+                        ok: false,
+                        message: format!(
+                            "{node} is not enrolled in the fleet (`homelab node add {node}`): no agent of it could take the command"
+                        ),
+                        at: now,
+                        data: json!({}),
+                    };
+                    finish(config, store, mqtt, &action, result).await;
+                    return;
+                }
+            }
+        }
+    };
     let deadline = decide::deadline(now, config.command_timeout);
     let command = Command {
         v: 1,
@@ -220,7 +258,19 @@ async fn send(config: &Config, store: &ActionStore, mqtt: &Mqtt, mut action: Act
         warn!(id = %action.id, error = format!("{error:#}"), "command not recorded; not sent");
         return;
     }
-    let payload = serde_json::to_vec(&command).expect("command serializes");
+    let mut payload = serde_json::to_vec(&command).expect("command serializes");
+    // Fleet mode: signed over everything it says (id, action id, node,
+    // type, params, issued_at, deadline); agents pin this key.
+    if let Some(fleet) = &config.fleet {
+        payload = homelab_core::identity::seal(
+            &payload,
+            homelab_core::identity::Context::Command,
+            fleet.signing_key(),
+        );
+    }
+    if let Some(recipient) = &recipient {
+        payload = homelab_core::sealbox::seal(&payload, &command.node, recipient);
+    }
     match mqtt
         .publish(&config.topics.commands(&command.node), payload, false)
         .await

@@ -117,7 +117,12 @@ async fn wait_ack(
     loop {
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Ok(Ok(MqttEvent::Incoming(Packet::Publish(p)))) => {
-                let got: u64 = String::from_utf8_lossy(&p.payload).parse().unwrap_or(0);
+                // `42`, or `42 <signature>` in fleet mode.
+                let got: u64 = String::from_utf8_lossy(&p.payload)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(0);
                 latest.fetch_max(got, Ordering::SeqCst);
                 if got >= target {
                     return start.elapsed();
@@ -137,17 +142,35 @@ struct Plant {
 }
 
 async fn plant() -> Plant {
+    plant_with(None).await
+}
+
+/// In fleet mode (the node `fleet` enrolled), the observer checks every
+/// event's signature; the broker stays open (anonymous on loopback), so
+/// only the signatures' cost differs from [`plant`].
+async fn plant_with(fleet: Option<&Name>) -> Plant {
     let mqtt = free_addr();
     homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
     let root = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
+    let layout = Layout::new(root.path());
+    let fleet = match fleet {
+        Some(node) => {
+            homelab::fleet_cli::tls_init(&layout, &["localhost".into()], 8883, false).unwrap();
+            let secrets = homelab::fleet_cli::enroll(&layout, node).unwrap();
+            *NODE_KEY.lock().unwrap() = Some(secrets.signing_key().unwrap());
+            homelab_core::fleet::Fleet::load(&layout).unwrap()
+        }
+        None => None,
+    };
     let config = homelab_observer::Config {
-        broker: mqtt.to_string(),
+        broker: mqtt.to_string().into(),
         layout: Layout::new(root.path()),
         topics: homelab_core::Topics::default(),
         repo: None,
         retention: Default::default(),
         feed: None,
+        fleet,
     };
     tokio::spawn(homelab_observer::run(config, shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -296,10 +319,35 @@ async fn durable_floor(n: u64, anchor: f64) {
     );
 }
 
-async fn observer_ingestion(n: u64) {
-    let plant = plant().await;
+/// The enrolled node's signing key of the last fleet-mode plant.
+static NODE_KEY: std::sync::Mutex<Option<homelab_core::identity::SecretKey>> =
+    std::sync::Mutex::new(None);
+
+async fn observer_ingestion(n: u64, signed: bool) -> f64 {
     let node = Name::parse("ingest").unwrap();
-    let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+    let plant = plant_with(signed.then_some(&node)).await;
+    let mut payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+    if signed {
+        // What each agent does as an event leaves (timed here, not part
+        // of the rate below: the agents' CPU, not the observer's).
+        let key = NODE_KEY.lock().unwrap().clone().unwrap();
+        let start = Instant::now();
+        payloads = payloads
+            .into_iter()
+            .map(|p| {
+                String::from_utf8(homelab_core::identity::seal(
+                    p.as_bytes(),
+                    homelab_core::identity::Context::Event,
+                    &key,
+                ))
+                .unwrap()
+            })
+            .collect();
+        println!(
+            "signing an event (Ed25519, the agent's side):        {:>9.1} us/event",
+            start.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
     let acked = Arc::new(AtomicU64::new(0));
     let waiter = tokio::spawn(wait_ack(
         plant.mqtt,
@@ -319,9 +367,11 @@ async fn observer_ingestion(n: u64) {
     waiter.await.unwrap();
     let total = start.elapsed();
     let cpu = cpu_time() - cpu;
+    let rate = n as f64 / total.as_secs_f64();
     println!(
-        "observer durable ingestion (embedded broker): {:>9.0} events/s ({n} events on disk in {:.2} s; publishing took {:.2} s; CPU {:.1} us/event, {:.2} cores)",
-        n as f64 / total.as_secs_f64(),
+        "observer durable ingestion (embedded broker{}): {:>9.0} events/s ({n} events on disk in {:.2} s; publishing took {:.2} s; CPU {:.1} us/event, {:.2} cores)",
+        if signed { ", every signature checked" } else { "" },
+        rate,
         total.as_secs_f64(),
         published.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / n as f64,
@@ -329,6 +379,18 @@ async fn observer_ingestion(n: u64) {
     );
     plant.shutdown.cancel();
     drop(plant.root);
+    rate
+}
+
+/// The observer's ingestion without signatures, then with every one
+/// checked, and the ratio of the two (same run).
+async fn observer_ingestion_signed_and_not(n: u64) {
+    let plain = observer_ingestion(n, false).await;
+    let signed = observer_ingestion(n, true).await;
+    println!(
+        "signatures checked vs not, same run:                {:>9.2} of the unsigned rate",
+        signed / plain
+    );
 }
 
 /// A child process killed when dropped (also when the bench panics).
@@ -715,7 +777,12 @@ async fn fleet_replay(agents: usize, backlog: u64) {
     while done.len() < agents {
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Ok(Ok(MqttEvent::Incoming(Packet::Publish(p)))) => {
-                let got: u64 = String::from_utf8_lossy(&p.payload).parse().unwrap_or(0);
+                // `42`, or `42 <signature>` in fleet mode.
+                let got: u64 = String::from_utf8_lossy(&p.payload)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(0);
                 if got >= backlog {
                     done.insert(p.topic.clone());
                 }
@@ -1079,6 +1146,7 @@ fn observer_start(n: u64) {
         repo: None,
         retention: Default::default(),
         feed: None,
+        fleet: None,
     };
     let rss0 = rss_kb();
     let start = Instant::now();
@@ -1172,6 +1240,7 @@ async fn event_to_action(samples_n: usize) {
         root: root.path().to_path_buf(),
         repo: repo.path().to_path_buf(),
         mqtt,
+        mqtts: None,
         http,
         topics: homelab_core::Topics::default(),
         agent_node: None,
@@ -1349,7 +1418,7 @@ fn main() {
             let anchor = runtime.block_on(broker_baseline(n));
             runtime.block_on(durable_floor(n, anchor));
         }
-        runtime.block_on(observer_ingestion(n));
+        runtime.block_on(observer_ingestion_signed_and_not(n));
         runtime.block_on(ingestion_from_outside(n));
         return;
     }
@@ -1381,7 +1450,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let anchor = runtime.block_on(broker_baseline(n));
     runtime.block_on(durable_floor(n, anchor));
-    runtime.block_on(observer_ingestion(n));
+    runtime.block_on(observer_ingestion_signed_and_not(n));
     runtime.block_on(ingestion_from_outside(n));
     runtime.block_on(replay_after_outage(n));
     runtime.block_on(fleet_replay(100, 1_000));

@@ -38,15 +38,24 @@ pub enum AgentQuery {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The MQTT broker, HOST:PORT.
+    /// The MQTT broker: HOST:PORT (plain, loopback) or mqtts://HOST:PORT
+    /// (TLS, for an enrolled node).
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub broker: String,
+    /// The enrollment token `homelab node add` printed: stored (mode 0600)
+    /// under `<root>/config/agent/`, and used from then on.
+    #[arg(long, env = "HOMELAB_ENROLL", hide_env_values = true, hide = true)]
+    pub enroll: Option<String>,
     /// This node's name (default: the hostname).
     #[arg(long)]
     pub node: Option<String>,
     /// The Docker engine, e.g. unix:///var/run/docker.sock (default: DOCKER_HOST or the local socket).
     #[arg(long)]
     pub docker_host: Option<String>,
+    /// Only containers with this label (KEY or KEY=VALUE) are this node's:
+    /// for several nodes on one Docker engine.
+    #[arg(long, value_name = "KEY[=VALUE]")]
+    pub docker_label: Option<String>,
     /// Bound of the durable outbox; past it the oldest events go (and an events_dropped event says so).
     #[arg(long, default_value_t = homelab_agent::outbox::DEFAULT_MAX_BYTES)]
     pub outbox_max_bytes: u64,
@@ -109,10 +118,31 @@ pub async fn run(
     prefix: &str,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut config =
-        homelab_agent::Config::new(node_name(args.node)?, &args.broker, Layout::new(root));
+    let node = node_name(args.node)?;
+    let layout = Layout::new(root);
+    let identity = homelab_agent::secrets::load(&layout, &node, args.enroll.as_deref())?;
+    let endpoint = homelab_mqtt::Endpoint::new(&args.broker);
+    if endpoint.is_tls() && identity.is_none() {
+        anyhow::bail!(
+            "{} is TLS, but this node has no identity ({} is missing): run the command `homelab node add {node}` printed on the control host",
+            args.broker,
+            layout.agent_secrets(&node).display()
+        );
+    }
+    if identity.is_some() && !endpoint.is_tls() && !endpoint_is_loopback(endpoint.addr()) {
+        anyhow::bail!(
+            "refusing to send this node's password in the clear to {}: use mqtts://",
+            args.broker
+        );
+    }
+    let mut config = homelab_agent::Config::new(node, &args.broker, layout);
+    config.identity = identity;
     config.topics = Topics::new(prefix);
     config.docker_host = args.docker_host;
+    if let Some(label) = &args.docker_label {
+        homelab_agent::docker::check_label(label)?;
+    }
+    config.docker_label = args.docker_label;
     config.outbox_max_bytes = args.outbox_max_bytes;
     config.resend_after = args.resend_after.max(Duration::from_secs(1));
     config.disk_thresholds = homelab_agent::disk::Thresholds::new(args.disk_high, args.disk_low)
@@ -121,6 +151,15 @@ pub async fn run(
     config.disk_interval = args.disk_interval.max(Duration::from_secs(1));
     config.broker_interval = args.broker_interval.max(Duration::from_secs(1));
     homelab_agent::run(config, shutdown).await
+}
+
+fn endpoint_is_loopback(addr: &str) -> bool {
+    homelab_mqtt::parse_addr(addr).is_ok_and(|(host, _)| {
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// The runtime an agent process runs on: one thread (plus tokio's blocking

@@ -16,13 +16,17 @@ use tracing::{error, info};
 
 pub mod actions_cli;
 pub mod agent_cli;
+pub mod fleet_cli;
 
 #[derive(Debug, Clone)]
 pub struct UpConfig {
     pub root: PathBuf,
     pub repo: PathBuf,
-    /// Where the embedded broker listens.
+    /// Where the embedded broker listens: plain MQTT, loopback only.
     pub mqtt: SocketAddr,
+    /// Where it listens with TLS, for agents on other hosts (fleet mode:
+    /// `homelab tls init` first).
+    pub mqtts: Option<SocketAddr>,
     /// Where the UI listens.
     pub http: SocketAddr,
     pub topics: Topics,
@@ -67,12 +71,24 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(layout.root())
         .with_context(|| format!("create root {}", layout.root().display()))?;
     let metrics = metrics();
-    let broker_config = homelab_broker::Config::new(config.mqtt);
+    let fleet = homelab_core::fleet::Fleet::load(&layout)?;
+    let mut broker_config = homelab_broker::Config::new(config.mqtt);
+    broker_config.fleet = fleet.clone();
+    broker_config.tls = config.mqtts.map(|listen| homelab_broker::TlsListener {
+        listen,
+        cert: layout.tls_server_cert(),
+        key: layout.tls_server_key(),
+    });
+    broker_config.check()?;
+    let local_identity = match (&fleet, &config.agent_node) {
+        (Some(_), Some(node)) => Some(local_agent_identity(&layout, node)?),
+        _ => None,
+    };
     tokio::task::spawn_blocking(move || homelab_broker::start(&broker_config))
         .await
         .context("broker start")??;
-    let broker = config.mqtt.to_string();
-    info!(root = %config.root.display(), repo = %config.repo.display(), mqtt = %config.mqtt, http = %config.http, "homelab up");
+    let broker = control_endpoint(&layout, fleet.as_ref(), &config.mqtt.to_string())?;
+    info!(root = %config.root.display(), repo = %config.repo.display(), mqtt = %config.mqtt, mqtts = ?config.mqtts, fleet = fleet.is_some(), http = %config.http, "homelab up");
 
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
     let child = || shutdown.child_token();
@@ -88,6 +104,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             repo: Some(config.repo.clone()),
             retention: config.retention,
             feed: Some(feed.clone()),
+            fleet: fleet.clone(),
         };
         let token = child();
         tasks.spawn(async move { ("observer", homelab_observer::run(cfg, token).await) });
@@ -102,6 +119,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             interval: Duration::from_secs(5),
             auto_limit: homelab_supervisor::plan::Settings::default().auto_limit,
             feed: Some(feed.clone()),
+            fleet: fleet.clone(),
         };
         let token = child();
         tasks.spawn(async move { ("supervisor", homelab_supervisor::run(cfg, token).await) });
@@ -114,6 +132,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             command_timeout: Duration::from_secs(300),
             interval: Duration::from_secs(2),
             feed: Some(feed.clone()),
+            fleet: fleet.clone(),
         };
         let token = child();
         tasks.spawn(async move { ("executor", homelab_executor::run(cfg, token).await) });
@@ -126,12 +145,14 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             topics: config.topics.clone(),
             token: config.ui_token.clone(),
             metrics: Some(metrics),
+            mqtt_approvals: fleet.is_none(),
         };
         let token = child();
         tasks.spawn(async move { ("ui", homelab_ui::run(cfg, token).await) });
     }
     if let Some(node) = config.agent_node.clone() {
-        let mut cfg = homelab_agent::Config::new(node, &broker, layout.clone());
+        let mut cfg = homelab_agent::Config::new(node, &broker.url, layout.clone());
+        cfg.identity = local_identity;
         cfg.topics = config.topics.clone();
         cfg.sync_interval = config.sync_interval;
         cfg.disk_interval = config.check_interval;
@@ -171,6 +192,52 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
     }
     info!("homelab stopped (the embedded broker ends with the process)");
     failure.map_or(Ok(()), Err)
+}
+
+/// How a control-plane component on this host reaches the broker at
+/// `url`: in fleet mode with the control plane's login, and for
+/// `mqtts://` checking the broker's certificate against the fleet's CA.
+pub fn control_endpoint(
+    layout: &Layout,
+    fleet: Option<&homelab_core::fleet::Fleet>,
+    url: &str,
+) -> Result<homelab_mqtt::Endpoint> {
+    let mut endpoint = homelab_mqtt::Endpoint::new(url);
+    if let Some(fleet) = fleet {
+        let (user, password) = fleet.control_credentials();
+        endpoint = endpoint.with_credentials(user, password);
+    }
+    if endpoint.is_tls() {
+        let ca = std::fs::read_to_string(layout.tls_ca_cert()).with_context(|| {
+            format!(
+                "{url} is TLS: the fleet's CA {} is needed (`homelab tls init`)",
+                layout.tls_ca_cert().display()
+            )
+        })?;
+        endpoint = endpoint.with_tls(ca);
+    }
+    endpoint.check()?;
+    Ok(endpoint)
+}
+
+/// The identity of `up`'s own agent in fleet mode: enrolled on first start
+/// (and again when its record or secrets are gone), like any node.
+fn local_agent_identity(
+    layout: &Layout,
+    node: &Name,
+) -> Result<homelab_core::identity::AgentSecrets> {
+    if layout.node_record(node).exists() {
+        if let Some(secrets) = homelab_agent::secrets::load(layout, node, None)? {
+            return Ok(secrets);
+        }
+    }
+    let secrets = fleet_cli::enroll(layout, node)?;
+    homelab_core::fsutil::write_secret(
+        &layout.agent_secrets(node),
+        &homelab_core::fsutil::json_bytes(&secrets)?,
+    )?;
+    info!(%node, "enrolled the local agent");
+    Ok(secrets)
 }
 
 /// Logs to stderr, filtered by RUST_LOG. rumqttd logs every ordinary client

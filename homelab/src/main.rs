@@ -41,9 +41,59 @@ impl RetentionArg {
 
 #[derive(Args, Clone)]
 struct BrokerArg {
-    /// The MQTT broker, HOST:PORT.
+    /// The MQTT broker: HOST:PORT, or mqtts://HOST:PORT (checked against
+    /// the fleet's CA). In fleet mode the control plane's login is used.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: String,
+}
+
+impl BrokerArg {
+    fn endpoint(
+        &self,
+        layout: &Layout,
+        fleet: Option<&homelab_core::fleet::Fleet>,
+    ) -> Result<homelab_mqtt::Endpoint> {
+        homelab::control_endpoint(layout, fleet, &self.broker)
+    }
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Makes the fleet's CA, the broker's certificate and the control
+    /// plane's identity under `<root>/config/`.
+    Init {
+        /// A host name or address agents dial to reach this host
+        /// (repeatable; the first is the one `node add` prints).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// The port of the TLS listener agents dial.
+        #[arg(long, default_value_t = homelab::fleet_cli::MQTTS_PORT)]
+        port: u16,
+        /// Replace an existing CA (every node must then be enrolled again).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Gives a node its identity and prints the command that starts its agent.
+    Add {
+        node: String,
+        /// The broker URL the node dials (default: the one `tls init` set).
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Revokes a node at once: its logins and its events are refused.
+    Remove { node: String },
+    /// Replaces a node's password and key; prints the command to run on it.
+    Rotate {
+        node: String,
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Lists the enrolled nodes.
+    List,
 }
 
 #[derive(Args, Clone)]
@@ -59,9 +109,13 @@ enum Commands {
     Up {
         #[command(flatten)]
         repo: RepoArg,
-        /// Where the embedded MQTT broker listens.
+        /// Where the embedded MQTT broker listens, plain MQTT: loopback only.
         #[arg(long, default_value = "127.0.0.1:1883")]
         mqtt: SocketAddr,
+        /// Where it listens with TLS for agents on other hosts, e.g.
+        /// 0.0.0.0:8883 (after `homelab tls init` and `homelab node add`).
+        #[arg(long)]
+        mqtts: Option<SocketAddr>,
         /// Where the web UI listens.
         #[arg(long, default_value = "127.0.0.1:18180")]
         http: SocketAddr,
@@ -79,8 +133,22 @@ enum Commands {
     },
     /// The embedded MQTT broker alone.
     Broker {
+        /// Plain MQTT, loopback only.
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
+        /// MQTT over TLS (fleet mode), e.g. 0.0.0.0:8883.
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
+    },
+    /// The fleet's certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// The fleet's nodes: their identities.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
     },
     /// The node agent (`homelab agent status` shows its state).
     #[command(args_conflicts_with_subcommands = true)]
@@ -212,6 +280,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Commands::Tls { .. } | Commands::Node { .. } = &cli.command {
+        return match fleet(&cli) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Commands::Emit { .. } = &cli.command {
         return match emit(cli) {
             Ok(id) => {
@@ -235,6 +315,29 @@ fn main() -> ExitCode {
             eprintln!("homelab: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn fleet(cli: &Cli) -> Result<String> {
+    use homelab::fleet_cli;
+    let layout = Layout::new(&cli.globals.root);
+    match &cli.command {
+        Commands::Tls {
+            command: TlsCommand::Init { names, port, force },
+        } => fleet_cli::tls_init(&layout, names, *port, *force),
+        Commands::Node { command } => match command {
+            NodeCommand::Add { node, broker } => {
+                fleet_cli::node_add(&layout, &node_name(Some(node.clone()))?, broker.as_deref())
+            }
+            NodeCommand::Remove { node } => {
+                fleet_cli::node_remove(&layout, &node_name(Some(node.clone()))?)
+            }
+            NodeCommand::Rotate { node, broker } => {
+                fleet_cli::node_rotate(&layout, &node_name(Some(node.clone()))?, broker.as_deref())
+            }
+            NodeCommand::List => fleet_cli::node_list(&layout),
+        },
+        _ => unreachable!("called for tls and node only"),
     }
 }
 
@@ -300,10 +403,21 @@ async fn run(cli: Cli) -> Result<()> {
     homelab::cancel_on_signals(shutdown.clone());
     let layout = Layout::new(&cli.globals.root);
     let topics = Topics::new(&cli.globals.prefix);
+    // The control host's fleet identities, for the components run alone
+    // (`up` and the agent read their own).
+    let fleet = match &cli.command {
+        Commands::Broker { .. }
+        | Commands::Observer { .. }
+        | Commands::Supervisor { .. }
+        | Commands::Executor { .. }
+        | Commands::Ui { .. } => homelab_core::fleet::Fleet::load(&layout)?,
+        _ => None,
+    };
     match cli.command {
         Commands::Up {
             repo,
             mqtt,
+            mqtts,
             http,
             node,
             no_agent,
@@ -319,6 +433,7 @@ async fn run(cli: Cli) -> Result<()> {
                 root: cli.globals.root,
                 repo: repo.repo,
                 mqtt,
+                mqtts,
                 http,
                 topics,
                 agent_node,
@@ -330,8 +445,15 @@ async fn run(cli: Cli) -> Result<()> {
             };
             homelab::up(config, shutdown).await
         }
-        Commands::Broker { listen } => {
-            homelab_broker::run(homelab_broker::Config::new(listen), shutdown).await
+        Commands::Broker { listen, tls_listen } => {
+            let mut config = homelab_broker::Config::new(listen);
+            config.fleet = fleet.clone();
+            config.tls = tls_listen.map(|listen| homelab_broker::TlsListener {
+                listen,
+                cert: layout.tls_server_cert(),
+                key: layout.tls_server_key(),
+            });
+            homelab_broker::run(config, shutdown).await
         }
         Commands::Agent { query: _, args } => {
             agent_cli::run(args, &cli.globals.root, &cli.globals.prefix, shutdown).await
@@ -343,12 +465,13 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             homelab_observer::run(
                 homelab_observer::Config {
-                    broker: broker.broker,
+                    broker: broker.endpoint(&layout, fleet.as_ref())?,
                     layout,
                     topics,
                     repo: Some(repo.repo),
                     retention: retention.policy(),
                     feed: None,
+                    fleet: fleet.clone(),
                 },
                 shutdown,
             )
@@ -361,7 +484,7 @@ async fn run(cli: Cli) -> Result<()> {
             auto_limit,
         } => {
             let config = homelab_supervisor::Config {
-                broker: broker.broker,
+                broker: broker.endpoint(&layout, fleet.as_ref())?,
                 layout,
                 topics,
                 repo: repo.repo,
@@ -369,6 +492,7 @@ async fn run(cli: Cli) -> Result<()> {
                 interval: Duration::from_secs(5),
                 auto_limit,
                 feed: None,
+                fleet: fleet.clone(),
             };
             homelab_supervisor::run(config, shutdown).await
         }
@@ -377,27 +501,33 @@ async fn run(cli: Cli) -> Result<()> {
             command_timeout,
         } => {
             let config = homelab_executor::Config {
-                broker: broker.broker,
+                broker: broker.endpoint(&layout, fleet.as_ref())?,
                 layout,
                 topics,
                 command_timeout,
                 interval: Duration::from_secs(2),
                 feed: None,
+                fleet: fleet.clone(),
             };
             homelab_executor::run(config, shutdown).await
         }
         Commands::Ui { broker, http } => {
             let config = homelab_ui::Config {
                 listen: http,
-                broker: broker.broker,
+                broker: broker.endpoint(&layout, fleet.as_ref())?,
                 layout,
                 topics,
                 token: std::env::var("HOMELAB_UI_TOKEN").ok(),
                 metrics: Some(homelab::metrics()),
+                mqtt_approvals: fleet.is_none(),
             };
             homelab_ui::run(config, shutdown).await
         }
-        Commands::Check { .. } | Commands::Emit { .. } | Commands::Actions { .. } => {
+        Commands::Check { .. }
+        | Commands::Emit { .. }
+        | Commands::Actions { .. }
+        | Commands::Tls { .. }
+        | Commands::Node { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

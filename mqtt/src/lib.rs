@@ -40,10 +40,119 @@ use tracing::{debug, info, warn};
 /// be redelivered, and break it again, forever.
 pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 
+/// Where a broker is and how to log in: `host:port` or `mqtt://host:port`
+/// (plain TCP), `mqtts://host:port` (TLS, the server's certificate checked
+/// against `ca_pem`; the URL's host is the name checked).
+#[derive(Clone, Default)]
+pub struct Endpoint {
+    pub url: String,
+    /// The CA that signed the broker's certificate (PEM); needed for
+    /// `mqtts://`.
+    pub ca_pem: Option<String>,
+    pub credentials: Option<(String, String)>,
+}
+
+impl Endpoint {
+    pub fn new(url: impl Into<String>) -> Endpoint {
+        Endpoint {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_tls(mut self, ca_pem: impl Into<String>) -> Endpoint {
+        self.ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    pub fn with_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Endpoint {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Whether the URL asks for TLS (`mqtts://`).
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("mqtts://")
+    }
+
+    /// `host:port` without the scheme.
+    pub fn addr(&self) -> &str {
+        self.url
+            .strip_prefix("mqtts://")
+            .or_else(|| self.url.strip_prefix("mqtt://"))
+            .unwrap_or(&self.url)
+            .trim_end_matches('/')
+    }
+
+    /// Checks the URL (scheme, host, port) and that TLS has its CA.
+    pub fn check(&self) -> Result<()> {
+        if self.url.contains("://") && !self.url.starts_with("mqtt://") && !self.is_tls() {
+            anyhow::bail!(
+                "broker {:?}: the scheme must be mqtt:// or mqtts://",
+                self.url
+            );
+        }
+        parse_addr(self.addr())?;
+        if self.is_tls() && self.ca_pem.is_none() {
+            anyhow::bail!(
+                "broker {:?} is TLS, but no CA is known to check its certificate: enroll this node (HOMELAB_ENROLL from `homelab node add`)",
+                self.url
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("tls", &self.ca_pem.is_some())
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(url: String) -> Endpoint {
+        Endpoint::new(url)
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(url: &str) -> Endpoint {
+        Endpoint::new(url)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(url: &String) -> Endpoint {
+        Endpoint::new(url.clone())
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(endpoint: &Endpoint) -> Endpoint {
+        endpoint.clone()
+    }
+}
+
 #[derive(Clone)]
 pub struct Config {
-    /// `host:port` of the broker.
+    /// The broker's URL (as given: logs and metrics show it).
     pub broker: String,
+    /// `mqtts://`: the CA that signed the broker's certificate.
+    pub tls_ca: Option<String>,
     pub client_id: String,
     pub clean_session: bool,
     pub credentials: Option<(String, String)>,
@@ -75,12 +184,14 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    pub fn new(broker: &str, client_id: &str) -> Config {
+    pub fn new(broker: impl Into<Endpoint>, client_id: &str) -> Config {
+        let endpoint = broker.into();
         Config {
-            broker: broker.to_string(),
+            broker: endpoint.url,
+            tls_ca: endpoint.ca_pem,
             client_id: client_id.to_string(),
             clean_session: true,
-            credentials: None,
+            credentials: endpoint.credentials,
             last_will: None,
             subscriptions: Vec::new(),
             keep_alive: Duration::from_secs(15),
@@ -139,8 +250,20 @@ pub fn parse_addr(addr: &str) -> Result<(String, u16)> {
 /// Starts the connection task. It connects in the background; the first
 /// [`Incoming::Connected`] says when it is up.
 pub fn connect(config: Config) -> Result<(Mqtt, mpsc::Receiver<Incoming>)> {
-    let (host, port) = parse_addr(&config.broker)?;
+    let endpoint = Endpoint {
+        url: config.broker.clone(),
+        ca_pem: config.tls_ca.clone(),
+        credentials: None,
+    };
+    endpoint.check()?;
+    let (host, port) = parse_addr(endpoint.addr())?;
     let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+    if endpoint.is_tls() {
+        let ca = config.tls_ca.as_deref().unwrap_or_default();
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls_client(ca)?),
+        ));
+    }
     options
         .set_keep_alive(config.keep_alive)
         .set_clean_session(config.clean_session)
@@ -211,6 +334,27 @@ impl Mqtt {
             }
         }
     }
+}
+
+/// A TLS client that trusts only the certificates `ca_pem` holds (not the
+/// system's roots): the fleet's own CA.
+pub fn tls_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = std::io::BufReader::new(ca_pem.as_bytes());
+    for cert in rustls_pemfile::certs(&mut reader) {
+        roots
+            .add(cert.context("the CA is not PEM")?)
+            .context("the CA is not a certificate")?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "no certificate in the CA PEM");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// QoS 1 messages in flight per connection (and rumqttc's packet id cycle).

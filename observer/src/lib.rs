@@ -39,12 +39,13 @@ use homelab_mqtt::{Incoming, Message, Mqtt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use homelab_core::identity;
 use sequence::{Admit, Sequence};
 use world::World;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub broker: String,
+    pub broker: homelab_mqtt::Endpoint,
     pub layout: Layout,
     pub topics: Topics,
     /// The desired-state repo, read for the inventory (which nodes should
@@ -55,6 +56,9 @@ pub struct Config {
     /// Where each stored event goes once it is on disk, for the components
     /// in the same process (`homelab up`).
     pub feed: Option<homelab_core::feed::Feed>,
+    /// Fleet mode: what is signed and checked end to end (see
+    /// `homelab_core::identity`); `None` in open mode.
+    pub fleet: Option<homelab_core::fleet::Fleet>,
 }
 
 struct Observer {
@@ -88,6 +92,10 @@ struct Observer {
     /// Nodes that sent an event ahead of a missing one in the current
     /// batch: their watermark is repeated, asking the agent to resend.
     early: BTreeSet<Name>,
+    /// Nodes that sent a copy of a stored event in the current batch.
+    duplicates: BTreeSet<Name>,
+    /// When each node's ack was last published.
+    acked_at: HashMap<Name, std::time::Instant>,
 }
 
 /// What a start found: for benchmarks and tools.
@@ -274,6 +282,8 @@ impl Observer {
             published: HashMap::new(),
             open_files: HashMap::new(),
             early: BTreeSet::new(),
+            duplicates: BTreeSet::new(),
+            acked_at: HashMap::new(),
         };
         let layout = observer.config.layout.clone();
         let (count, bad, from_checkpoint) = observer.replay_log(&layout)?;
@@ -529,6 +539,8 @@ impl Observer {
     /// Stores a batch; returns whether the world may have changed.
     async fn handle(&mut self, batch: Vec<Incoming>, mqtt: &Mqtt) -> Result<bool> {
         let topics = self.config.topics.clone();
+        // Fleet mode: the enrolled nodes' keys, read once per batch.
+        let enrolled = self.config.fleet.as_ref().map(|fleet| fleet.nodes());
         let mut events = Vec::new();
         let mut changed = false;
         for item in batch {
@@ -540,8 +552,12 @@ impl Observer {
                     // watermark as the cue to send again at once.
                     self.published.clear();
                     for (node, sequence) in &self.sequences {
-                        mqtt.publish(&topics.acks(node), sequence.watermark().to_string(), true)
-                            .await?;
+                        mqtt.publish(
+                            &topics.acks(node),
+                            self.ack(node, sequence.watermark()),
+                            true,
+                        )
+                        .await?;
                     }
                     changed = true;
                 }
@@ -550,7 +566,7 @@ impl Observer {
                     if let Some(node) = topics.parse_node_status(&message.topic) {
                         changed |= self.node_status(node, &message);
                     } else if let Some(node) = topics.parse_events(&message.topic) {
-                        if let Some(event) = validate(node, &message) {
+                        if let Some(event) = validate(node, &message, enrolled.as_deref()) {
                             events.push(event);
                         }
                     }
@@ -581,19 +597,41 @@ impl Observer {
         }
         self.ids.expire(now);
         self.unsaved |= stored_any;
-        // A watermark that moved is published; one that did not is
-        // repeated only for a node that sent an event ahead of a missing
-        // one (the agent resends), not for mere duplicates, which would
-        // set off needless resends.
+        // See `sequence::publish_ack`: when a watermark moved, when an
+        // event came early, and when a duplicate says the ack was lost.
         let early = std::mem::take(&mut self.early);
+        let duplicates = std::mem::take(&mut self.duplicates);
+        let now = std::time::Instant::now();
         for (node, before) in before {
             let mark = self.watermark(&node);
-            if mark != before || early.contains(&node) {
-                mqtt.publish(&topics.acks(&node), mark.to_string(), true)
+            let cue = sequence::AckCue {
+                moved: mark != before,
+                early: early.contains(&node),
+                duplicate: duplicates.contains(&node),
+            };
+            let since = self.acked_at.get(&node).map(|at| now.duration_since(*at));
+            if sequence::publish_ack(cue, since) {
+                mqtt.publish(&topics.acks(&node), self.ack(&node, mark), true)
                     .await?;
+                self.acked_at.insert(node, now);
             }
         }
         Ok(changed || stored_any)
+    }
+
+    /// The ack payload: the decimal watermark, and in fleet mode its
+    /// signature for this node (`identity::seal_text`), so no other client
+    /// can make an agent drop events the log does not have.
+    fn ack(&self, node: &Name, mark: u64) -> String {
+        match &self.config.fleet {
+            Some(fleet) => identity::seal_text(
+                &mark.to_string(),
+                node.as_str(),
+                identity::Context::Ack,
+                fleet.signing_key(),
+            ),
+            None => mark.to_string(),
+        }
     }
 
     fn watermark(&self, node: &Name) -> u64 {
@@ -649,6 +687,9 @@ impl Observer {
                 debug!(id = %event.id, "duplicate event dropped");
                 metrics::counter!("homelab_events_duplicate_total", "by" => "id").increment(1);
                 sequence.fill(event.seq);
+                if event.seq != 0 {
+                    self.duplicates.insert(event.node.clone());
+                }
                 continue;
             }
             // Unsequenced (seq 0: an alert, a script's event): stored once
@@ -666,6 +707,7 @@ impl Observer {
                 Admit::Behind => {
                     debug!(node = %event.node, seq = event.seq, id = %event.id, "seq behind the watermark; dropped");
                     metrics::counter!("homelab_events_duplicate_total", "by" => "seq").increment(1);
+                    self.duplicates.insert(event.node.clone());
                 }
                 Admit::Early => {
                     debug!(node = %event.node, seq = event.seq, "ahead of a missing seq; left for the resend");
@@ -888,7 +930,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn validate(node: Result<Name, homelab_core::NameError>, message: &Message) -> Option<Event> {
+/// An event from the bus, checked: its topic's node, in fleet mode the
+/// signature of that node's key (the bus does not say who published), its
+/// fields, and that it names the topic's node.
+fn validate(
+    node: Result<Name, homelab_core::NameError>,
+    message: &Message,
+    enrolled: Option<&BTreeMap<Name, homelab_core::fleet::Enrolled>>,
+) -> Option<Event> {
     metrics::counter!("homelab_events_received_total").increment(1);
     let topic_node = match node {
         Ok(node) => node,
@@ -897,7 +946,31 @@ fn validate(node: Result<Name, homelab_core::NameError>, message: &Message) -> O
             return None;
         }
     };
-    let event = match Event::from_payload(&message.payload) {
+    let opened;
+    let payload: &[u8] = match enrolled {
+        None => &message.payload,
+        Some(enrolled) => {
+            let Some(node) = enrolled.get(&topic_node) else {
+                reject(
+                    &message.topic,
+                    "unknown_node",
+                    &"no enrolled node of that name",
+                );
+                return None;
+            };
+            match identity::open(&message.payload, identity::Context::Event, &node.public_key) {
+                Ok(unsigned) => {
+                    opened = unsigned;
+                    &opened
+                }
+                Err(error) => {
+                    reject(&message.topic, error.reason(), &error);
+                    return None;
+                }
+            }
+        }
+    };
+    let event = match Event::from_payload(payload) {
         Ok(event) => event,
         Err(error) => {
             reject(&message.topic, error.reason(), &error);
@@ -1005,6 +1078,7 @@ mod tests {
             repo: None,
             retention: Default::default(),
             feed: None,
+            fleet: None,
         })
         .unwrap();
         let stored = observer

@@ -101,11 +101,63 @@ impl Sequence {
     }
 }
 
+/// How long after its last ack a node's duplicate counts as a sign that
+/// the agent never got that ack. An agent sends again only after 2 s
+/// without progress; a broker's own duplicate comes within milliseconds.
+pub const ACK_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a batch saw of one node, for [`publish_ack`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckCue {
+    /// The watermark moved.
+    pub moved: bool,
+    /// An event came ahead of a missing one (go-back-N: ask again).
+    pub early: bool,
+    /// A copy of an event already stored came.
+    pub duplicate: bool,
+}
+
+/// Whether the node's watermark is published after a batch: when it moved;
+/// when an event came ahead of a missing one (the repeat asks the agent to
+/// send again from there); and when a duplicate comes at least
+/// [`ACK_LOST_AFTER`] after the last ack, or with none published yet: the
+/// agent is sending again what the log has, so the ack was lost on the way
+/// (a broker may drop it). Not for a duplicate right after an ack: a
+/// repeat with events in flight sets off a resend.
+pub fn publish_ack(cue: AckCue, since_last_ack: Option<std::time::Duration>) -> bool {
+    cue.moved
+        || cue.early
+        || (cue.duplicate && since_last_ack.is_none_or(|since| since >= ACK_LOST_AFTER))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use homelab_core::{Name, Severity};
     use serde_json::json;
+
+    #[test]
+    fn when_a_watermark_is_published() {
+        let ms = std::time::Duration::from_millis;
+        let cue = |moved, early, duplicate| AckCue {
+            moved,
+            early,
+            duplicate,
+        };
+        for (cue, since, publish) in [
+            (cue(true, false, false), Some(ms(5)), true),
+            (cue(false, true, false), Some(ms(5)), true),
+            (cue(false, false, false), None, false),
+            // A lost ack: the agent sends again after its stall timer.
+            (cue(false, false, true), Some(ms(2000)), true),
+            (cue(false, false, true), Some(ms(1000)), true),
+            (cue(false, false, true), None, true),
+            // The broker's own duplicate, right after the ack.
+            (cue(false, false, true), Some(ms(30)), false),
+        ] {
+            assert_eq!(publish_ack(cue, since), publish, "{cue:?} {since:?}");
+        }
+    }
 
     fn at(secs: i64) -> Timestamp {
         chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()

@@ -30,7 +30,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub broker: String,
+    pub broker: homelab_mqtt::Endpoint,
     pub layout: Layout,
     pub topics: Topics,
     pub repo: PathBuf,
@@ -43,6 +43,9 @@ pub struct Config {
     /// Stored events from the observer in the same process; None: events
     /// wake passes through the broker.
     pub feed: Option<homelab_core::feed::Feed>,
+    /// Fleet mode: what is signed and checked end to end (see
+    /// `homelab_core::identity`); `None` in open mode.
+    pub fleet: Option<homelab_core::fleet::Fleet>,
 }
 
 struct Read {
@@ -388,6 +391,19 @@ impl Supervisor {
         }
     }
 
+    /// A node config's payload: in fleet mode signed by the control plane,
+    /// whose key every agent pins (a config carries scripts the agent runs).
+    fn sign_config(&self, payload: Vec<u8>) -> Vec<u8> {
+        match &self.config.fleet {
+            Some(fleet) => homelab_core::identity::seal(
+                &payload,
+                homelab_core::identity::Context::NodeConfig,
+                fleet.signing_key(),
+            ),
+            None => payload,
+        }
+    }
+
     /// Publishes each node's config (retained) when its revision changed,
     /// under its name and its aliases; clears the config of a node that
     /// left the inventory.
@@ -397,7 +413,7 @@ impl Supervisor {
         for (node, spec) in &desired.topology.nodes {
             let scripts = params::healthcheck_scripts(&self.config.repo, desired, node);
             let config = homelab_core::nodeconfig::NodeConfig::build(node, desired, &scripts);
-            let payload = serde_json::to_vec(&config).expect("config serializes");
+            let payload = self.sign_config(serde_json::to_vec(&config).expect("config serializes"));
             for name in std::iter::once(node).chain(&spec.aliases) {
                 wanted.insert(
                     self.config.topics.node_config(name),
@@ -412,7 +428,19 @@ impl Supervisor {
             .cloned()
             .collect();
         for topic in gone {
-            match mqtt.publish(&topic, Vec::new(), true).await {
+            // Fleet mode: agents take only signed configs, so a node that
+            // left gets a signed empty one rather than a cleared topic.
+            let payload = match (
+                &self.config.fleet,
+                topic.rsplit('/').next().map(homelab_core::Name::parse),
+            ) {
+                (Some(_), Some(Ok(node))) => self.sign_config(
+                    serde_json::to_vec(&homelab_core::nodeconfig::NodeConfig::empty(&node))
+                        .expect("config serializes"),
+                ),
+                _ => Vec::new(),
+            };
+            match mqtt.publish(&topic, payload, true).await {
                 Ok(()) => {
                     self.configs.remove(&topic);
                 }

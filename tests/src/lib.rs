@@ -76,6 +76,8 @@ pub fn write_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 pub struct System {
     pub mqtt: SocketAddr,
+    /// The TLS listener, in fleet mode.
+    pub mqtts: Option<SocketAddr>,
     pub http: SocketAddr,
     pub root: tempfile::TempDir,
     pub repo: tempfile::TempDir,
@@ -88,6 +90,9 @@ pub struct Options {
     pub sync_interval: Duration,
     /// How often the agent samples disks and probes brokers.
     pub check_interval: Duration,
+    /// Fleet mode: `homelab tls init --name localhost` before `up`, which
+    /// then also listens with TLS (`System::mqtts`).
+    pub fleet: bool,
 }
 
 impl Default for Options {
@@ -96,6 +101,7 @@ impl Default for Options {
             agent_node: None,
             sync_interval: Duration::from_secs(30),
             check_interval: Duration::from_secs(30),
+            fleet: false,
         }
     }
 }
@@ -105,10 +111,21 @@ impl System {
         init_logs();
         let root = tempfile::tempdir().unwrap();
         let (mqtt, http) = (free_addr(), free_addr());
+        let mqtts = options.fleet.then(free_addr);
+        if let Some(mqtts) = mqtts {
+            homelab::fleet_cli::tls_init(
+                &homelab_core::Layout::new(root.path()),
+                &["localhost".to_string()],
+                mqtts.port(),
+                false,
+            )
+            .expect("tls init");
+        }
         let config = homelab::UpConfig {
             root: root.path().to_path_buf(),
             repo: repo.path().to_path_buf(),
             mqtt,
+            mqtts,
             http,
             topics: homelab_core::Topics::default(),
             agent_node: options
@@ -124,6 +141,7 @@ impl System {
         let task = tokio::spawn(homelab::up(config, shutdown.clone()));
         let system = System {
             mqtt,
+            mqtts,
             http,
             root,
             repo,
@@ -192,12 +210,24 @@ impl System {
             .join("events.jsonl")
     }
 
-    /// Events on disk for `node` today, in file order.
+    /// Events on disk for `node`, every day's file in date order (a test
+    /// that runs across midnight UTC finds its events in two files).
     pub fn logged(&self, node: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.event_log(node))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("event log line is JSON"))
+        let mut days: Vec<PathBuf> = std::fs::read_dir(self.root().join("events"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| Some(entry.ok()?.path().join(node).join("events.jsonl")))
+            .filter(|path| path.exists())
+            .collect();
+        days.sort();
+        days.iter()
+            .flat_map(|path| {
+                std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("event log line is JSON"))
+                    .collect::<Vec<Value>>()
+            })
             .collect()
     }
 
@@ -327,10 +357,38 @@ pub struct Probe {
 impl Probe {
     pub async fn connect(addr: SocketAddr, subscriptions: &[&str]) -> Probe {
         let id = format!("probe-{}", ulid::Ulid::generate());
-        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        Probe::connect_with(
+            &addr.ip().to_string(),
+            addr.port(),
+            &id,
+            None,
+            None,
+            subscriptions,
+        )
+        .await
+    }
+
+    /// With a login and, given a CA (PEM), over TLS.
+    pub async fn connect_with(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        tls_ca: Option<&str>,
+        subscriptions: &[&str],
+    ) -> Probe {
+        let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(10))
             .set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
+        if let Some(ca) = tls_ca {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();

@@ -632,6 +632,7 @@ async fn health_check_scripts_and_brokers_from_the_repo() {
             agent_node: Some("dockhost"),
             sync_interval: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
+            ..Default::default()
         },
     )
     .await;
@@ -693,8 +694,12 @@ async fn health_check_scripts_and_brokers_from_the_repo() {
     );
     // It passes again: recovered, and the proposal is cancelled.
     std::fs::write(&flag, "").unwrap();
+    // This proposal's cancellation: an earlier one of the same id may be
+    // there already (proposed as missing before the first snapshot was
+    // judged, and cancelled at once), so it is told by its reason.
     wait_for("redeploy cancelled", T, || async {
-        system.action_file("cancelled", &redeploy).exists()
+        read_json(&system.action_file("cancelled", &redeploy))
+            .is_ok_and(|a| a["reason"] == "service_unhealthy")
     })
     .await;
     assert_eq!(logged_of(&system, "service_recovered", &checked).len(), 1);

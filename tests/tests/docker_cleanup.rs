@@ -88,6 +88,7 @@ async fn disk_pressure_is_cleaned_up_after_approval() {
             agent_node: Some("dockhost"),
             sync_interval: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
+            ..Default::default()
         },
     )
     .await;

@@ -15,7 +15,7 @@ use homelab_tests::*;
 async fn a_full_request_queue_never_loses_the_subscription() {
     init_logs();
     let addr = free_addr();
-    let mut config = homelab_mqtt::Config::new(&addr.to_string(), "deaf-test");
+    let mut config = homelab_mqtt::Config::new(addr.to_string(), "deaf-test");
     config.subscriptions = vec!["wanted/#".into()];
     let (mqtt, mut incoming) = homelab_mqtt::connect(config).unwrap();
     // No broker yet: these pile up in the request queue.
@@ -74,7 +74,7 @@ async fn a_caller_that_publishes_instead_of_reading_never_deadlocks() {
     init_logs();
     let addr = free_addr();
     homelab_broker::start(&homelab_broker::Config::new(addr)).unwrap();
-    let mut config = homelab_mqtt::Config::new(&addr.to_string(), "busy-test");
+    let mut config = homelab_mqtt::Config::new(addr.to_string(), "busy-test");
     config.subscriptions = vec!["flood/#".into()];
     config.incoming_capacity = 16;
     let (mqtt, mut incoming) = homelab_mqtt::connect(config).unwrap();

@@ -18,12 +18,13 @@ fn start(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let config = homelab_observer::Config {
-        broker: mqtt.to_string(),
+        broker: mqtt.to_string().into(),
         layout: Layout::new(root),
         topics: Topics::default(),
         repo: None,
         retention: Default::default(),
         feed: None,
+        fleet: None,
     };
     let shutdown = CancellationToken::new();
     (
@@ -172,12 +173,13 @@ async fn old_days_are_compressed_then_removed() {
     task.await.unwrap().unwrap();
     // A restart starts from the checkpoint, which knows the compressed day.
     let recovery = homelab_observer::recover(homelab_observer::Config {
-        broker: mqtt.to_string(),
+        broker: mqtt.to_string().into(),
         layout: layout.clone(),
         topics: Topics::default(),
         repo: None,
         retention: Default::default(),
         feed: None,
+        fleet: None,
     })
     .unwrap();
     assert!(recovery.from_checkpoint);

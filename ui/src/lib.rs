@@ -37,12 +37,17 @@ use tracing::{info, warn};
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub broker: String,
+    pub broker: homelab_mqtt::Endpoint,
     pub layout: Layout,
     pub topics: Topics,
     /// `HOMELAB_UI_TOKEN`, if set.
     pub token: Option<String>,
     pub metrics: Option<PrometheusHandle>,
+    /// Whether decisions over MQTT (`actions/<id>/approve|reject`) are
+    /// taken. Only in open mode: the bus cannot tell who published, so in
+    /// fleet mode any node's login could approve; there they are refused
+    /// (counted, logged) and operators decide over HTTP with their token.
+    pub mqtt_approvals: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -65,6 +70,8 @@ pub struct AppState {
     pub mqtt: Option<Mqtt>,
     pub metrics: Option<PrometheusHandle>,
     pub stream: broadcast::Sender<String>,
+    /// See [`Config::mqtt_approvals`].
+    pub mqtt_approvals: bool,
 }
 
 impl AppState {
@@ -77,6 +84,7 @@ impl AppState {
             mqtt: None,
             metrics: None,
             stream: broadcast::channel(256).0,
+            mqtt_approvals: true,
         }
     }
 }
@@ -96,6 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     state.topics = config.topics.clone();
     state.mqtt = Some(mqtt.clone());
     state.metrics = config.metrics.clone();
+    state.mqtt_approvals = config.mqtt_approvals;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -134,6 +143,12 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
         let Some(to) = decision_state(verb) else {
             return;
         };
+        if !state.mqtt_approvals {
+            warn!(topic = %message.topic, "decision over mqtt refused: in fleet mode decisions are taken over HTTP with the operator token only");
+            metrics::counter!("homelab_decisions_rejected_total", "reason" => "mqtt_approvals_off")
+                .increment(1);
+            return;
+        }
         let request = match Name::parse(id)
             .map_err(|e| e.to_string())
             .and_then(|id| parse_decision(&message.payload).map(|d| (id, d)))
@@ -775,4 +790,38 @@ async fn index(
         recent: recent.iter().map(ActionRow::from).collect(),
     };
     Ok(Html(page.render().context("render page")?))
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The approval decoder (MQTT `actions/<id>/approve|reject` and
+        /// the HTTP body) answers any bytes, and what it accepts is short
+        /// and free of control characters.
+        #[test]
+        fn any_decision_payload_is_answered_safely(payload in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            if let Ok(decision) = parse_decision(&payload) {
+                for text in [&decision.by, &decision.note].into_iter().flatten() {
+                    prop_assert!(text.chars().count() <= 500);
+                    prop_assert!(!text.chars().any(char::is_control));
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_decisions_are_answered_safely(
+            by in "\\PC{0,600}",
+            note in ".{0,40}",
+            cut in 0usize..200,
+        ) {
+            let json = serde_json::json!({"by": by, "note": note}).to_string();
+            let bytes = &json.as_bytes()[..cut.min(json.len())];
+            if let Ok(decision) = parse_decision(bytes) {
+                prop_assert!(decision.by.is_none_or(|b| b.chars().count() <= 500));
+            }
+        }
+    }
 }

@@ -1,0 +1,260 @@
+//! `homelab tls init` and `homelab node add|remove|rotate|list`: the
+//! fleet's identities on the control host, as files under `config/`.
+//!
+//! - `tls init` makes the CA, the broker's certificate (names and addresses
+//!   the agents dial, plus `localhost` and `127.0.0.1` for the control
+//!   plane's own clients) and the control plane's identity (its Ed25519
+//!   signing key and broker password).
+//! - `node add` makes a node's identity: a random broker password (only its
+//!   argon2 hash is kept) and an Ed25519 key pair (only the public half is
+//!   kept). The secrets leave the control host once, as the enrollment
+//!   token in the command it prints.
+//! - `node remove` deletes the node's record: the broker refuses its next
+//!   connect and the observer its next event (a running control plane
+//!   reads the folder again within a second).
+//! - `node rotate` replaces the node's password and key.
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Context, Result};
+use homelab_core::fsutil;
+use homelab_core::identity::{self, AgentSecrets, ControlSecrets, NodeRecord};
+use homelab_core::{Layout, Name};
+
+/// Port of the TLS listener agents dial (MQTT over TLS, IANA 8883).
+pub const MQTTS_PORT: u16 = 8883;
+
+fn broker_url_file(layout: &Layout) -> std::path::PathBuf {
+    layout.tls_dir().join("broker-url")
+}
+
+/// `homelab tls init`: the CA, the server certificate for `names`, and the
+/// control plane's identity. Refuses to replace an existing CA unless
+/// `force` (every node would have to be enrolled again).
+pub fn tls_init(layout: &Layout, names: &[String], port: u16, force: bool) -> Result<String> {
+    if layout.tls_ca_cert().exists() && !force {
+        bail!(
+            "{} exists: the fleet's CA is already made. `homelab tls init --force` replaces it, \
+             and then every node must be enrolled again (`homelab node rotate <node>`)",
+            layout.tls_ca_cert().display()
+        );
+    }
+    if names.is_empty() {
+        bail!("name at least one host name or address the agents dial: --name ctl.example.net (or --name 10.0.0.5)");
+    }
+    let mut sans: Vec<String> = Vec::new();
+    for name in names {
+        let name = name.trim().to_ascii_lowercase();
+        let valid = name.parse::<IpAddr>().is_ok()
+            || (!name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !valid {
+            bail!("{name:?} is neither a host name nor an IP address");
+        }
+        if !sans.contains(&name) {
+            sans.push(name);
+        }
+    }
+    let first = sans[0].clone();
+    for local in ["localhost", "127.0.0.1", "::1"] {
+        if !sans.iter().any(|s| s == local) {
+            sans.push(local.to_string());
+        }
+    }
+    let (ca_pem, ca_key_pem, server_pem, server_key_pem) = make_certificates(&sans)?;
+    fsutil::write_atomic(&layout.tls_ca_cert(), ca_pem.as_bytes())?;
+    fsutil::write_secret(&layout.tls_ca_key(), ca_key_pem.as_bytes())?;
+    fsutil::write_atomic(&layout.tls_server_cert(), server_pem.as_bytes())?;
+    fsutil::write_secret(&layout.tls_server_key(), server_key_pem.as_bytes())?;
+    let host = if first.contains(':') {
+        format!("[{first}]")
+    } else {
+        first
+    };
+    let url = format!("mqtts://{host}:{port}");
+    fsutil::write_atomic(&broker_url_file(layout), format!("{url}\n").as_bytes())?;
+    let control_made = if layout.control_secrets().exists() && !force {
+        false
+    } else {
+        let password = identity::random_secret();
+        let secrets = ControlSecrets {
+            signing_key: identity::encode_secret_key(&identity::generate_key()),
+            password_hash: identity::hash_password(&password),
+            password,
+        };
+        fsutil::write_secret(&layout.control_secrets(), &fsutil::json_bytes(&secrets)?)?;
+        true
+    };
+    let mut out = format!(
+        "made the fleet's CA and the broker's certificate for {} in {}\n",
+        sans.join(", "),
+        layout.tls_dir().display()
+    );
+    if control_made {
+        out.push_str(&format!(
+            "made the control plane's identity in {}\n",
+            layout.control_secrets().display()
+        ));
+    }
+    out.push_str(&format!(
+        "agents will dial {url}; start the control plane with `homelab up --mqtt 0.0.0.0:{port}`, \
+         then enroll each node with `homelab node add <node>`\n"
+    ));
+    Ok(out)
+}
+
+/// PEMs of a new CA and of a server certificate it signed for `sans`.
+fn make_certificates(sans: &[String]) -> Result<(String, String, String, String)> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "homelab fleet CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().context("CA key")?;
+    let ca_cert = ca.self_signed(&ca_key).context("sign the CA")?;
+    let mut server = CertificateParams::new(sans.to_vec()).context("server certificate names")?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "homelab broker");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let server_key = KeyPair::generate().context("server key")?;
+    let server_cert = server
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .context("sign the server certificate")?;
+    Ok((
+        ca_cert.pem(),
+        ca_key.serialize_pem(),
+        server_cert.pem(),
+        server_key.serialize_pem(),
+    ))
+}
+
+fn require_fleet(layout: &Layout) -> Result<()> {
+    if !layout.control_secrets().exists() || !layout.tls_ca_cert().exists() {
+        bail!(
+            "this root has no fleet identity yet ({} or {} is missing): run `homelab tls init --name <host agents dial>` first",
+            layout.control_secrets().display(),
+            layout.tls_ca_cert().display()
+        );
+    }
+    Ok(())
+}
+
+/// A new identity for `node`: its record is written, its secrets returned.
+pub fn enroll(layout: &Layout, node: &Name) -> Result<AgentSecrets> {
+    require_fleet(layout)?;
+    let fleet = homelab_core::fleet::Fleet::load(layout)?.context("control.json vanished")?;
+    let ca_pem = std::fs::read_to_string(layout.tls_ca_cert())
+        .with_context(|| format!("read {}", layout.tls_ca_cert().display()))?;
+    let password = identity::random_secret();
+    let key = identity::generate_key();
+    let box_key = homelab_core::sealbox::generate();
+    let now = homelab_core::time::format(&chrono::Utc::now());
+    let previous: Option<NodeRecord> = std::fs::read(layout.node_record(node))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let record = NodeRecord {
+        node: node.clone(),
+        password_hash: identity::hash_password(&password),
+        mosquitto_hash: identity::mosquitto_hash(&password),
+        public_key: identity::encode_public_key(&key.verifying_key()),
+        box_key: homelab_core::sealbox::encode_public(&homelab_core::sealbox::BoxPublic::from(
+            &box_key,
+        )),
+        created: previous.as_ref().map_or(now.clone(), |p| p.created.clone()),
+        rotated: previous.map(|_| now),
+    };
+    fsutil::write_secret(&layout.node_record(node), &fsutil::json_bytes(&record)?)?;
+    Ok(AgentSecrets {
+        v: 1,
+        node: node.clone(),
+        username: node.to_string(),
+        password,
+        node_key: identity::encode_secret_key(&key),
+        box_key: homelab_core::sealbox::encode_secret(&box_key),
+        control_key: identity::encode_public_key(&fleet.public_key()),
+        ca_pem,
+    })
+}
+
+/// The command that starts the agent on `node` with these secrets.
+pub fn join_command(
+    layout: &Layout,
+    secrets: &AgentSecrets,
+    broker: Option<&str>,
+) -> Result<String> {
+    let url = match broker {
+        Some(url) => url.to_string(),
+        None => std::fs::read_to_string(broker_url_file(layout))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| format!("mqtts://<control host>:{MQTTS_PORT}")),
+    };
+    Ok(format!(
+        "HOMELAB_ENROLL={} homelab agent --node {} --broker {url}",
+        secrets.to_token(),
+        secrets.node
+    ))
+}
+
+pub fn node_add(layout: &Layout, node: &Name, broker: Option<&str>) -> Result<String> {
+    if layout.node_record(node).exists() {
+        bail!("{node} is already enrolled: `homelab node rotate {node}` gives it new secrets");
+    }
+    let secrets = enroll(layout, node)?;
+    Ok(format!(
+        "enrolled {node}. On {node}, run (once; the agent keeps its secrets in <root>/config/agent/{node}.json, mode 0600):\n\n  {}\n",
+        join_command(layout, &secrets, broker)?
+    ))
+}
+
+pub fn node_rotate(layout: &Layout, node: &Name, broker: Option<&str>) -> Result<String> {
+    if !layout.node_record(node).exists() {
+        bail!("{node} is not enrolled: `homelab node add {node}`");
+    }
+    let secrets = enroll(layout, node)?;
+    Ok(format!(
+        "{node} has new secrets; its old password and key no longer work. On {node}, run:\n\n  {}\n",
+        join_command(layout, &secrets, broker)?
+    ))
+}
+
+pub fn node_remove(layout: &Layout, node: &Name) -> Result<String> {
+    let path = layout.node_record(node);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{node} is not enrolled")
+        }
+        Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
+    }
+    fsutil::sync_dir(&layout.nodes_dir())?;
+    Ok(format!(
+        "removed {node}: the broker refuses its next connect and the observer its events\n"
+    ))
+}
+
+pub fn node_list(layout: &Layout) -> Result<String> {
+    let records = homelab_core::fleet::read_records(&layout.nodes_dir())?;
+    if records.is_empty() {
+        return Ok("no node is enrolled\n".into());
+    }
+    let mut out = String::new();
+    for node in records.keys() {
+        out.push_str(&format!("{node}\n"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,636 @@
+//! Fleet mode: `homelab tls init`, `homelab node add|remove`, and the
+//! embedded broker's TLS listener and logins, tried with independent MQTT
+//! clients as an attacker would, and with a real agent on the other side.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use homelab::fleet_cli;
+use homelab_core::{Layout, Name};
+use homelab_tests::*;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Transport};
+
+/// How a connect attempt ended.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Accepted,
+    Refused(String),
+}
+
+struct Login<'a> {
+    tls_ca: Option<&'a str>,
+    credentials: Option<(&'a str, &'a str)>,
+    client_id: &'a str,
+}
+
+/// Connects once (no retry) and says whether the broker accepted.
+async fn try_connect(host: &str, port: u16, login: Login<'_>) -> Outcome {
+    let mut options = MqttOptions::new(login.client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(10));
+    if let Some((user, password)) = login.credentials {
+        options.set_credentials(user, password);
+    }
+    if let Some(ca) = login.tls_ca {
+        options.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
+        ));
+    }
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    let attempt = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return if ack.code == ConnectReturnCode::Success {
+                        Outcome::Accepted
+                    } else {
+                        Outcome::Refused(format!("{:?}", ack.code))
+                    };
+                }
+                Ok(_) => continue,
+                Err(error) => return Outcome::Refused(error.to_string()),
+            }
+        }
+    })
+    .await;
+    attempt.unwrap_or_else(|_| Outcome::Refused("no answer".into()))
+}
+
+/// A connected client kept open: `closed` ends when the broker drops it.
+async fn stay_connected(
+    port: u16,
+    ca: &str,
+    user: &str,
+    password: &str,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let mut options = MqttOptions::new(format!("{user}:watch"), "localhost", port);
+    options.set_keep_alive(Duration::from_secs(10));
+    options.set_credentials(user, password);
+    options.set_transport(Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
+    ));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut connected = Some(connected_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = connected.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = closed_tx.send(());
+                    return;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(15), connected_rx)
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    closed_rx
+}
+
+fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `homelab up` in fleet mode (after `homelab tls init --name localhost`),
+/// with its own agent as `local` when asked.
+async fn fleet_system(repo: tempfile::TempDir, local: Option<&'static str>) -> System {
+    System::start(
+        repo,
+        Options {
+            fleet: true,
+            agent_node: local,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_enrolled_nodes_get_on_the_bus_over_tls_and_a_removed_node_is_cut_off() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let repo = write_repo(&[(
+        "inventory/topology.yaml",
+        "nodes:\n  ctl: {role: edge}\n  piha: {role: edge}\n  pihb: {role: edge}\n",
+    )]);
+    let system = fleet_system(repo, Some("ctl")).await;
+    let port = system.mqtts.expect("fleet mode listens with TLS").port();
+    // `up`'s own agent is enrolled like any node, and its signed events
+    // are stored.
+    let ctl = Name::parse("ctl").unwrap();
+    let layout = Layout::new(system.root());
+    assert!(layout.node_record(&ctl).exists());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(layout.agent_secrets(&ctl))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    wait_for(
+        "the local agent's events stored",
+        Duration::from_secs(30),
+        || async {
+            system
+                .logged("ctl")
+                .iter()
+                .any(|e| e["type"] == "node_snapshot")
+        },
+    )
+    .await;
+    let piha = Name::parse("piha").unwrap();
+    let out = fleet_cli::node_add(&layout, &piha, None).unwrap();
+    assert!(
+        out.contains(&format!(
+            "homelab agent --node piha --broker mqtts://localhost:{port}"
+        )),
+        "{out}"
+    );
+    let token = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("HOMELAB_ENROLL="))
+        .expect("the printed command carries the token");
+    let secrets = homelab_core::identity::AgentSecrets::from_token(token).unwrap();
+    let record = std::fs::read_to_string(layout.node_record(&piha)).unwrap();
+    assert!(!record.contains(&secrets.password), "only the hash is kept");
+    assert!(record.contains("$argon2id$"));
+    let ca = secrets.ca_pem.as_str();
+
+    // Anonymous clients: not on the loopback listener, not over TLS.
+    let plain: SocketAddr = system.mqtt;
+    let anonymous = |tls_ca| Login {
+        tls_ca,
+        credentials: None,
+        client_id: "intruder",
+    };
+    assert_ne!(
+        try_connect("127.0.0.1", plain.port(), anonymous(None)).await,
+        Outcome::Accepted,
+        "anonymous on loopback in fleet mode"
+    );
+    assert_ne!(
+        try_connect("localhost", port, anonymous(Some(ca))).await,
+        Outcome::Accepted,
+        "anonymous over TLS"
+    );
+    // Plain MQTT to the TLS port, even with the right password.
+    let right = |tls_ca, client_id| Login {
+        tls_ca,
+        credentials: Some(("piha", secrets.password.as_str())),
+        client_id,
+    };
+    assert_ne!(
+        try_connect("localhost", port, right(None, "homelab-agent-piha")).await,
+        Outcome::Accepted,
+        "a client without TLS"
+    );
+    // A broker certificate from another CA is not trusted.
+    let other = tempfile::tempdir().unwrap();
+    fleet_cli::tls_init(
+        &Layout::new(other.path()),
+        &["localhost".into()],
+        port,
+        false,
+    )
+    .unwrap();
+    let other_ca = std::fs::read_to_string(Layout::new(other.path()).tls_ca_cert()).unwrap();
+    assert_ne!(
+        try_connect(
+            "localhost",
+            port,
+            right(Some(&other_ca), "homelab-agent-piha")
+        )
+        .await,
+        Outcome::Accepted,
+        "a CA that did not sign the broker's certificate"
+    );
+    // Wrong password; right password with another node's client id.
+    let before = system.get("/metrics").await.1;
+    assert_ne!(
+        try_connect(
+            "localhost",
+            port,
+            Login {
+                tls_ca: Some(ca),
+                credentials: Some(("piha", "guessed")),
+                client_id: "homelab-agent-piha",
+            }
+        )
+        .await,
+        Outcome::Accepted,
+        "a wrong password"
+    );
+    assert_ne!(
+        try_connect("localhost", port, right(Some(ca), "homelab-agent-pihb")).await,
+        Outcome::Accepted,
+        "piha taking pihb's session"
+    );
+    assert_eq!(
+        try_connect("localhost", port, right(Some(ca), "homelab-agent-piha")).await,
+        Outcome::Accepted,
+        "piha, over TLS, with its password"
+    );
+    let after = system.get("/metrics").await.1;
+    for reason in ["bad_password", "client_id"] {
+        let line = format!("homelab_broker_auth_failures_total{{reason=\"{reason}\"}}");
+        assert!(
+            metric(&after, &line) > metric(&before, &line),
+            "{reason} counted:\n{after}"
+        );
+    }
+    assert!(!after.contains(&secrets.password) && !after.contains("guessed"));
+
+    // The agent, enrolled from the token, connects over TLS and its events
+    // are stored.
+    let agent_root = tempfile::tempdir().unwrap();
+    let agent_layout = Layout::new(agent_root.path());
+    let identity = homelab_agent::secrets::load(&agent_layout, &piha, Some(token))
+        .unwrap()
+        .expect("enrolled");
+    let file = agent_layout.agent_secrets(&piha);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut config = homelab_agent::Config::new(
+        piha.clone(),
+        &format!("mqtts://localhost:{port}"),
+        agent_layout.clone(),
+    );
+    config.identity = Some(identity);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(homelab_agent::run(config, stop.clone()));
+    wait_for("piha's events stored", Duration::from_secs(30), || async {
+        system
+            .logged("piha")
+            .iter()
+            .any(|e| e["type"] == "node_snapshot")
+    })
+    .await;
+
+    // Removed: a connected client of piha is cut off at once, and piha
+    // cannot log in again.
+    let closed = stay_connected(port, ca, "piha", &secrets.password).await;
+    let out = fleet_cli::node_remove(&layout, &piha).unwrap();
+    assert!(out.contains("removed piha"), "{out}");
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("a removed node's connection is closed within seconds")
+        .ok();
+    assert_ne!(
+        try_connect("localhost", port, right(Some(ca), "homelab-agent-piha")).await,
+        Outcome::Accepted,
+        "a removed node"
+    );
+    let (_, metrics) = system.get("/metrics").await;
+    assert!(
+        metric(&metrics, "homelab_broker_revoked_disconnects_total") >= 1.0,
+        "{metrics}"
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    system.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn up_off_loopback_without_tls_refuses_and_says_how_to_set_it_up() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = write_repo(&[("inventory/topology.yaml", "nodes: {}\n")]);
+    let mut config = homelab::UpConfig {
+        root: root.path().to_path_buf(),
+        repo: repo.path().to_path_buf(),
+        mqtt: "0.0.0.0:0".parse().unwrap(),
+        mqtts: None,
+        http: free_addr(),
+        topics: Default::default(),
+        agent_node: None,
+        ui_token: None,
+        default_grace: Duration::ZERO,
+        sync_interval: Duration::from_secs(30),
+        check_interval: Duration::from_secs(30),
+        retention: Default::default(),
+    };
+    let token = tokio_util::sync::CancellationToken::new();
+    let error = format!(
+        "{:#}",
+        homelab::up(config.clone(), token.clone())
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        error.contains("plain MQTT is served on loopback only"),
+        "{error}"
+    );
+    assert!(error.contains("homelab tls init"), "{error}");
+    // TLS asked for, but no identities made yet.
+    config.mqtt = free_addr();
+    config.mqtts = Some("0.0.0.0:0".parse().unwrap());
+    let error = format!("{:#}", homelab::up(config, token).await.unwrap_err());
+    assert!(error.contains("without credentials"), "{error}");
+    assert!(error.contains("homelab node add"), "{error}");
+}
+
+#[test]
+fn node_commands_refuse_what_makes_no_sense() {
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(root.path());
+    let piha = Name::parse("piha").unwrap();
+    let error = fleet_cli::node_add(&layout, &piha, None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("homelab tls init"), "{error}");
+    fleet_cli::tls_init(
+        &layout,
+        &["ctl.example.net".into(), "10.0.0.5".into()],
+        8883,
+        false,
+    )
+    .unwrap();
+    let error = fleet_cli::tls_init(&layout, &["ctl.example.net".into()], 8883, false)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--force"), "{error}");
+    assert!(fleet_cli::tls_init(&layout, &["bad name!".into()], 8883, true).is_err());
+    let out = fleet_cli::node_add(&layout, &piha, None).unwrap();
+    assert!(
+        out.contains("--broker mqtts://ctl.example.net:8883"),
+        "{out}"
+    );
+    assert!(fleet_cli::node_add(&layout, &piha, None)
+        .unwrap_err()
+        .to_string()
+        .contains("node rotate"));
+    let before = std::fs::read_to_string(layout.node_record(&piha)).unwrap();
+    let rotated = fleet_cli::node_rotate(&layout, &piha, None).unwrap();
+    let after = std::fs::read_to_string(layout.node_record(&piha)).unwrap();
+    assert_ne!(before, after);
+    assert!(after.contains("\"rotated\""));
+    assert_ne!(out, rotated);
+    assert_eq!(fleet_cli::node_list(&layout).unwrap(), "piha\n");
+    fleet_cli::node_remove(&layout, &piha).unwrap();
+    assert!(fleet_cli::node_remove(&layout, &piha).is_err());
+    assert!(fleet_cli::node_rotate(&layout, &piha, None).is_err());
+    for secret in [
+        layout.tls_ca_key(),
+        layout.tls_server_key(),
+        layout.control_secrets(),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            secret.display()
+        );
+    }
+}
+
+/// An enrolled node's login, over TLS, used the way an attacker on that
+/// node would: publishing and reading whatever the broker lets it.
+async fn attacker(port: u16, ca: &str, user: &str, password: &str) -> Probe {
+    Probe::connect_with(
+        "localhost",
+        port,
+        &format!("{user}:attacker"),
+        Some((user, password)),
+        Some(ca),
+        &["homelab/commands/#"],
+    )
+    .await
+}
+
+/// Waits until the counter `line` (a full metric name with labels) has
+/// grown past `from`: the positive sign that a message was judged.
+async fn counted(system: &System, line: &str, from: f64) {
+    wait_for(line, Duration::from_secs(20), || async {
+        metric(&system.get("/metrics").await.1, line) > from
+    })
+    .await;
+}
+
+async fn start_agent(
+    system: &System,
+    port: u16,
+    token: &str,
+    node: &str,
+) -> (tempfile::TempDir, tokio_util::sync::CancellationToken) {
+    let name = Name::parse(node).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(root.path());
+    let identity = homelab_agent::secrets::load(&layout, &name, Some(token))
+        .unwrap()
+        .unwrap();
+    let mut config = homelab_agent::Config::new(name, &format!("mqtts://localhost:{port}"), layout);
+    config.identity = Some(identity);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(homelab_agent::run(config, stop.clone()));
+    wait_for(
+        &format!("{node}'s events stored"),
+        Duration::from_secs(30),
+        || async {
+            system
+                .logged(node)
+                .iter()
+                .any(|e| e["type"] == "node_snapshot")
+        },
+    )
+    .await;
+    (root, stop)
+}
+
+fn token_of(out: &str) -> String {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("HOMELAB_ENROLL="))
+        .expect("the printed command carries the token")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  piha: {role: edge}\n  pihb: {role: edge}\n",
+        ),
+        // A service that never runs: the supervisor proposes its redeploy.
+        (
+            "hosts/pihb/services.yaml",
+            "services:\n  ghost: {grace_period: 0s}\n",
+        ),
+        // Compose that starts nothing: the redeploy's command goes out and
+        // comes back with an outcome, and no container is left behind.
+        (
+            "services/ghost/docker-compose.yml",
+            "version: \"2\"\nservices: {}\n",
+        ),
+    ]);
+    let system = fleet_system(repo, None).await;
+    let port = system.mqtts.unwrap().port();
+    let layout = Layout::new(system.root());
+    let piha_token =
+        token_of(&fleet_cli::node_add(&layout, &Name::parse("piha").unwrap(), None).unwrap());
+    let pihb_token =
+        token_of(&fleet_cli::node_add(&layout, &Name::parse("pihb").unwrap(), None).unwrap());
+    let piha = homelab_core::identity::AgentSecrets::from_token(&piha_token).unwrap();
+    let (_a_root, a_stop) = start_agent(&system, port, &piha_token, "piha").await;
+    let (_b_root, b_stop) = start_agent(&system, port, &pihb_token, "pihb").await;
+    let mut evil = attacker(port, &piha.ca_pem, "piha", &piha.password).await;
+    let piha_key = piha.signing_key().unwrap();
+
+    // 1. Events as pihb: unsigned, and signed with piha's own key.
+    let metrics = system.get("/metrics").await.1;
+    let unsigned = r#"homelab_events_rejected_total{reason="unsigned"}"#;
+    let forged = r#"homelab_events_rejected_total{reason="bad_signature"}"#;
+    let (before_unsigned, before_forged) = (metric(&metrics, unsigned), metric(&metrics, forged));
+    let fake = event(
+        "pihb",
+        0,
+        "containers_not_running",
+        Some("ghost"),
+        serde_json::json!({}),
+    );
+    let mut fake_unsigned = fake.clone();
+    fake_unsigned["id"] = "forged-unsigned".into();
+    evil.publish("homelab/events/pihb", fake_unsigned.to_string())
+        .await;
+    counted(&system, unsigned, before_unsigned).await;
+    let mut fake_signed = fake.clone();
+    fake_signed["id"] = "forged-signed".into();
+    let sealed = homelab_core::identity::seal(
+        fake_signed.to_string().as_bytes(),
+        homelab_core::identity::Context::Event,
+        &piha_key,
+    );
+    evil.publish("homelab/events/pihb", sealed).await;
+    counted(&system, forged, before_forged).await;
+    assert!(
+        !system
+            .logged("pihb")
+            .iter()
+            .any(|e| e["id"].as_str().is_some_and(|id| id.starts_with("forged"))),
+        "no forged event is stored as pihb's"
+    );
+
+    // 2. The supervisor proposed the redeploy; piha cannot approve it over
+    // MQTT (fleet mode takes decisions over HTTP only).
+    let pending = system.action_file("pending", "redeploy-pihb-ghost");
+    wait_for("redeploy proposed", Duration::from_secs(30), || async {
+        pending.exists()
+    })
+    .await;
+    let line = r#"homelab_decisions_rejected_total{reason="mqtt_approvals_off"}"#;
+    let before = metric(&system.get("/metrics").await.1, line);
+    evil.publish(
+        "homelab/actions/redeploy-pihb-ghost/approve",
+        r#"{"by":"piha"}"#,
+    )
+    .await;
+    counted(&system, line, before).await;
+    assert!(pending.exists(), "still pending");
+    assert!(!system
+        .action_file("approved", "redeploy-pihb-ghost")
+        .exists());
+
+    // 3. Commands to pihb: not sealed for it, sealed but unsigned, sealed
+    // and signed by piha (an attacker may know pihb's public box key), and
+    // a real one replayed.
+    let command = serde_json::json!({
+        "v": 1, "id": "forged-command", "action_id": "redeploy-pihb-ghost", "node": "pihb",
+        "type": "container_restart", "params": {"service": "ghost"},
+        "issued_at": homelab_core::time::format(&chrono::Utc::now()),
+        "deadline": homelab_core::time::format(&(chrono::Utc::now() + chrono::Duration::minutes(5))),
+    });
+    assert!(
+        homelab_core::Command::from_payload(command.to_string().as_bytes()).is_ok(),
+        "the forged command is well-formed: only its seal and signature are wrong"
+    );
+    let pihb = Name::parse("pihb").unwrap();
+    let record: homelab_core::identity::NodeRecord =
+        serde_json::from_slice(&std::fs::read(layout.node_record(&pihb)).unwrap()).unwrap();
+    let pihb_box = homelab_core::sealbox::decode_public(&record.box_key).unwrap();
+    let for_pihb = |plain: &[u8]| homelab_core::sealbox::seal(plain, &pihb, &pihb_box);
+    let refused = |reason: &str| {
+        format!(r#"homelab_agent_refused_total{{what="command",reason="{reason}"}}"#)
+    };
+    let signed_by_piha = homelab_core::identity::seal(
+        command.to_string().as_bytes(),
+        homelab_core::identity::Context::Command,
+        &piha_key,
+    );
+    let mut forged: Vec<Vec<u8>> = Vec::new();
+    for (payload, reason) in [
+        (command.to_string().into_bytes(), "not_sealed"),
+        (signed_by_piha.clone(), "not_sealed"),
+        (for_pihb(command.to_string().as_bytes()), "unsigned"),
+        (for_pihb(&signed_by_piha), "bad_signature"),
+    ] {
+        let before = metric(&system.get("/metrics").await.1, &refused(reason));
+        evil.publish("homelab/commands/pihb", payload.clone()).await;
+        counted(&system, &refused(reason), before).await;
+        forged.push(payload);
+    }
+
+    // Approved over HTTP: the signed command runs on pihb.
+    let done = approve(&system, "redeploy-pihb-ghost").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    // What piha could read of pihb's real command: a sealed box.
+    let real = evil
+        .expect("homelab/commands/pihb", Duration::from_secs(30), |p| {
+            !forged.iter().any(|f| f == p)
+        })
+        .await;
+    let real_json: serde_json::Value = serde_json::from_slice(&real).unwrap();
+    assert_eq!(real_json["to"], "pihb", "{real_json}");
+    assert!(real_json["box"].is_string(), "{real_json}");
+    let text = String::from_utf8_lossy(&real);
+    assert!(
+        !text.contains("redeploy") && !text.contains("ghost") && !text.contains("action_id"),
+        "another node reads nothing of the command: {text}"
+    );
+    let duplicate = r#"homelab_agent_commands_rejected_total{reason="duplicate"}"#;
+    let before = metric(&system.get("/metrics").await.1, duplicate);
+    evil.publish("homelab/commands/pihb", real.clone()).await;
+    counted(&system, duplicate, before).await;
+    // The same sealed command on piha's topic: not for piha.
+    let other = refused("other_node");
+    let before = metric(&system.get("/metrics").await.1, &other);
+    evil.publish("homelab/commands/piha", real).await;
+    counted(&system, &other, before).await;
+
+    // 4. Acks and node config for pihb, retained, as piha.
+    let line = r#"homelab_agent_refused_total{what="ack",reason="unsigned"}"#;
+    let before = metric(&system.get("/metrics").await.1, line);
+    evil.publish_retained("homelab/acks/pihb", "999999").await;
+    counted(&system, line, before).await;
+    let line = r#"homelab_agent_refused_total{what="config",reason="unsigned"}"#;
+    let before = metric(&system.get("/metrics").await.1, line);
+    evil.publish_retained(
+        "homelab/config/pihb",
+        r#"{"v":1,"node":"pihb","revision":"evil","healthchecks":[]}"#,
+    )
+    .await;
+    counted(&system, line, before).await;
+
+    a_stop.cancel();
+    b_stop.cancel();
+    system.stop().await.unwrap();
+}
