@@ -13,13 +13,15 @@
 //!   connect and the observer its next event (a running control plane
 //!   reads the folder again within a second).
 //! - `node rotate` replaces the node's password and key.
+//! - `mosquitto-config` writes the same logins, and per-node ACLs, for
+//!   Mosquitto: a second layer under the signatures and sealed commands.
 
 use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
 use homelab_core::fsutil;
 use homelab_core::identity::{self, AgentSecrets, ControlSecrets, NodeRecord};
-use homelab_core::{Layout, Name};
+use homelab_core::{Layout, Name, Topics};
 
 /// Port of the TLS listener agents dial (MQTT over TLS, IANA 8883).
 pub const MQTTS_PORT: u16 = 8883;
@@ -257,4 +259,145 @@ pub fn node_list(layout: &Layout) -> Result<String> {
         out.push_str(&format!("{node}\n"));
     }
     Ok(out)
+}
+
+/// Every enrolled node's record, by name.
+fn node_records(layout: &Layout) -> Result<Vec<NodeRecord>> {
+    let names = homelab_core::fleet::read_records(&layout.nodes_dir())?;
+    names
+        .keys()
+        .map(|node| {
+            let path = layout.node_record(node);
+            let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a node record", path.display()))
+        })
+        .collect()
+}
+
+/// Mosquitto's `acl_file` for the control plane and `nodes`: `@control`
+/// may do anything under the prefix; a node may publish only its own
+/// events, status and agent state, and read only its own commands, acks and
+/// node config.
+pub fn mosquitto_acl(topics: &Topics, nodes: &[Name]) -> String {
+    let mut out = String::from(
+        "# Written by `homelab mosquitto-config`: run it again after `homelab node add|rotate|remove`.\n\n",
+    );
+    out += &format!(
+        "user {}\ntopic readwrite {}/#\n",
+        identity::CONTROL_USER,
+        topics.prefix()
+    );
+    for node in nodes {
+        out += &format!("\nuser {node}\n");
+        for topic in [
+            topics.events(node),
+            topics.node_status(node),
+            topics.node_agent(node),
+        ] {
+            out += &format!("topic write {topic}\n");
+        }
+        for topic in [
+            topics.commands(node),
+            topics.acks(node),
+            topics.node_config(node),
+        ] {
+            out += &format!("topic read {topic}\n");
+        }
+    }
+    out
+}
+
+/// Mosquitto's configuration for the fleet: no anonymous client, the
+/// password and ACL files, TLS on `tls_listen` with the fleet's
+/// certificate, plain MQTT on `plain_listen` (loopback, for the control
+/// plane's own components).
+pub fn mosquitto_conf(
+    dir: &std::path::Path,
+    tls_listen: std::net::SocketAddr,
+    plain_listen: Option<std::net::SocketAddr>,
+) -> String {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut out = format!(
+        "# Written by `homelab mosquitto-config`: include it from mosquitto.conf\n\
+         # (include_dir, or mosquitto -c). Run it again after `homelab node\n\
+         # add|rotate|remove`, then reload Mosquitto (SIGHUP).\n\
+         per_listener_settings false\n\
+         allow_anonymous false\n\
+         password_file {}\n\
+         acl_file {}\n\n\
+         listener {} {}\n\
+         certfile {}\n\
+         keyfile {}\n",
+        path("passwords"),
+        path("acl"),
+        tls_listen.port(),
+        tls_listen.ip(),
+        path("server.pem"),
+        path("server.key"),
+    );
+    if let Some(plain) = plain_listen {
+        out += &format!("\nlistener {} {}\n", plain.port(), plain.ip());
+    }
+    out
+}
+
+/// `homelab mosquitto-config`: writes `homelab.conf`, `passwords`, `acl`
+/// and the broker's certificate and key into `dir` (secrets mode 0600).
+pub fn mosquitto_config(
+    layout: &Layout,
+    dir: &std::path::Path,
+    topics: &Topics,
+    tls_listen: std::net::SocketAddr,
+    plain_listen: Option<std::net::SocketAddr>,
+) -> Result<String> {
+    require_fleet(layout)?;
+    if let Some(plain) = plain_listen {
+        if !plain.ip().is_loopback() {
+            bail!(
+                "plain MQTT ({plain}) would carry passwords in the clear: only a loopback address"
+            );
+        }
+    }
+    let control: ControlSecrets = serde_json::from_slice(
+        &std::fs::read(layout.control_secrets())
+            .with_context(|| format!("read {}", layout.control_secrets().display()))?,
+    )
+    .with_context(|| format!("parse {}", layout.control_secrets().display()))?;
+    let records = node_records(layout)?;
+    let mut passwords = format!(
+        "{}:{}\n",
+        identity::CONTROL_USER,
+        identity::mosquitto_hash(&control.password)
+    );
+    for record in &records {
+        passwords += &format!("{}:{}\n", record.node, record.mosquitto_hash);
+    }
+    let nodes: Vec<Name> = records.iter().map(|r| r.node.clone()).collect();
+    let cert = std::fs::read(layout.tls_server_cert())
+        .with_context(|| format!("read {}", layout.tls_server_cert().display()))?;
+    let key = std::fs::read(layout.tls_server_key())
+        .with_context(|| format!("read {}", layout.tls_server_key().display()))?;
+    fsutil::write_secret(&dir.join("passwords"), passwords.as_bytes())?;
+    fsutil::write_secret(&dir.join("server.key"), &key)?;
+    fsutil::write_atomic_all(
+        dir,
+        &[
+            (&dir.join("acl"), mosquitto_acl(topics, &nodes).as_bytes()),
+            (&dir.join("server.pem"), &cert),
+            (
+                &dir.join("homelab.conf"),
+                mosquitto_conf(dir, tls_listen, plain_listen).as_bytes(),
+            ),
+        ],
+    )?;
+    Ok(format!(
+        "wrote {dir}/homelab.conf, passwords, acl, server.pem and server.key for @control and {} node(s).\n\
+         Mosquitto reads them as its own user: `chown -R mosquitto {dir}`.\n\
+         Start it with `mosquitto -c {dir}/homelab.conf` (or include that file), and point the\n\
+         control plane at it: `homelab observer|supervisor|executor|ui --broker mqtts://<host>:{}`.\n",
+        nodes.len(),
+        tls_listen.port(),
+        dir = dir.display(),
+    ))
 }

@@ -145,6 +145,20 @@ enum Commands {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// Mosquitto instead of the embedded broker: writes its configuration,
+    /// password file and per-node ACL for the fleet into a directory.
+    MosquittoConfig {
+        /// Where to write homelab.conf, passwords, acl, server.pem and server.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Mosquitto's TLS listener, for the agents.
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        tls_listen: SocketAddr,
+        /// A plain listener on loopback, for the control plane's components
+        /// on the same host (none by default: they dial mqtts:// too).
+        #[arg(long)]
+        plain_listen: Option<SocketAddr>,
+    },
     /// The fleet's nodes: their identities.
     Node {
         #[command(subcommand)]
@@ -280,7 +294,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Commands::Tls { .. } | Commands::Node { .. } = &cli.command {
+    if let Commands::Tls { .. } | Commands::Node { .. } | Commands::MosquittoConfig { .. } =
+        &cli.command
+    {
         return match fleet(&cli) {
             Ok(text) => {
                 print!("{text}");
@@ -337,7 +353,18 @@ fn fleet(cli: &Cli) -> Result<String> {
             }
             NodeCommand::List => fleet_cli::node_list(&layout),
         },
-        _ => unreachable!("called for tls and node only"),
+        Commands::MosquittoConfig {
+            out,
+            tls_listen,
+            plain_listen,
+        } => fleet_cli::mosquitto_config(
+            &layout,
+            out,
+            &homelab_core::Topics::new(&cli.globals.prefix),
+            *tls_listen,
+            *plain_listen,
+        ),
+        _ => unreachable!("called for tls, node and mosquitto-config only"),
     }
 }
 
@@ -527,7 +554,8 @@ async fn run(cli: Cli) -> Result<()> {
         | Commands::Emit { .. }
         | Commands::Actions { .. }
         | Commands::Tls { .. }
-        | Commands::Node { .. } => {
+        | Commands::Node { .. }
+        | Commands::MosquittoConfig { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -314,6 +314,63 @@ pub async fn http_request(
     Ok((status, body))
 }
 
+/// One HTTP/1.1 exchange with the given headers (a browser's cookies,
+/// origin, form body): status, the response's header block, its body.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    request += body;
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// The value of `name` in a response's header block (first one).
+pub fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Every `Set-Cookie` of a response.
+pub fn set_cookies(head: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -447,6 +504,78 @@ impl Probe {
             }
         }
     }
+
+    /// Everything received up to and including the next message on
+    /// `topic` for which `accept` holds: what came before a marker.
+    pub async fn until(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> Vec<(String, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some((t, payload, _))) => {
+                    let done = t == topic && accept(&payload);
+                    seen.push((t, payload));
+                    if done {
+                        return seen;
+                    }
+                }
+                _ => {
+                    panic!("no matching message on {topic} within {timeout:?}; before it: {seen:?}")
+                }
+            }
+        }
+    }
+}
+
+/// How a connect attempt ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Accepted,
+    Refused(String),
+}
+
+pub struct Login<'a> {
+    pub tls_ca: Option<&'a str>,
+    pub credentials: Option<(&'a str, &'a str)>,
+    pub client_id: &'a str,
+}
+
+/// Connects once (no retry) and says whether the broker accepted.
+pub async fn try_connect(host: &str, port: u16, login: Login<'_>) -> Outcome {
+    let mut options = rumqttc::MqttOptions::new(login.client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(10));
+    if let Some((user, password)) = login.credentials {
+        options.set_credentials(user, password);
+    }
+    if let Some(ca) = login.tls_ca {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
+        ));
+    }
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let attempt = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                    return if ack.code == rumqttc::ConnectReturnCode::Success {
+                        Outcome::Accepted
+                    } else {
+                        Outcome::Refused(format!("{:?}", ack.code))
+                    };
+                }
+                Ok(_) => continue,
+                Err(error) => return Outcome::Refused(error.to_string()),
+            }
+        }
+    })
+    .await;
+    attempt.unwrap_or_else(|_| Outcome::Refused("no answer".into()))
 }
 
 /// An event as an agent would publish it.

@@ -8,52 +8,7 @@ use std::time::Duration;
 use homelab::fleet_cli;
 use homelab_core::{Layout, Name};
 use homelab_tests::*;
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Transport};
-
-/// How a connect attempt ended.
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    Accepted,
-    Refused(String),
-}
-
-struct Login<'a> {
-    tls_ca: Option<&'a str>,
-    credentials: Option<(&'a str, &'a str)>,
-    client_id: &'a str,
-}
-
-/// Connects once (no retry) and says whether the broker accepted.
-async fn try_connect(host: &str, port: u16, login: Login<'_>) -> Outcome {
-    let mut options = MqttOptions::new(login.client_id, host, port);
-    options.set_keep_alive(Duration::from_secs(10));
-    if let Some((user, password)) = login.credentials {
-        options.set_credentials(user, password);
-    }
-    if let Some(ca) = login.tls_ca {
-        options.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
-        ));
-    }
-    let (_client, mut eventloop) = AsyncClient::new(options, 10);
-    let attempt = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return if ack.code == ConnectReturnCode::Success {
-                        Outcome::Accepted
-                    } else {
-                        Outcome::Refused(format!("{:?}", ack.code))
-                    };
-                }
-                Ok(_) => continue,
-                Err(error) => return Outcome::Refused(error.to_string()),
-            }
-        }
-    })
-    .await;
-    attempt.unwrap_or_else(|_| Outcome::Refused("no answer".into()))
-}
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Transport};
 
 /// A connected client kept open: `closed` ends when the broker drops it.
 async fn stay_connected(
