@@ -519,4 +519,20 @@ fn two_agents_in_containers_join_over_tls_and_the_loop_runs_across_hosts() {
         service_status(http_addr, "edge", "cache").as_deref(),
         Some("running")
     );
+    // No secret in any log: not the operator token (used above), not an
+    // enrollment token or the passwords in it.
+    let mut logs = std::fs::read_to_string(Path::new(&root_path).join("up.log")).unwrap();
+    for node in joins.keys() {
+        let (out, err, _) = docker(&["logs", &format!("homelab-{tag}-{node}-agent")]);
+        logs += &out;
+        logs += &err;
+    }
+    assert!(!logs.contains(TOKEN), "the operator token is logged");
+    for (token, _) in joins.values() {
+        let secrets = homelab_core::identity::AgentSecrets::from_token(token).unwrap();
+        assert!(
+            !logs.contains(token.as_str()) && !logs.contains(&secrets.password),
+            "a node's secret is logged"
+        );
+    }
 }

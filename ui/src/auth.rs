@@ -1,8 +1,8 @@
 //! The operator token. `HOMELAB_UI_TOKEN` if set, else
 //! `<root>/config/ui/token`, created with a random value (mode 0600) on
 //! first start. Requests that change something present it as
-//! `Authorization: Bearer <token>` or as the `homelab_token` cookie that the
-//! login form sets (HttpOnly, SameSite=Strict, so other sites cannot ride it).
+//! `Authorization: Bearer <token>`, or the session cookie the login form
+//! sets ([`crate::websec`]). The token is never logged.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -11,8 +11,6 @@ use anyhow::{Context, Result};
 use axum::http::HeaderMap;
 use homelab_core::Layout;
 use rand::RngExt;
-
-pub const COOKIE: &str = "homelab_token";
 
 /// Loads the token, creating the file if needed.
 pub fn load_token(layout: &Layout, from_env: Option<String>) -> Result<String> {
@@ -41,28 +39,16 @@ pub fn load_token(layout: &Layout, from_env: Option<String>) -> Result<String> {
     Ok(token)
 }
 
-/// The token a request presents, if any.
-pub fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers
+/// The bearer token a request presents, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return Some(token.trim().to_string());
-        }
-    }
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| token.trim().to_string())
 }
 
 /// Compares in time independent of where the first difference is.
 pub fn matches(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::websec::same(expected, given)
 }

@@ -9,13 +9,14 @@
 //! server's insides.
 
 pub mod auth;
+pub mod websec;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -72,6 +73,8 @@ pub struct AppState {
     pub stream: broadcast::Sender<String>,
     /// See [`Config::mqtt_approvals`].
     pub mqtt_approvals: bool,
+    /// Failed logins by client address ([`websec::Limiter`]).
+    pub limiter: Arc<std::sync::Mutex<websec::Limiter>>,
 }
 
 impl AppState {
@@ -85,6 +88,7 @@ impl AppState {
             metrics: None,
             stream: broadcast::channel(256).0,
             mqtt_approvals: true,
+            limiter: Default::default(),
         }
     }
 }
@@ -111,8 +115,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("http listen address {} is not free", config.listen))?;
     info!(listen = %config.listen, "ui listening");
     let server_shutdown = shutdown.clone();
-    let server = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
+    let server = axum::serve(
+        listener,
+        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
     let server = tokio::spawn(async move { server.await });
 
     loop {
@@ -227,7 +234,55 @@ pub fn app(state: AppState) -> Router {
         .route("/api/events", get(events))
         .route("/api/stream", get(stream))
         .route("/api/ai-context", get(ai_context))
+        .route("/static/app.css", get(stylesheet))
+        .route("/static/app.js", get(script))
+        .layer(axum::middleware::from_fn(guard))
         .with_state(state)
+}
+
+/// Every answer carries the security headers; a POST a browser marks as
+/// cross-site (or from another origin) is refused before any handler.
+async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let refused = (request.method() == axum::http::Method::POST)
+        .then(|| websec::cross_site(request.headers()))
+        .flatten();
+    let mut response = match refused {
+        Some(why) => {
+            metrics::counter!("homelab_http_cross_site_refused_total").increment(1);
+            AppError::Forbidden(format!("{why}: refused")).into_response()
+        }
+        None => next.run(request).await,
+    };
+    for (name, value) in websec::security_headers() {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/app.css"),
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+        .into_response()
+}
+
+/// The client's address, for the login limit (`None` without a socket,
+/// as in tests that call the router directly).
+type Client = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
+
+fn client_ip(client: &Client) -> std::net::IpAddr {
+    client
+        .as_ref()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip())
 }
 
 /// An error a client can act on; internals are logged, not sent.
@@ -235,6 +290,9 @@ pub fn app(state: AppState) -> Router {
 pub enum AppError {
     BadRequest(String),
     Unauthorized,
+    Forbidden(String),
+    /// Too many failed logins from this address; retry after this long.
+    TooMany(std::time::Duration),
     NotFound(String),
     Conflict(String),
     Unavailable(String),
@@ -249,6 +307,11 @@ impl AppError {
             | AppError::Conflict(m)
             | AppError::Unavailable(m) => m.clone(),
             AppError::Unauthorized => "operator token required (Authorization: Bearer …)".into(),
+            AppError::Forbidden(m) => m.clone(),
+            AppError::TooMany(wait) => format!(
+                "too many failed logins from this address: try again in {} s",
+                wait.as_secs().max(1)
+            ),
             AppError::Internal(_) => "internal error".into(),
         }
     }
@@ -259,6 +322,8 @@ impl IntoResponse for AppError {
         let status = match &self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -270,7 +335,14 @@ impl IntoResponse for AppError {
         if status == StatusCode::UNAUTHORIZED {
             metrics::counter!("homelab_http_unauthorized_total").increment(1);
         }
-        (status, Json(json!({"error": self.message()}))).into_response()
+        let mut response = (status, Json(json!({"error": self.message()}))).into_response();
+        if let AppError::TooMany(wait) = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -280,11 +352,35 @@ impl From<anyhow::Error> for AppError {
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    match auth::presented(headers) {
-        Some(token) if auth::matches(&state.token, &token) => Ok(()),
-        _ => Err(AppError::Unauthorized),
+/// Whether the request carries the operator token (bearer) or the session
+/// cookie the login set.
+fn authed(state: &AppState, headers: &HeaderMap) -> bool {
+    auth::bearer(headers).is_some_and(|t| auth::matches(&state.token, &t))
+        || websec::cookie(headers, websec::SESSION_COOKIE)
+            .is_some_and(|c| websec::same(&websec::session_value(&state.token), c))
+}
+
+/// [`authed`], under the login limit: a wrong token or cookie counts as a
+/// failed login of the client's address.
+fn authorize(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<(), AppError> {
+    let ip = client_ip(client);
+    let now = std::time::Instant::now();
+    let mut limiter = state.limiter.lock().expect("limiter lock");
+    if let Err(wait) = limiter.check(ip, now) {
+        metrics::counter!("homelab_http_logins_limited_total").increment(1);
+        return Err(AppError::TooMany(wait));
     }
+    if authed(state, headers) {
+        return Ok(());
+    }
+    let presented = auth::bearer(headers).is_some()
+        || websec::cookie(headers, websec::SESSION_COOKIE).is_some();
+    if presented {
+        limiter.fail(ip, now);
+        metrics::counter!("homelab_http_login_failures_total").increment(1);
+        warn!(client = %ip, "wrong operator token or session");
+    }
+    Err(AppError::Unauthorized)
 }
 
 fn read_world<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>, AppError> {
@@ -397,11 +493,12 @@ fn parse_verb(verb: &str) -> Result<ActionState, AppError> {
 /// `{"by":"…","note":"…"}`, whatever its content type says.
 async fn api_decision(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     Path((id, verb)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Action>, AppError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, &client)?;
     let to = parse_verb(&verb)?;
     let id = parse_id(&id)?;
     let decision = parse_decision(&body)
@@ -416,6 +513,8 @@ async fn api_decision(
 struct NoteForm {
     #[serde(default)]
     note: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 /// The page's approve/reject buttons: a form post with the login cookie,
@@ -423,10 +522,14 @@ struct NoteForm {
 async fn page_decision(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     Path((id, verb)): Path<(String, String)>,
     axum::Form(form): axum::Form<NoteForm>,
 ) -> Result<Response, AppError> {
-    authorize(&state, &headers)?;
+    if !websec::csrf_ok(&headers, &form.csrf) {
+        return Err(csrf_refused());
+    }
+    authorize(&state, &headers, &client)?;
     let to = parse_verb(&verb)?;
     let id = parse_id(&id)?;
     let note = form.note.trim();
@@ -630,19 +733,48 @@ fn json_word<T: serde::Serialize>(v: &T) -> String {
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    #[serde(default)]
+    csrf: String,
 }
 
+fn csrf_refused() -> AppError {
+    metrics::counter!("homelab_http_csrf_refused_total").increment(1);
+    AppError::Forbidden(
+        "the form's CSRF value does not match: reload the page and try again".into(),
+    )
+}
+
+/// The login form: the session cookie for the right token; a wrong one
+/// counts against the address ([`websec::Limiter`]).
 async fn login(
     State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Result<Response, AppError> {
+    if !websec::csrf_ok(&headers, &form.csrf) {
+        return Err(csrf_refused());
+    }
+    let ip = client_ip(&client);
+    let now = std::time::Instant::now();
+    let mut limiter = state.limiter.lock().expect("limiter lock");
+    if let Err(wait) = limiter.check(ip, now) {
+        metrics::counter!("homelab_http_logins_limited_total").increment(1);
+        return Err(AppError::TooMany(wait));
+    }
     if !auth::matches(&state.token, form.token.trim()) {
+        limiter.fail(ip, now);
+        metrics::counter!("homelab_http_login_failures_total").increment(1);
+        warn!(client = %ip, "failed login");
         return Err(AppError::Unauthorized);
     }
-    let cookie = format!(
-        "{}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000",
-        auth::COOKIE,
-        state.token
+    drop(limiter);
+    info!(client = %ip, "operator logged in");
+    let cookie = websec::set_cookie(
+        websec::SESSION_COOKIE,
+        &websec::session_value(&state.token),
+        2_592_000,
+        websec::over_tls(&headers),
     );
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
 }
@@ -691,6 +823,8 @@ impl From<&Action> for ActionRow {
 #[template(path = "index.html")]
 struct IndexPage {
     authed: bool,
+    /// The CSRF value every form carries (the `homelab_csrf` cookie's).
+    csrf: String,
     /// Problems of the system itself (a repo file that does not load),
     /// one `file:line: problem` each, shown as a banner.
     problems: Vec<String>,
@@ -724,12 +858,25 @@ struct IncidentRow {
     opened_at: String,
 }
 
-async fn index(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Html<String>, AppError> {
+async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
     let world = world(&state)?;
-    let authed = auth::presented(&headers).is_some_and(|t| auth::matches(&state.token, &t));
+    let authed = authed(&state, &headers);
+    // The CSRF cookie, set once per browser.
+    let (csrf, set_csrf) = match websec::cookie(&headers, websec::CSRF_COOKIE) {
+        Some(value) if value.len() == 48 && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (value.to_string(), None)
+        }
+        _ => {
+            let value = websec::new_csrf();
+            let cookie = websec::set_cookie(
+                websec::CSRF_COOKIE,
+                &value,
+                2_592_000,
+                websec::over_tls(&headers),
+            );
+            (value, Some(cookie))
+        }
+    };
     let pending: Vec<ActionRow> = state
         .store
         .list(ActionState::Pending)?
@@ -753,6 +900,7 @@ async fn index(
         .collect();
     let page = IndexPage {
         authed,
+        csrf,
         problems,
         nodes: world
             .nodes
@@ -789,7 +937,11 @@ async fn index(
         pending,
         recent: recent.iter().map(ActionRow::from).collect(),
     };
-    Ok(Html(page.render().context("render page")?))
+    let html = Html(page.render().context("render page")?);
+    Ok(match set_csrf {
+        Some(cookie) => ([(header::SET_COOKIE, cookie)], html).into_response(),
+        None => html.into_response(),
+    })
 }
 
 #[cfg(test)]
