@@ -267,10 +267,12 @@ mod tests {
             assert_eq!(limiter.check(ip, at(secs)), expected, "{ip} at {secs}s");
         }
         limiter.fail(a, at(60));
-        assert!(
-            limiter.check(a, at(61)).is_err(),
-            "five within the window again"
+        assert_eq!(
+            limiter.check(a, at(60)),
+            Err(Duration::from_secs(1)),
+            "five within the window again, until the one at 1 s leaves it"
         );
+        assert_eq!(limiter.check(a, at(61)), Ok(()));
         assert_eq!(limiter.check(a, at(200)), Ok(()));
     }
 }
