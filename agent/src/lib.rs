@@ -797,6 +797,13 @@ fn apply_node_config(agent: &Agent, payload: &[u8]) {
     if agent.node_config.borrow().revision == config.revision {
         return;
     }
+    // Fleet mode: an older signed config replayed on the topic.
+    if agent.keys.is_some() && config.is_stale(&agent.node_config.borrow()) {
+        warn!(revision = %config.revision, "node config refused: older than the one in use");
+        metrics::counter!("homelab_agent_refused_total", "what" => "config", "reason" => "stale")
+            .increment(1);
+        return;
+    }
     let path = agent.config.layout.agent_config(node);
     let written = serde_json::to_vec(&config)
         .map_err(anyhow::Error::from)

@@ -41,6 +41,8 @@ pub enum Context {
     NodeConfig,
     Ack,
     Approval,
+    /// The observer's retained world state (`state/…`).
+    State,
 }
 
 impl Context {
@@ -51,6 +53,7 @@ impl Context {
             Context::NodeConfig => b"homelab/v1/nodeconfig\0",
             Context::Ack => b"homelab/v1/ack\0",
             Context::Approval => b"homelab/v1/approval\0",
+            Context::State => b"homelab/v1/state\0",
         }
     }
 }

@@ -36,6 +36,16 @@ pub struct NodeConfig {
     pub disk: DiskSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compose: Option<ComposeVersion>,
+    /// When the control plane issued it (fleet mode, signed with it): an
+    /// agent refuses a config older than the one it has, so an old signed
+    /// config replayed on its topic cannot take a newer one back. Not part
+    /// of the revision.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::option"
+    )]
+    pub issued_at: Option<crate::time::Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +144,7 @@ impl NodeConfig {
             mqtt_brokers,
             disk,
             compose: capabilities.and_then(|c| c.docker_compose),
+            issued_at: None,
         };
         config.revision = config.digest();
         config
@@ -142,6 +153,7 @@ impl NodeConfig {
     pub fn digest(&self) -> String {
         let mut copy = self.clone();
         copy.revision.clear();
+        copy.issued_at = None;
         sha256_hex(&serde_json::to_vec(&copy).expect("config serializes"))
     }
 
@@ -196,6 +208,16 @@ impl NodeConfig {
     /// The config of a node the repo says nothing about.
     pub fn empty(node: &Name) -> NodeConfig {
         NodeConfig::build(node, &Desired::default(), &BTreeMap::new())
+    }
+
+    /// Whether this config, with other content than `current`, was issued
+    /// before it: a replay of an older one. Configs without an issue time
+    /// (open mode, or stored by an older agent) are never stale.
+    pub fn is_stale(&self, current: &NodeConfig) -> bool {
+        match (self.issued_at, current.issued_at) {
+            (Some(new), Some(old)) => new < old && self.revision != current.revision,
+            _ => false,
+        }
     }
 }
 
@@ -334,5 +356,32 @@ mod tests {
         assert_eq!(got, "config is for node piha, not vps");
         let empty = NodeConfig::empty(&n("vps"));
         assert!(empty.healthchecks.is_empty() && empty.mqtt_brokers.is_empty());
+    }
+
+    #[test]
+    fn an_older_config_with_other_content_is_stale() {
+        let at = |secs: i64| chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0);
+        let config = |revision: &str, issued: Option<i64>| {
+            let mut c = NodeConfig::empty(&n("piha"));
+            c.revision = revision.into();
+            c.issued_at = issued.and_then(at);
+            c
+        };
+        // (new, current, stale)
+        let cases = [
+            (config("a", Some(10)), config("b", Some(20)), true),
+            (config("a", Some(20)), config("b", Some(10)), false),
+            // The same content again (a supervisor restarted): harmless.
+            (config("b", Some(10)), config("b", Some(20)), false),
+            (config("a", None), config("b", Some(20)), false),
+            (config("a", Some(10)), config("b", None), false),
+        ];
+        for (new, current, stale) in cases {
+            assert_eq!(new.is_stale(&current), stale, "{new:?} after {current:?}");
+        }
+        // The issue time is not part of the revision.
+        let mut issued = NodeConfig::empty(&n("piha"));
+        issued.issued_at = at(5);
+        assert_eq!(issued.digest(), NodeConfig::empty(&n("piha")).revision);
     }
 }

@@ -861,6 +861,17 @@ impl Observer {
         wanted.push((topics.state_summary(), serde_json::to_string(&summary)?));
         let (sends, keep) = retained_sends(&self.published, wanted);
         for (topic, payload) in sends {
+            // Fleet mode: signed, since any node's login could publish
+            // here too (a clearing cannot be signed; readers leave it to
+            // the files).
+            let payload = match &self.config.fleet {
+                Some(fleet) if !payload.is_empty() => homelab_core::identity::seal(
+                    &payload,
+                    homelab_core::identity::Context::State,
+                    fleet.signing_key(),
+                ),
+                _ => payload,
+            };
             mqtt.publish(&topic, payload, true).await?;
         }
         self.published = keep;

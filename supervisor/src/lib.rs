@@ -26,7 +26,7 @@ use homelab_core::{desired, feed, fsutil, Action, ActionState, ActionStore, Layo
 use homelab_mqtt::{Incoming, Mqtt};
 use plan::{Scope, Wake};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -124,7 +124,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         recent: recent::Recent::default(),
         nodes_file: Watched::default(),
         services_file: Watched::default(),
-        world: world::World::default(),
+        world: match &config.fleet {
+            Some(fleet) => world::World::signed_by(fleet.public_key()),
+            None => world::World::default(),
+        },
         actions: ListCache::default(),
         configs: Default::default(),
     };
@@ -193,8 +196,14 @@ impl Supervisor {
     fn widen(&mut self, scope: &mut Scope, incoming: &Incoming) {
         let wake = match incoming {
             Incoming::Message(message) => {
-                self.world
-                    .apply(&self.config.topics, &message.topic, &message.payload);
+                if let world::Applied::Refused(reason) =
+                    self.world
+                        .apply(&self.config.topics, &message.topic, &message.payload)
+                {
+                    debug!(topic = %message.topic, reason, "world state message refused");
+                    metrics::counter!("homelab_supervisor_state_refused_total", "reason" => reason)
+                        .increment(1);
+                }
                 Wake::Message(&message.topic)
             }
             Incoming::Connected { .. } => {
@@ -393,14 +402,18 @@ impl Supervisor {
 
     /// A node config's payload: in fleet mode signed by the control plane,
     /// whose key every agent pins (a config carries scripts the agent runs).
-    fn sign_config(&self, payload: Vec<u8>) -> Vec<u8> {
+    /// A node config's payload: in fleet mode with its issue time, signed.
+    fn sign_config(&self, mut config: homelab_core::nodeconfig::NodeConfig) -> Vec<u8> {
         match &self.config.fleet {
-            Some(fleet) => homelab_core::identity::seal(
-                &payload,
-                homelab_core::identity::Context::NodeConfig,
-                fleet.signing_key(),
-            ),
-            None => payload,
+            Some(fleet) => {
+                config.issued_at = Some(Utc::now());
+                homelab_core::identity::seal(
+                    &serde_json::to_vec(&config).expect("config serializes"),
+                    homelab_core::identity::Context::NodeConfig,
+                    fleet.signing_key(),
+                )
+            }
+            None => serde_json::to_vec(&config).expect("config serializes"),
         }
     }
 
@@ -413,11 +426,12 @@ impl Supervisor {
         for (node, spec) in &desired.topology.nodes {
             let scripts = params::healthcheck_scripts(&self.config.repo, desired, node);
             let config = homelab_core::nodeconfig::NodeConfig::build(node, desired, &scripts);
-            let payload = self.sign_config(serde_json::to_vec(&config).expect("config serializes"));
+            let revision = config.revision.clone();
+            let payload = self.sign_config(config);
             for name in std::iter::once(node).chain(&spec.aliases) {
                 wanted.insert(
                     self.config.topics.node_config(name),
-                    (config.revision.clone(), payload.clone()),
+                    (revision.clone(), payload.clone()),
                 );
             }
         }
@@ -434,10 +448,9 @@ impl Supervisor {
                 &self.config.fleet,
                 topic.rsplit('/').next().map(homelab_core::Name::parse),
             ) {
-                (Some(_), Some(Ok(node))) => self.sign_config(
-                    serde_json::to_vec(&homelab_core::nodeconfig::NodeConfig::empty(&node))
-                        .expect("config serializes"),
-                ),
+                (Some(_), Some(Ok(node))) => {
+                    self.sign_config(homelab_core::nodeconfig::NodeConfig::empty(&node))
+                }
                 _ => Vec::new(),
             };
             match mqtt.publish(&topic, payload, true).await {

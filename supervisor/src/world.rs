@@ -6,14 +6,33 @@
 //! for a few nodes neither reads nor parses the world files of the whole
 //! fleet. An update older than the file read meanwhile is harmless: the
 //! change that made the file newer is published after it, and arrives next.
+//!
+//! In fleet mode any node's login could publish on those topics, so a
+//! message counts only with the control plane's signature (the observer
+//! signs them), and a clearing (an empty payload, which cannot be signed)
+//! is left to the next full pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use homelab_core::identity::Context;
 use homelab_core::world::{NodeState, ServiceState};
 use homelab_core::{Name, Topics};
 
+/// What [`World::apply`] made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Taken,
+    /// Not a world-state topic of a node or service.
+    NotState,
+    /// Refused, with the reason counted.
+    Refused(&'static str),
+}
+
 #[derive(Debug, Default)]
 pub struct World {
+    /// Fleet mode: the control plane's key, which must have signed every
+    /// message.
+    control: Option<homelab_core::identity::PublicKey>,
     /// As the files said at the last full pass, services sorted by node.
     nodes: Vec<NodeState>,
     services: Vec<ServiceState>,
@@ -23,6 +42,14 @@ pub struct World {
 }
 
 impl World {
+    /// A world whose messages must carry the control plane's signature.
+    pub fn signed_by(control: homelab_core::identity::PublicKey) -> World {
+        World {
+            control: Some(control),
+            ..World::default()
+        }
+    }
+
     /// What the files say now (`None`: the file did not change since the
     /// last reset); earlier updates are covered by them.
     pub fn reset(&mut self, nodes: Option<Vec<NodeState>>, services: Option<Vec<ServiceState>>) {
@@ -44,39 +71,61 @@ impl World {
         (&self.nodes, &self.services)
     }
 
-    /// Takes in a retained world-state message. Whether it was one; a
-    /// payload that does not parse (or names another node or service than
-    /// its topic) is ignored.
-    pub fn apply(&mut self, topics: &Topics, topic: &str, payload: &[u8]) -> bool {
+    /// Takes in a retained world-state message. A payload that does not
+    /// parse, names another node or service than its topic, or (fleet
+    /// mode) lacks the control plane's signature is refused.
+    pub fn apply(&mut self, topics: &Topics, topic: &str, payload: &[u8]) -> Applied {
         let Some(Ok(node)) = topics.parse_state_node(topic) else {
-            return false;
+            return Applied::NotState;
         };
-        if topic == topics.state_node(&node) {
-            let state = match payload {
-                [] => None,
-                bytes => match serde_json::from_slice::<NodeState>(bytes) {
-                    Ok(state) if state.node == node => Some(state),
-                    _ => return false,
-                },
-            };
-            self.node_updates.insert(node, state);
-            return true;
+        let service = if topic == topics.state_node(&node) {
+            None
+        } else {
+            match topic.rsplit('/').next().map(Name::parse) {
+                Some(Ok(service)) => Some(service),
+                _ => return Applied::NotState,
+            }
+        };
+        let opened;
+        let payload = match (&self.control, payload) {
+            (None, payload) => payload,
+            (Some(_), []) => return Applied::Refused("clear"),
+            (Some(key), payload) => {
+                match homelab_core::identity::open(payload, Context::State, key) {
+                    Ok(unsigned) => {
+                        opened = unsigned;
+                        &opened[..]
+                    }
+                    Err(error) => return Applied::Refused(error.reason()),
+                }
+            }
+        };
+        match service {
+            None => {
+                let state = match payload {
+                    [] => None,
+                    bytes => match serde_json::from_slice::<NodeState>(bytes) {
+                        Ok(state) if state.node == node => Some(state),
+                        _ => return Applied::Refused("malformed"),
+                    },
+                };
+                self.node_updates.insert(node, state);
+            }
+            Some(service) => {
+                let state = match payload {
+                    [] => None,
+                    bytes => match serde_json::from_slice::<ServiceState>(bytes) {
+                        Ok(state) if state.node == node && state.service == service => Some(state),
+                        _ => return Applied::Refused("malformed"),
+                    },
+                };
+                self.service_updates
+                    .entry(node)
+                    .or_default()
+                    .insert(service, state);
+            }
         }
-        let Some(Ok(service)) = topic.rsplit('/').next().map(Name::parse) else {
-            return false;
-        };
-        let state = match payload {
-            [] => None,
-            bytes => match serde_json::from_slice::<ServiceState>(bytes) {
-                Ok(state) if state.node == node && state.service == service => Some(state),
-                _ => return false,
-            },
-        };
-        self.service_updates
-            .entry(node)
-            .or_default()
-            .insert(service, state);
-        true
+        Applied::Taken
     }
 
     /// The nodes and services reported under `names`, as of now.
@@ -165,16 +214,31 @@ mod tests {
         );
 
         let down = svc("vps", "web", ServiceStatus::NotRunning);
-        assert!(world.apply(&topics, "homelab/state/services/vps/web", &json(&down)));
-        assert!(world.apply(&topics, "homelab/state/services/vps/db", b""));
+        let taken = Applied::Taken;
         let new = svc("vps", "cache", ServiceStatus::Running);
-        assert!(world.apply(&topics, "homelab/state/services/vps/cache", &json(&new)));
-        assert!(world.apply(&topics, "homelab/state/nodes/vps", &json(&node("vps", 3))));
-        // Refused: another service than the topic says, bad JSON, not state.
-        assert!(!world.apply(&topics, "homelab/state/services/vps/other", &json(&down)));
-        assert!(!world.apply(&topics, "homelab/state/nodes/piha", b"{"));
-        assert!(!world.apply(&topics, "homelab/state/summary", b"{}"));
-        assert!(!world.apply(&topics, "homelab/events/vps", b"{}"));
+        // (topic, payload, expected)
+        let cases: Vec<(&str, Vec<u8>, Applied)> = vec![
+            ("homelab/state/services/vps/web", json(&down), taken),
+            ("homelab/state/services/vps/db", vec![], taken),
+            ("homelab/state/services/vps/cache", json(&new), taken),
+            ("homelab/state/nodes/vps", json(&node("vps", 3)), taken),
+            // Another service than the topic says, bad JSON, not state.
+            (
+                "homelab/state/services/vps/other",
+                json(&down),
+                Applied::Refused("malformed"),
+            ),
+            (
+                "homelab/state/nodes/piha",
+                b"{".to_vec(),
+                Applied::Refused("malformed"),
+            ),
+            ("homelab/state/summary", b"{}".to_vec(), Applied::NotState),
+            ("homelab/events/vps", b"{}".to_vec(), Applied::NotState),
+        ];
+        for (topic, payload, expected) in cases {
+            assert_eq!(world.apply(&topics, topic, &payload), expected, "{topic}");
+        }
 
         let (nodes, services) = world.of(&names(&["vps"]));
         assert_eq!(nodes, vec![node("vps", 3)]);
@@ -187,7 +251,10 @@ mod tests {
             vec![svc("piha", "mosquitto", ServiceStatus::Running)]
         );
         // A node cleared from retained state is gone.
-        assert!(world.apply(&topics, "homelab/state/nodes/piha", b""));
+        assert_eq!(
+            world.apply(&topics, "homelab/state/nodes/piha", b""),
+            Applied::Taken
+        );
         assert_eq!(world.of(&names(&["piha"])).0, vec![]);
 
         // Files read again cover every update; one that did not change
@@ -204,5 +271,46 @@ mod tests {
                 ]
             )
         );
+    }
+
+    /// Fleet mode: only what the control plane signed counts; a clearing
+    /// waits for the next full pass.
+    #[test]
+    fn in_a_fleet_only_signed_state_counts() {
+        use homelab_core::identity::{generate_key, seal};
+        let topics = Topics::default();
+        let control = generate_key();
+        let node_key = generate_key();
+        let mut world = World::signed_by(control.verifying_key());
+        world.reset(
+            Some(vec![node("vps", 2)]),
+            Some(vec![svc("vps", "web", ServiceStatus::Running)]),
+        );
+        let down = json(&svc("vps", "web", ServiceStatus::NotRunning));
+        let topic = "homelab/state/services/vps/web";
+        let cases: Vec<(Vec<u8>, Applied)> = vec![
+            (down.clone(), Applied::Refused("unsigned")),
+            (
+                seal(&down, Context::State, &node_key),
+                Applied::Refused("bad_signature"),
+            ),
+            // Signed for something else: an ack's or an event's signature.
+            (
+                seal(&down, Context::Event, &control),
+                Applied::Refused("bad_signature"),
+            ),
+            (vec![], Applied::Refused("clear")),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(world.apply(&topics, topic, &payload), expected);
+            let (_, services) = world.of(&[n("vps")].into_iter().collect());
+            assert_eq!(services[0].status, ServiceStatus::Running, "unchanged");
+        }
+        assert_eq!(
+            world.apply(&topics, topic, &seal(&down, Context::State, &control)),
+            Applied::Taken
+        );
+        let (_, services) = world.of(&[n("vps")].into_iter().collect());
+        assert_eq!(services[0].status, ServiceStatus::NotRunning);
     }
 }

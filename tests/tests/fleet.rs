@@ -447,7 +447,7 @@ async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
         token_of(&fleet_cli::node_add(&layout, &Name::parse("pihb").unwrap(), None).unwrap());
     let piha = homelab_core::identity::AgentSecrets::from_token(&piha_token).unwrap();
     let (_a_root, a_stop) = start_agent(&system, port, &piha_token, "piha").await;
-    let (_b_root, b_stop) = start_agent(&system, port, &pihb_token, "pihb").await;
+    let (b_root, b_stop) = start_agent(&system, port, &pihb_token, "pihb").await;
     let mut evil = attacker(port, &piha.ca_pem, "piha", &piha.password).await;
     let piha_key = piha.signing_key().unwrap();
 
@@ -504,6 +504,41 @@ async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
     assert!(!system
         .action_file("approved", "redeploy-pihb-ghost")
         .exists());
+
+    // piha claims, in the observer's retained state, that ghost runs on
+    // pihb: believed, it would cancel the pending redeploy. Unsigned and
+    // signed with piha's own key, both are refused.
+    let fake = serde_json::json!({
+        "node": "pihb", "service": "ghost", "status": "running",
+        "since": homelab_core::time::format(&chrono::Utc::now()),
+        "message": "", "containers": [],
+    })
+    .to_string();
+    for (payload, reason) in [
+        (fake.clone().into_bytes(), "unsigned"),
+        (
+            homelab_core::identity::seal(
+                fake.as_bytes(),
+                homelab_core::identity::Context::State,
+                &piha_key,
+            ),
+            "bad_signature",
+        ),
+    ] {
+        let line = format!(r#"homelab_supervisor_state_refused_total{{reason="{reason}"}}"#);
+        let before = metric(&system.get("/metrics").await.1, &line);
+        let passes = system.passes();
+        evil.publish_retained("homelab/state/services/pihb/ghost", payload)
+            .await;
+        counted(&system, &line, before).await;
+        wait_for(
+            "a supervisor pass after it",
+            Duration::from_secs(20),
+            || async { system.passes() > passes + 1 },
+        )
+        .await;
+        assert!(pending.exists(), "the redeploy is still pending");
+    }
 
     // 3. Commands to pihb: not sealed for it, sealed but unsigned, sealed
     // and signed by piha (an attacker may know pihb's public box key), and
@@ -571,7 +606,21 @@ async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
     evil.publish("homelab/commands/piha", real).await;
     counted(&system, &other, before).await;
 
-    // 4. Acks and node config for pihb, retained, as piha.
+    // 4. Acks and node config for pihb, retained, as piha (who reads
+    // pihb's signed config first, to replay it later).
+    let mut configs = Probe::connect_with(
+        "localhost",
+        port,
+        "piha:configs",
+        Some(("piha", &piha.password)),
+        Some(&piha.ca_pem),
+        &["homelab/config/pihb"],
+    )
+    .await;
+    let signed = |p: &[u8]| String::from_utf8_lossy(p).contains(r#","sig":""#);
+    let old = configs
+        .expect("homelab/config/pihb", Duration::from_secs(30), signed)
+        .await;
     let line = r#"homelab_agent_refused_total{what="ack",reason="unsigned"}"#;
     let before = metric(&system.get("/metrics").await.1, line);
     evil.publish_retained("homelab/acks/pihb", "999999").await;
@@ -584,6 +633,39 @@ async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
     )
     .await;
     counted(&system, line, before).await;
+
+    // A newer config for pihb (a broker to probe), applied; then the old
+    // signed one replayed: refused as stale, the newer one stays.
+    std::fs::write(
+        system.repo.path().join("hosts/pihb/services.yaml"),
+        "services:\n  ghost: {grace_period: 0s, mqtt_broker: \"127.0.0.1:9\"}\n",
+    )
+    .unwrap();
+    let newer = configs
+        .expect("homelab/config/pihb", Duration::from_secs(30), |p| {
+            signed(p) && p != old.as_slice()
+        })
+        .await;
+    let revision = |p: &[u8]| -> String {
+        let value: serde_json::Value = serde_json::from_slice(p).unwrap();
+        value["revision"].as_str().unwrap().to_string()
+    };
+    let newer = revision(&newer);
+    assert_ne!(newer, revision(&old));
+    let stored = Layout::new(b_root.path()).agent_config(&Name::parse("pihb").unwrap());
+    let stored_revision =
+        || read_json(&stored).map(|c| c["revision"].as_str().unwrap_or("").to_string());
+    wait_for(
+        "pihb applied the newer config",
+        Duration::from_secs(30),
+        || async { stored_revision().is_ok_and(|r| r == newer) },
+    )
+    .await;
+    let line = r#"homelab_agent_refused_total{what="config",reason="stale"}"#;
+    let before = metric(&system.get("/metrics").await.1, line);
+    evil.publish_retained("homelab/config/pihb", old).await;
+    counted(&system, line, before).await;
+    assert_eq!(stored_revision().unwrap(), newer, "the newer config stays");
 
     a_stop.cancel();
     b_stop.cancel();
