@@ -285,6 +285,9 @@ impl Observer {
             duplicates: BTreeSet::new(),
             acked_at: HashMap::new(),
         };
+        observer
+            .world
+            .set_signed_events(observer.config.fleet.is_some());
         let layout = observer.config.layout.clone();
         let (count, bad, from_checkpoint) = observer.replay_log(&layout)?;
         observer.recovered = (count, from_checkpoint);
@@ -336,6 +339,7 @@ impl Observer {
         let (tails, from_checkpoint) = match (checkpoint, tails) {
             (Some(c), Some(tails)) => {
                 self.world = c.world;
+                self.world.set_signed_events(self.config.fleet.is_some());
                 self.sequences = c.sequences;
                 for (secs, id) in c.ids {
                     let at = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();

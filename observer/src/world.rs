@@ -40,6 +40,12 @@ pub struct World {
     /// only the script passing (`service_recovered`) does.
     #[serde(default)]
     failing_checks: BTreeSet<(Name, Name)>,
+    /// Fleet mode: events are signed by their node, status messages are
+    /// not (the contract's plain `online`/`offline`), so a node's own
+    /// event after an `offline` on its topic proves it alive: another
+    /// node's login cannot keep it marked offline.
+    #[serde(skip)]
+    signed_events: bool,
 }
 
 /// A map with keys that are not strings, as a JSON list of pairs.
@@ -119,6 +125,15 @@ impl World {
         node.last_seen = node.last_seen.max(ts);
         node.last_seq = node.last_seq.max(event.seq);
         let from_topic = self.status_from_topic.contains(&event.node);
+        if self.signed_events
+            && from_topic
+            && node.status == NodeStatus::Offline
+            && ts > node.since
+            && event.kind != kinds::NODE_OFFLINE
+        {
+            node.status = NodeStatus::Online;
+            node.since = ts;
+        }
         match event.kind.as_str() {
             kinds::NODE_SNAPSHOT => match serde_json::from_value::<Snapshot>(event.data.clone()) {
                 Ok(snapshot) => {
@@ -356,6 +371,12 @@ impl World {
     pub fn forget_missing(&mut self, keep: impl Fn(&Name, &Name) -> bool) {
         self.services
             .retain(|(n, s), state| state.status != ServiceStatus::Missing || keep(n, s));
+    }
+
+    /// Fleet mode: the node's own (signed) events prove it alive after an
+    /// `offline` on its status topic.
+    pub fn set_signed_events(&mut self, signed: bool) {
+        self.signed_events = signed;
     }
 
     /// A retained `online`/`offline` on the node's status topic (the agent's
@@ -701,6 +722,38 @@ mod tests {
             assert_eq!(status(&world), after, "{then:?}");
             world.apply(&event(4, "node_snapshot", None, running()));
             assert_eq!(status(&world), after, "{then:?}");
+        }
+    }
+
+    /// Fleet mode: an `offline` on the status topic (which any login could
+    /// publish) holds only until the node's own signed events say
+    /// otherwise; in open mode the topic alone decides, as before.
+    #[test]
+    fn in_a_fleet_a_node_s_own_events_outweigh_an_offline_status() {
+        let at =
+            |secs: u32| -> Timestamp { format!("2026-11-22T10:00:{secs:02}Z").parse().unwrap() };
+        // (fleet, status offline at, next event seq (its ts = seq s), kind, online after)
+        let cases = [
+            (true, 5, 6, "node_snapshot", true),
+            (true, 5, 7, "healthcheck_failed", true),
+            // Older than the offline: an event resent from the outbox.
+            (true, 5, 4, "node_snapshot", false),
+            // The node says itself it goes offline.
+            (true, 5, 6, "node_offline", false),
+            (false, 5, 6, "node_snapshot", false),
+        ];
+        for (fleet, offline_at, seq, kind, online) in cases {
+            let mut world = World::default();
+            world.set_signed_events(fleet);
+            world.apply(&event(1, "node_snapshot", None, snapshot(&[])));
+            world.set_status(&n("piha"), NodeStatus::Offline, at(offline_at));
+            world.apply(&event(seq, kind, None, json!({})));
+            let status = world.nodes[&n("piha")].status;
+            assert_eq!(
+                status == NodeStatus::Online,
+                online,
+                "fleet {fleet}, offline at {offline_at}, {kind} at {seq}"
+            );
         }
     }
 

@@ -277,17 +277,47 @@ pub async fn http_request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let body = body.unwrap_or("");
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (status, _, body) = exchange(addr, method, path, &headers, body).await?;
+    Ok((status, body))
+}
+
+/// One HTTP/1.1 exchange with the given headers (a browser's cookies,
+/// origin, form body): status, the response's header block, its body.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    exchange(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(token) = token {
-        request += &format!("Authorization: Bearer {token}\r\n");
-    }
-    if !body.is_empty() {
-        request += "Content-Type: application/json\r\n";
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
     }
     request += "\r\n";
     request += body;
@@ -311,47 +341,7 @@ pub async fn http_request(
     } else {
         rest.to_string()
     };
-    Ok((status, body))
-}
-
-/// One HTTP/1.1 exchange with the given headers (a browser's cookies,
-/// origin, form body): status, the response's header block, its body.
-pub async fn http_exchange(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request += &format!("{name}: {value}\r\n");
-    }
-    request += "\r\n";
-    request += body;
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, head.to_string(), body)
+    Ok((status, head.to_string(), body))
 }
 
 /// The value of `name` in a response's header block (first one).

@@ -232,25 +232,25 @@ async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
     // Failed logins are limited per address: after five wrong tokens, even
     // the right one waits.
     let bad = json!({}).to_string();
+    let approve_with = |token: &'static str| {
+        let bad = bad.clone();
+        async move {
+            let bearer = format!("Bearer {token}");
+            http_exchange(
+                http,
+                "POST",
+                "/api/actions/nothing-here/approve",
+                &[("Authorization", &bearer)],
+                &bad,
+            )
+            .await
+        }
+    };
     for attempt in 0..5 {
-        let (status, _, _) = http_exchange(
-            http,
-            "POST",
-            "/api/actions/nothing-here/approve",
-            &[("Authorization", "Bearer wrong-token")],
-            &bad,
-        )
-        .await;
+        let (status, _, _) = approve_with("wrong-token").await;
         assert_eq!(status, 401, "attempt {attempt}");
     }
-    let (status, head, body) = http_exchange(
-        http,
-        "POST",
-        "/api/actions/nothing-here/approve",
-        &[("Authorization", "Bearer test-operator-token")],
-        &bad,
-    )
-    .await;
+    let (status, head, body) = approve_with(TOKEN).await;
     assert_eq!(status, 429, "{body}");
     let wait: u64 = header_value(&head, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
