@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use askama::Template;
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -236,6 +237,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/ai-context", get(ai_context))
         .route("/static/app.css", get(stylesheet))
         .route("/static/app.js", get(script))
+        .route("/api/openapi.json", get(openapi))
+        .fallback(|| async {
+            AppError::NotFound("no such page; the API is described at /api/openapi.json".into())
+        })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(guard))
         .with_state(state)
 }
@@ -267,6 +273,19 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
+/// The API described (OpenAPI 3.1), as the binary carries it.
+pub const OPENAPI: &str = include_str!("../static/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A query, form or path the extractor could not read: a JSON 400 like
+/// every other error.
+fn rejected(what: &str, rejection: impl std::fmt::Display) -> AppError {
+    AppError::BadRequest(format!("bad {what}: {rejection}"))
+}
+
 async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -291,6 +310,8 @@ pub enum AppError {
     BadRequest(String),
     Unauthorized,
     Forbidden(String),
+    /// A GET where only POST changes something (or the other way round).
+    MethodNotAllowed,
     /// Too many failed logins from this address; retry after this long.
     TooMany(std::time::Duration),
     NotFound(String),
@@ -308,6 +329,9 @@ impl AppError {
             | AppError::Unavailable(m) => m.clone(),
             AppError::Unauthorized => "operator token required (Authorization: Bearer …)".into(),
             AppError::Forbidden(m) => m.clone(),
+            AppError::MethodNotAllowed => {
+                "method not allowed: reading is GET, every change is POST".into()
+            }
             AppError::TooMany(wait) => format!(
                 "too many failed logins from this address: try again in {} s",
                 wait.as_secs().max(1)
@@ -323,6 +347,7 @@ impl IntoResponse for AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
@@ -441,8 +466,9 @@ struct ActionsQuery {
 /// default; `all`).
 async fn actions(
     State(state): State<AppState>,
-    Query(query): Query<ActionsQuery>,
+    query: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Action>>, AppError> {
+    let Query(query) = query.map_err(|e| rejected("query", e))?;
     let wanted: Vec<ActionState> = match query.state.as_deref().unwrap_or("open") {
         "open" => ActionState::OPEN.to_vec(),
         "all" => ActionState::ALL.to_vec(),
@@ -524,8 +550,9 @@ async fn page_decision(
     headers: HeaderMap,
     client: Client,
     Path((id, verb)): Path<(String, String)>,
-    axum::Form(form): axum::Form<NoteForm>,
+    form: Result<axum::Form<NoteForm>, FormRejection>,
 ) -> Result<Response, AppError> {
+    let axum::Form(form) = form.map_err(|e| rejected("form", e))?;
     if !websec::csrf_ok(&headers, &form.csrf) {
         return Err(csrf_refused());
     }
@@ -591,8 +618,9 @@ struct EventsQuery {
 /// most 1000.
 async fn events(
     State(state): State<AppState>,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, AppError> {
+    let Query(query) = query.map_err(|e| rejected("query", e))?;
     let node = query
         .node
         .as_deref()
@@ -750,8 +778,9 @@ async fn login(
     State(state): State<AppState>,
     client: Client,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<LoginForm>,
+    form: Result<axum::Form<LoginForm>, FormRejection>,
 ) -> Result<Response, AppError> {
+    let axum::Form(form) = form.map_err(|e| rejected("form", e))?;
     if !websec::csrf_ok(&headers, &form.csrf) {
         return Err(csrf_refused());
     }
