@@ -45,6 +45,9 @@ impl Topics {
     pub fn node_agent(&self, node: &Name) -> String {
         format!("{}/nodes/{node}/agent", self.prefix)
     }
+    pub fn node_agent_all(&self) -> String {
+        format!("{}/nodes/+/agent", self.prefix)
+    }
     pub fn node_status_all(&self) -> String {
         format!("{}/nodes/+/status", self.prefix)
     }
@@ -85,6 +88,13 @@ impl Topics {
     pub fn parse_node_status(&self, topic: &str) -> Option<Result<Name, crate::NameError>> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/nodes/")?;
         let node = rest.strip_suffix("/status")?;
+        (!node.contains('/')).then(|| Name::parse(node))
+    }
+
+    /// The node of an agent-state topic, `<prefix>/nodes/<node>/agent`.
+    pub fn parse_node_agent(&self, topic: &str) -> Option<Result<Name, crate::NameError>> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/nodes/")?;
+        let node = rest.strip_suffix("/agent")?;
         (!node.contains('/')).then(|| Name::parse(node))
     }
 
@@ -139,6 +149,13 @@ mod tests {
             t.parse_node_status("homelab/nodes/vps/status"),
             Some(Ok(n("vps")))
         );
+        assert_eq!(
+            t.parse_node_agent("homelab/nodes/vps/agent"),
+            Some(Ok(n("vps")))
+        );
+        assert_eq!(t.parse_node_agent("homelab/nodes/vps/status"), None);
+        assert_eq!(t.parse_node_agent("homelab/nodes/a/b/agent"), None);
+        assert_eq!(t.node_agent_all(), "homelab/nodes/+/agent");
         assert_eq!(t.parse_action("homelab/actions/x/approve"), None);
         assert_eq!(
             t.parse_state_node("homelab/state/nodes/piha"),

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Clone)]
 pub struct Config {
@@ -76,6 +76,17 @@ pub struct AppState {
     pub mqtt_approvals: bool,
     /// Failed logins by client address ([`websec::Limiter`]).
     pub limiter: Arc<std::sync::Mutex<websec::Limiter>>,
+    /// Each agent's last state (`nodes/<node>/agent`): its outbox backlog.
+    pub agents: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, AgentBacklog>>>,
+}
+
+/// What an agent last said of its outbox.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AgentBacklog {
+    #[serde(default)]
+    pub outbox_events: u64,
+    #[serde(default, with = "homelab_core::time::option")]
+    pub oldest_unacked: Option<homelab_core::time::Timestamp>,
 }
 
 impl AppState {
@@ -90,6 +101,7 @@ impl AppState {
             stream: broadcast::channel(256).0,
             mqtt_approvals: true,
             limiter: Default::default(),
+            agents: Default::default(),
         }
     }
 }
@@ -101,6 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     mqtt_config.subscriptions = vec![
         config.topics.state_all(),
         config.topics.actions_all(),
+        config.topics.node_agent_all(),
         format!("{prefix}/actions/+/approve"),
         format!("{prefix}/actions/+/reject"),
     ];
@@ -142,6 +155,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
 /// Approve/reject requests over MQTT, and live updates for the stream.
 async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
+    if let Some(node) = state.topics.parse_node_agent(&message.topic) {
+        let Ok(node) = node else { return };
+        let mut agents = state.agents.lock().expect("agents lock");
+        match serde_json::from_slice::<AgentBacklog>(&message.payload) {
+            Ok(backlog) => {
+                agents.insert(node, backlog);
+            }
+            Err(_) if message.payload.is_empty() => {
+                agents.remove(&node);
+            }
+            Err(error) => debug!(%node, %error, "agent state unreadable"),
+        }
+        return;
+    }
     let prefix = state.topics.prefix();
     let rest = message
         .topic
@@ -249,6 +276,12 @@ pub fn app(state: AppState) -> Router {
 /// Every answer carries the security headers; a POST a browser marks as
 /// cross-site (or from another origin) is refused before any handler.
 async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unrouted".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
     let refused = (request.method() == axum::http::Method::POST)
         .then(|| websec::cross_site(request.headers()))
         .flatten();
@@ -261,6 +294,11 @@ async fn guard(request: axum::extract::Request, next: axum::middleware::Next) ->
     };
     for (name, value) in websec::security_headers() {
         response.headers_mut().insert(name, value);
+    }
+    // A stream's duration is its whole life: not a latency.
+    if route != "/api/stream" {
+        metrics::histogram!("homelab_http_request_duration_seconds", "method" => method, "route" => route)
+            .record(started.elapsed().as_secs_f64());
     }
     response
 }
@@ -709,12 +747,43 @@ where
 }
 
 async fn metrics_page(State(state): State<AppState>) -> Response {
+    collect_gauges(&state);
     let body = state
         .metrics
         .as_ref()
         .map(PrometheusHandle::render)
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The gauges of what is now, set at each scrape from the files and the
+/// agents' last messages: node up, open incidents, open actions by state,
+/// each agent's outbox backlog. (Counters are counted where things happen.)
+fn collect_gauges(state: &AppState) {
+    if let Ok(world) = world(state) {
+        for node in &world.nodes {
+            let up = f64::from(u8::from(
+                node.status == homelab_core::world::NodeStatus::Online,
+            ));
+            metrics::gauge!("homelab_node_up", "node" => node.node.to_string()).set(up);
+        }
+        metrics::gauge!("homelab_incidents_open").set(world.incidents.len() as f64);
+    }
+    for s in ActionState::OPEN {
+        if let Ok(list) = state.store.list(s) {
+            metrics::gauge!("homelab_actions", "state" => s.dir()).set(list.len() as f64);
+        }
+    }
+    let now = Utc::now();
+    for (node, backlog) in state.agents.lock().expect("agents lock").iter() {
+        let node = node.to_string();
+        metrics::gauge!("homelab_node_outbox_events", "node" => node.clone())
+            .set(backlog.outbox_events as f64);
+        let age = backlog
+            .oldest_unacked
+            .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+        metrics::gauge!("homelab_node_oldest_unacked_seconds", "node" => node).set(age);
+    }
 }
 
 /// A plain-text digest to paste into an assistant.
