@@ -9,6 +9,7 @@
 //! server's insides.
 
 pub mod auth;
+pub mod present;
 pub mod websec;
 
 use std::net::SocketAddr;
@@ -886,13 +887,14 @@ struct ActionRow {
     reason: String,
     message: String,
     state: String,
-    created_at: String,
-    updated_at: String,
+    icon: &'static str,
+    created_at: present::When,
+    updated_at: present::When,
     last: String,
 }
 
-impl From<&Action> for ActionRow {
-    fn from(a: &Action) -> Self {
+impl ActionRow {
+    fn new(a: &Action, now: &chrono::DateTime<Utc>) -> Self {
         ActionRow {
             id: a.id.to_string(),
             kind: a.kind.as_str().into(),
@@ -906,8 +908,9 @@ impl From<&Action> for ActionRow {
             reason: a.reason.clone(),
             message: a.message.clone(),
             state: a.state.dir().into(),
-            created_at: homelab_core::time::format(&a.created_at),
-            updated_at: homelab_core::time::format(&a.updated_at),
+            icon: present::icon(a.state.dir()),
+            created_at: present::When::new(&a.created_at, now),
+            updated_at: present::When::new(&a.updated_at, now),
             last: a
                 .history
                 .last()
@@ -936,28 +939,32 @@ struct IndexPage {
 struct NodeRow {
     node: String,
     status: String,
+    icon: &'static str,
     docker: String,
     containers: usize,
-    last_seen: String,
+    last_seen: present::When,
 }
 
 struct ServiceRow {
     node: String,
     service: String,
     status: String,
-    since: String,
+    icon: &'static str,
+    since: present::When,
     message: String,
 }
 
 struct IncidentRow {
     id: String,
     severity: String,
+    icon: &'static str,
     message: String,
-    opened_at: String,
+    opened_at: present::When,
 }
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
     let world = world(&state)?;
+    let now = Utc::now();
     let authed = authed(&state, &headers);
     // The CSRF cookie, set once per browser.
     let (csrf, set_csrf) = match websec::cookie(&headers, websec::CSRF_COOKIE) {
@@ -979,7 +986,7 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         .store
         .list(ActionState::Pending)?
         .iter()
-        .map(ActionRow::from)
+        .map(|a| ActionRow::new(a, &now))
         .collect();
     let mut recent: Vec<Action> = Vec::new();
     for s in ActionState::ALL
@@ -1003,37 +1010,49 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         nodes: world
             .nodes
             .iter()
-            .map(|n| NodeRow {
-                node: n.node.to_string(),
-                status: json_word(&n.status),
-                docker: json_word(&n.docker),
-                containers: n.containers,
-                last_seen: homelab_core::time::format(&n.last_seen),
+            .map(|n| {
+                let status = json_word(&n.status);
+                NodeRow {
+                    node: n.node.to_string(),
+                    icon: present::icon(&status),
+                    status,
+                    docker: json_word(&n.docker),
+                    containers: n.containers,
+                    last_seen: present::When::new(&n.last_seen, &now),
+                }
             })
             .collect(),
         services: world
             .services
             .iter()
-            .map(|s| ServiceRow {
-                node: s.node.to_string(),
-                service: s.service.to_string(),
-                status: json_word(&s.status),
-                since: homelab_core::time::format(&s.since),
-                message: s.message.clone(),
+            .map(|s| {
+                let status = json_word(&s.status);
+                ServiceRow {
+                    node: s.node.to_string(),
+                    service: s.service.to_string(),
+                    icon: present::icon(&status),
+                    status,
+                    since: present::When::new(&s.since, &now),
+                    message: s.message.clone(),
+                }
             })
             .collect(),
         incidents: world
             .incidents
             .iter()
-            .map(|i| IncidentRow {
-                id: i.id.clone(),
-                severity: json_word(&i.severity),
-                message: i.message.clone(),
-                opened_at: homelab_core::time::format(&i.opened_at),
+            .map(|i| {
+                let severity = json_word(&i.severity);
+                IncidentRow {
+                    id: i.id.clone(),
+                    icon: present::icon(&severity),
+                    severity,
+                    message: i.message.clone(),
+                    opened_at: present::When::new(&i.opened_at, &now),
+                }
             })
             .collect(),
         pending,
-        recent: recent.iter().map(ActionRow::from).collect(),
+        recent: recent.iter().map(|a| ActionRow::new(a, &now)).collect(),
     };
     let html = Html(page.render().context("render page")?);
     Ok(match set_csrf {

@@ -115,7 +115,11 @@ async fn reads_answer_from_the_files_and_bad_queries_are_json_errors() {
         ("/api/openapi.json", |b| b.contains(r#""openapi": "3.1.0""#)),
         ("/static/app.css", |b| b.contains("body")),
         ("/static/app.js", |b| b.contains("EventSource")),
-        ("/", |b| b.contains("<h1>homelab</h1>")),
+        ("/", |b| {
+            b.contains("<h1>homelab</h1>")
+                && b.contains(r#"<a href="/api/ai-context" id="ai-context">"#)
+                && b.contains(r#"id="copy-ai""#)
+        }),
     ];
     for (path, check) in ok {
         let (status, body) = site.get(path).await;
