@@ -942,6 +942,8 @@ struct NodeRow {
     icon: &'static str,
     docker: String,
     containers: usize,
+    /// Whether it ever reported (an inventory node may not have).
+    seen: bool,
     last_seen: present::When,
 }
 
@@ -961,6 +963,9 @@ struct IncidentRow {
     message: String,
     opened_at: present::When,
 }
+
+/// The observer's incident for an inventory node that never reported.
+const NEVER_REPORTED: &str = "node_never_reported";
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
     let world = world(&state)?;
@@ -1018,9 +1023,28 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
                     status,
                     docker: json_word(&n.docker),
                     containers: n.containers,
+                    seen: true,
                     last_seen: present::When::new(&n.last_seen, &now),
                 }
             })
+            // Nodes of the inventory that never reported (the observer's
+            // incident says which) are nodes too.
+            .chain(
+                world
+                    .incidents
+                    .iter()
+                    .filter(|i| i.kind == NEVER_REPORTED)
+                    .filter(|i| !world.nodes.iter().any(|n| n.node == i.node))
+                    .map(|i| NodeRow {
+                        node: i.node.to_string(),
+                        status: "never_reported".into(),
+                        icon: present::icon("never_reported"),
+                        docker: "unknown".into(),
+                        containers: 0,
+                        seen: false,
+                        last_seen: present::When::new(&i.opened_at, &now),
+                    }),
+            )
             .collect(),
         services: world
             .services

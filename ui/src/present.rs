@@ -38,10 +38,9 @@ pub fn ago(at: &Timestamp, now: &Timestamp) -> String {
 pub fn icon(status: &str) -> &'static str {
     match status {
         "online" | "running" | "healthy" | "ok" | "completed" | "info" => "✓",
-        "offline" | "not_running" | "missing" | "unreachable" | "failed" | "error" | "critical" => {
-            "✗"
-        }
-        "unhealthy" | "warning" | "pending" | "approved" | "running_action" => "▲",
+        "offline" | "not_running" | "missing" | "unreachable" | "failed" | "error" | "critical"
+        | "never_reported" => "✗",
+        "unhealthy" | "warning" | "pending" | "approved" => "▲",
         _ => "●",
     }
 }
@@ -83,6 +82,7 @@ mod tests {
             ("offline", "✗"),
             ("not_running", "✗"),
             ("missing", "✗"),
+            ("never_reported", "✗"),
             ("unhealthy", "▲"),
             ("pending", "▲"),
             ("cancelled", "●"),

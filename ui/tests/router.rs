@@ -321,6 +321,45 @@ async fn decisions_need_the_token_and_say_what_is_wrong() {
         .exists());
 }
 
+/// An inventory node that never reported (the observer's incident says
+/// so) is on the page with the nodes that did, marked as such.
+#[tokio::test]
+async fn the_page_lists_inventory_nodes_that_never_reported() {
+    let site = site();
+    std::fs::create_dir_all(site.layout.world_dir()).unwrap();
+    let at = "2026-11-24T10:00:00.000Z";
+    std::fs::write(
+        site.layout.world_nodes(),
+        format!(
+            r#"[{{"node":"vps","status":"online","since":"{at}","first_seen":"{at}","last_seen":"{at}","last_seq":3,"docker":"ok","containers":2}}]"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        site.layout.world_incidents(),
+        format!(
+            r#"[{{"id":"node_never_reported:saturn","kind":"node_never_reported","node":"saturn","severity":"warning","message":"saturn has never reported","opened_at":"{at}"}}]"#
+        ),
+    )
+    .unwrap();
+    let (status, page) = site.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<b>2</b>"), "two nodes counted: {page}");
+    let row = page
+        .lines()
+        .find(|l| l.contains("<td>saturn</td>"))
+        .unwrap_or_else(|| panic!("saturn is listed: {page}"));
+    assert!(
+        row.contains("✗ never_reported") && row.contains(">never<"),
+        "{row}"
+    );
+    let row = page.lines().find(|l| l.contains("<td>vps</td>")).unwrap();
+    assert!(
+        row.contains("✓ online") && row.contains(&format!(r#"datetime="{at}""#)),
+        "{row}"
+    );
+}
+
 /// The document and the router name the same endpoints: every path and
 /// method of the document answers (not 404 or 405), and every route of
 /// the router is in the document.
