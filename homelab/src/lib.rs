@@ -150,6 +150,14 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
         let token = child();
         tasks.spawn(async move { ("ui", homelab_ui::run(cfg, token).await) });
     }
+    {
+        let cfg = homelab_notify::Config {
+            layout: layout.clone(),
+            interval: Duration::from_secs(2),
+        };
+        let token = child();
+        tasks.spawn(async move { ("notify", homelab_notify::run(cfg, token).await) });
+    }
     if let Some(node) = config.agent_node.clone() {
         let mut cfg = homelab_agent::Config::new(node, &broker.url, layout.clone());
         cfg.identity = local_identity;

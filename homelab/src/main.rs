@@ -202,6 +202,13 @@ enum Commands {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         command_timeout: Duration,
     },
+    /// Tells the operator about pending actions and incidents (webhook,
+    /// ntfy, Telegram), as `<root>/config/notify.yaml` says.
+    Notify {
+        /// How often the actions and incidents are looked at.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        interval: Duration,
+    },
     /// Web UI and JSON API.
     Ui {
         #[command(flatten)]
@@ -537,6 +544,13 @@ async fn run(cli: Cli) -> Result<()> {
                 fleet: fleet.clone(),
             };
             homelab_executor::run(config, shutdown).await
+        }
+        Commands::Notify { interval } => {
+            let config = homelab_notify::Config {
+                layout,
+                interval: interval.max(Duration::from_millis(200)),
+            };
+            homelab_notify::run(config, shutdown).await
         }
         Commands::Ui { broker, http } => {
             let config = homelab_ui::Config {

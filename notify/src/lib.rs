@@ -1,0 +1,467 @@
+//! `homelab notify` (and a task of `homelab up`): tells the operator about
+//! new pending actions and incidents that open or resolve, through a
+//! generic webhook, ntfy and Telegram, as `<root>/config/notify.yaml`
+//! says:
+//!
+//! ```yaml
+//! base_url: https://homelab.example.net   # links in the messages
+//! webhook: {url: https://hooks.example.net/homelab}
+//! ntfy: {url: https://ntfy.sh, topic: my-homelab, token: tk_…}
+//! telegram: {bot_token: "123456:ABC…", chat_id: "-1001234"}
+//! limits: {repeat_after: 30m, per_minute: 10}
+//! ```
+//!
+//! It reads the observer's `world/incidents.json` and `actions/pending/`
+//! every `interval`, decides with [`plan`] per channel, and keeps what
+//! each channel was told in `state/notify/ledger.json`, so a restart
+//! neither repeats nor forgets. A channel that fails is tried again on the
+//! next pass; the others are not told twice. The file is read again on
+//! every pass: edits take effect without a restart. Secrets in it are
+//! never logged.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use homelab_core::time::Timestamp;
+use homelab_core::{fsutil, ActionState, ActionStore, Layout};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use plan::{Limits, Notice, Said, Told};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFile {
+    /// Where the operator reaches the page; links start with it.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    pub webhook: Option<Webhook>,
+    pub ntfy: Option<Ntfy>,
+    pub telegram: Option<Telegram>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+fn default_base_url() -> String {
+    "http://127.0.0.1:18180".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ntfy {
+    #[serde(default = "default_ntfy")]
+    pub url: String,
+    pub topic: String,
+    pub token: Option<String>,
+}
+
+fn default_ntfy() -> String {
+    "https://ntfy.sh".into()
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telegram {
+    pub bot_token: String,
+    pub chat_id: String,
+    /// The Bot API's address (a local Bot API server, or a test's).
+    #[serde(default = "default_telegram")]
+    pub api: String,
+}
+
+impl std::fmt::Debug for Telegram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telegram")
+            .field("chat_id", &self.chat_id)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_telegram() -> String {
+    "https://api.telegram.org".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// e.g. `30m`: a subject is told at most once in this long.
+    pub repeat_after: Option<String>,
+    pub per_minute: Option<usize>,
+}
+
+/// A channel, checked.
+#[derive(Debug, Clone)]
+pub enum Channel {
+    Webhook(Webhook),
+    Ntfy(Ntfy),
+    Telegram(Telegram),
+}
+
+impl Channel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Channel::Webhook(_) => "webhook",
+            Channel::Ntfy(_) => "ntfy",
+            Channel::Telegram(_) => "telegram",
+        }
+    }
+}
+
+/// The configuration, checked at the edge: addresses are http(s) URLs,
+/// names hold no path tricks.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base_url: String,
+    pub channels: Vec<Channel>,
+    pub limits: Limits,
+}
+
+fn check_url(what: &str, url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => Ok(()),
+        _ => bail!("{what}: {url:?} is not an http:// or https:// address"),
+    }
+}
+
+impl Settings {
+    pub fn parse(text: &str) -> Result<Settings> {
+        let file: NotifyFile = serde_yaml::from_str(text).context("config/notify.yaml")?;
+        check_url("base_url", &file.base_url)?;
+        let mut channels = Vec::new();
+        if let Some(webhook) = file.webhook {
+            check_url("webhook.url", &webhook.url)?;
+            channels.push(Channel::Webhook(webhook));
+        }
+        if let Some(ntfy) = file.ntfy {
+            check_url("ntfy.url", &ntfy.url)?;
+            let ok = !ntfy.topic.is_empty()
+                && ntfy.topic.len() <= 64
+                && ntfy
+                    .topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                bail!("ntfy.topic: letters, digits, - and _ only (at most 64)");
+            }
+            channels.push(Channel::Ntfy(ntfy));
+        }
+        if let Some(telegram) = file.telegram {
+            check_url("telegram.api", &telegram.api)?;
+            let token_ok = telegram
+                .bot_token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '_' || c == '-')
+                && telegram.bot_token.contains(':');
+            if !token_ok {
+                bail!("telegram.bot_token: the token @BotFather gave (digits:letters)");
+            }
+            if telegram.chat_id.trim().is_empty() {
+                bail!("telegram.chat_id is empty");
+            }
+            channels.push(Channel::Telegram(telegram));
+        }
+        let mut limits = Limits::default();
+        if let Some(raw) = &file.limits.repeat_after {
+            limits.repeat_after = homelab_core::time::parse_duration(raw)
+                .map_err(|e| anyhow::anyhow!("limits.repeat_after: {e}"))?;
+        }
+        if let Some(n) = file.limits.per_minute {
+            if n == 0 {
+                bail!("limits.per_minute: at least 1");
+            }
+            limits.per_minute = n;
+        }
+        Ok(Settings {
+            base_url: file.base_url,
+            channels,
+            limits,
+        })
+    }
+}
+
+/// What each channel was told, on disk.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    v: u32,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    channel: String,
+    subject: String,
+    said: Said,
+    #[serde(with = "homelab_core::time")]
+    at: Timestamp,
+}
+
+fn read_ledger(path: &Path) -> BTreeMap<String, Told> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return BTreeMap::new();
+    };
+    let ledger: Ledger = match serde_json::from_slice(&bytes) {
+        Ok(ledger) => ledger,
+        Err(error) => {
+            warn!(path = %path.display(), %error, "notification ledger unreadable; starting afresh");
+            return BTreeMap::new();
+        }
+    };
+    let mut out: BTreeMap<String, Told> = BTreeMap::new();
+    for e in ledger.entries {
+        out.entry(e.channel)
+            .or_default()
+            .insert(e.subject, (e.said, e.at));
+    }
+    out
+}
+
+fn write_ledger(path: &Path, told: &BTreeMap<String, Told>) -> Result<()> {
+    let entries = told
+        .iter()
+        .flat_map(|(channel, subjects)| {
+            subjects.iter().map(move |(subject, (said, at))| Entry {
+                channel: channel.clone(),
+                subject: subject.clone(),
+                said: *said,
+                at: *at,
+            })
+        })
+        .collect();
+    fsutil::write_atomic(path, &fsutil::json_bytes(&Ledger { v: 1, entries })?)
+}
+
+/// Sends one notice to one channel (blocking HTTP, 10 s at most).
+pub fn send(agent: &ureq::Agent, channel: &Channel, notice: &Notice, now: Timestamp) -> Result<()> {
+    let result = match channel {
+        Channel::Webhook(hook) => agent
+            .post(&hook.url)
+            .header("Content-Type", "application/json")
+            .send(
+                serde_json::json!({
+                    "v": 1,
+                    "kind": notice.said.as_str(),
+                    "subject": notice.subject,
+                    "title": notice.title,
+                    "text": notice.text,
+                    "link": notice.link,
+                    "at": homelab_core::time::format(&now),
+                })
+                .to_string(),
+            ),
+        Channel::Ntfy(ntfy) => {
+            let tag = match notice.said {
+                Said::ActionPending => "question",
+                Said::IncidentOpened => "warning",
+                Said::IncidentResolved => "white_check_mark",
+            };
+            let mut request = agent
+                .post(format!("{}/{}", ntfy.url.trim_end_matches('/'), ntfy.topic))
+                .header("Title", &notice.title)
+                .header("Click", &notice.link)
+                .header("Tags", tag);
+            if let Some(token) = &ntfy.token {
+                request = request.header("Authorization", &format!("Bearer {token}"));
+            }
+            request.send(notice.text.clone())
+        }
+        Channel::Telegram(telegram) => agent
+            .post(format!(
+                "{}/bot{}/sendMessage",
+                telegram.api.trim_end_matches('/'),
+                telegram.bot_token
+            ))
+            .header("Content-Type", "application/json")
+            .send(
+                serde_json::json!({
+                    "chat_id": telegram.chat_id,
+                    "text": format!("{}\n{}\n{}", notice.title, notice.text, notice.link),
+                    "disable_web_page_preview": true,
+                })
+                .to_string(),
+            ),
+    };
+    match result {
+        Ok(_) => Ok(()),
+        // The URL may hold a secret (Telegram's token): say the channel
+        // and the status only.
+        Err(ureq::Error::StatusCode(code)) => bail!("{} answered {code}", channel.name()),
+        Err(error) => bail!("{} not reached: {}", channel.name(), error_kind(&error)),
+    }
+}
+
+fn error_kind(error: &ureq::Error) -> &'static str {
+    match error {
+        ureq::Error::Timeout(_) => "timeout",
+        ureq::Error::Io(_) => "connection failed",
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "TLS failed",
+        ureq::Error::HostNotFound => "host not found",
+        _ => "request failed",
+    }
+}
+
+pub struct Config {
+    pub layout: Layout,
+    pub interval: Duration,
+}
+
+/// Runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let layout = config.layout.clone();
+    let ledger_path = layout.state_dir("notify").join("ledger.json");
+    let mut told = read_ledger(&ledger_path);
+    let mut sent_at: BTreeMap<String, Vec<Timestamp>> = BTreeMap::new();
+    let mut last_problem: Option<String> = None;
+    // HTTPS with the same TLS stack as the rest (ureq takes the process's
+    // provider); installed already by another component is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(true)
+        .build()
+        .into();
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!("notifier started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let path = layout.config_dir().join("notify.yaml");
+        let settings = match std::fs::read_to_string(&path) {
+            Ok(text) => Settings::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => Err(anyhow::Error::new(e).context(format!("read {}", path.display()))),
+        };
+        let settings = match settings {
+            Ok(settings) => {
+                last_problem = None;
+                settings
+            }
+            Err(error) => {
+                let text = format!("{error:#}");
+                if last_problem.as_ref() != Some(&text) {
+                    warn!(error = %text, "notifications off until the file is fixed");
+                    metrics::counter!("homelab_notify_config_errors_total").increment(1);
+                    last_problem = Some(text);
+                }
+                continue;
+            }
+        };
+        let incidents: Vec<homelab_core::world::Incident> =
+            match std::fs::read(layout.world_incidents()) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+        let pending = ActionStore::new(layout.clone())
+            .list(ActionState::Pending)
+            .unwrap_or_default();
+        let now = chrono::Utc::now();
+        let mut changed = false;
+        for channel in &settings.channels {
+            let name = channel.name().to_string();
+            let recent = sent_at.entry(name.clone()).or_default();
+            recent.retain(|at| (now - *at).num_seconds() < 60);
+            let channel_told = told.entry(name.clone()).or_default();
+            let before = channel_told.len();
+            plan::forget(channel_told, &pending, &settings.limits, now);
+            changed |= channel_told.len() != before;
+            let notices = plan::plan(
+                channel_told,
+                &pending,
+                &incidents,
+                &settings.base_url,
+                &settings.limits,
+                recent.len(),
+                now,
+            );
+            for notice in notices {
+                let (agent, channel_owned, notice_owned) =
+                    (http.clone(), channel.clone(), notice.clone());
+                let sent = tokio::task::spawn_blocking(move || {
+                    send(&agent, &channel_owned, &notice_owned, now)
+                })
+                .await
+                .context("send task")
+                .and_then(|r| r);
+                match sent {
+                    Ok(()) => {
+                        info!(channel = %name, subject = %notice.subject, kind = notice.said.as_str(), "notification sent");
+                        metrics::counter!("homelab_notifications_sent_total", "channel" => name.clone(), "kind" => notice.said.as_str()).increment(1);
+                        channel_told.insert(notice.subject.clone(), (notice.said, now));
+                        recent.push(now);
+                        changed = true;
+                    }
+                    Err(error) => {
+                        warn!(channel = %name, error = format!("{error:#}"), "notification not sent; tried again on the next pass");
+                        metrics::counter!("homelab_notifications_failed_total", "channel" => name.clone()).increment(1);
+                        // The rest waits for the next pass too.
+                        break;
+                    }
+                }
+            }
+        }
+        if changed {
+            if let Err(error) = write_ledger(&ledger_path, &told) {
+                warn!(
+                    error = format!("{error:#}"),
+                    "notification ledger not written"
+                );
+            }
+        }
+    }
+    info!("notifier stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_is_checked_at_the_edge() {
+        let good = "base_url: https://h.example\nwebhook: {url: http://127.0.0.1:9/hook}\nntfy: {topic: my-lab}\ntelegram: {bot_token: \"123:ABC_d-e\", chat_id: \"-100\"}\nlimits: {repeat_after: 5m, per_minute: 4}\n";
+        let settings = Settings::parse(good).unwrap();
+        let names: Vec<&str> = settings.channels.iter().map(Channel::name).collect();
+        assert_eq!(names, ["webhook", "ntfy", "telegram"]);
+        assert_eq!(settings.limits.repeat_after, Duration::from_secs(300));
+        assert_eq!(settings.limits.per_minute, 4);
+        assert!(
+            !format!("{settings:?}").contains("123:ABC"),
+            "the token is not in Debug"
+        );
+        // (text, what the error names)
+        let bad = [
+            ("webhook: {url: ftp://x}\n", "webhook.url"),
+            ("webhook: {url: http://x, extra: 1}\n", "unknown field"),
+            ("ntfy: {topic: ../etc}\n", "ntfy.topic"),
+            ("telegram: {bot_token: nope, chat_id: \"1\"}\n", "bot_token"),
+            (
+                "telegram: {bot_token: \"1:a\", chat_id: \" \"}\n",
+                "chat_id",
+            ),
+            ("limits: {repeat_after: soon}\n", "repeat_after"),
+            ("limits: {per_minute: 0}\n", "per_minute"),
+            ("base_url: h.example\n", "base_url"),
+        ];
+        for (text, names) in bad {
+            let error = format!("{:#}", Settings::parse(text).unwrap_err());
+            assert!(error.contains(names), "{text}: {error}");
+        }
+    }
+}
