@@ -470,6 +470,22 @@ impl Probe {
             .unwrap();
     }
 
+    /// A node as its agent reports it: its status (retained), then its
+    /// first snapshot with these containers (service, state).
+    pub async fn report(&self, node: &str, status: &str, containers: &[(&str, &str)]) {
+        let snapshot = event(node, 1, "node_snapshot", None, snapshot(containers));
+        if status == "online" {
+            self.publish_retained(&format!("homelab/nodes/{node}/status"), status)
+                .await;
+        }
+        self.publish(&format!("homelab/events/{node}"), snapshot.to_string())
+            .await;
+        if status != "online" {
+            self.publish_retained(&format!("homelab/nodes/{node}/status"), status)
+                .await;
+        }
+    }
+
     pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
             .publish(topic, QoS::AtLeastOnce, true, payload.into())

@@ -139,31 +139,8 @@ async fn pending_actions_and_incidents_reach_the_operator_once_with_links() {
 
     // app is down on n1 (a pending restart); n2 goes offline (an incident).
     let probe = Probe::connect(system.mqtt, &[]).await;
-    probe
-        .publish_retained("homelab/nodes/n1/status", "online")
-        .await;
-    probe
-        .publish(
-            "homelab/events/n1",
-            event(
-                "n1",
-                1,
-                "node_snapshot",
-                None,
-                snapshot(&[("app", "exited")]),
-            )
-            .to_string(),
-        )
-        .await;
-    probe
-        .publish(
-            "homelab/events/n2",
-            event("n2", 1, "node_snapshot", None, snapshot(&[])).to_string(),
-        )
-        .await;
-    probe
-        .publish_retained("homelab/nodes/n2/status", "offline")
-        .await;
+    probe.report("n1", "online", &[("app", "exited")]).await;
+    probe.report("n2", "offline", &[]).await;
 
     // The webhook: both, as JSON, with links to their rows on the page.
     let mut hooks = Vec::new();

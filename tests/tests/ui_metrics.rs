@@ -29,31 +29,8 @@ async fn metrics_say_what_is_up_what_waits_and_how_fast_pages_answer() {
     let probe = Probe::connect(system.mqtt, &[]).await;
     // n1 online with app down (a pending restart), n2 offline; n2's agent
     // says 7 events wait in its outbox, the oldest for about a minute.
-    probe
-        .publish_retained("homelab/nodes/n1/status", "online")
-        .await;
-    probe
-        .publish(
-            "homelab/events/n1",
-            event(
-                "n1",
-                1,
-                "node_snapshot",
-                None,
-                snapshot(&[("app", "exited")]),
-            )
-            .to_string(),
-        )
-        .await;
-    probe
-        .publish(
-            "homelab/events/n2",
-            event("n2", 1, "node_snapshot", None, snapshot(&[])).to_string(),
-        )
-        .await;
-    probe
-        .publish_retained("homelab/nodes/n2/status", "offline")
-        .await;
+    probe.report("n1", "online", &[("app", "exited")]).await;
+    probe.report("n2", "offline", &[]).await;
     let oldest = homelab_core::time::format(&(chrono::Utc::now() - chrono::Duration::seconds(60)));
     probe
         .publish_retained(

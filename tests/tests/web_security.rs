@@ -142,22 +142,7 @@ async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
 
     // A pending action to decide on.
     let probe = Probe::connect(system.mqtt, &[]).await;
-    probe
-        .publish_retained("homelab/nodes/n1/status", "online")
-        .await;
-    probe
-        .publish(
-            "homelab/events/n1",
-            event(
-                "n1",
-                1,
-                "node_snapshot",
-                None,
-                snapshot(&[("app", "exited")]),
-            )
-            .to_string(),
-        )
-        .await;
+    probe.report("n1", "online", &[("app", "exited")]).await;
     let id = "container-restart-n1-app";
     let pending = system.action_file("pending", id);
     wait_for("the restart proposed", Duration::from_secs(30), || async {
