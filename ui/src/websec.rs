@@ -45,7 +45,7 @@ pub fn security_headers() -> [(header::HeaderName, HeaderValue); 5] {
         ),
         (
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ]
@@ -95,9 +95,15 @@ pub fn same(expected: &str, given: &str) -> bool {
 /// host than `Host`. Clients that are not browsers send neither.
 pub fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if matches!(get("sec-fetch-site"), Some("cross-site" | "same-site")) {
-        return Some("cross-site request");
+    // A browser that says where the request comes from is believed (its
+    // `Origin` may be `null` for a form post, and a proxy may rewrite
+    // `Host`).
+    match get("sec-fetch-site") {
+        Some("same-origin" | "none") => return None,
+        Some(_) => return Some("cross-site request"),
+        None => {}
     }
+    // Older browsers: the origin, if sent, must be this host.
     match (get("origin"), get("host")) {
         (Some("null"), _) => Some("opaque origin"),
         (Some(origin), Some(host)) => {
@@ -192,6 +198,28 @@ mod tests {
                 None,
             ),
             (&[("host", "ui:18180"), ("sec-fetch-site", "none")], None),
+            // Chromium's form post: Origin null, but same-origin.
+            (
+                &[
+                    ("host", "ui:18180"),
+                    ("origin", "null"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                None,
+            ),
+            // Behind a proxy that rewrote Host.
+            (
+                &[
+                    ("host", "127.0.0.1:18180"),
+                    ("origin", "https://lab.example"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                None,
+            ),
+            (
+                &[("host", "ui:18180"), ("sec-fetch-site", "garbage")],
+                Some("cross-site request"),
+            ),
             (
                 &[("host", "ui:18180"), ("origin", "https://evil.example")],
                 Some("origin is another host"),

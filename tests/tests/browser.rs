@@ -1,0 +1,235 @@
+//! The page in a real browser: Debian's chromium, headless, driven by
+//! chromedriver over WebDriver (fantoccini), in a phone's window (390 ×
+//! 844). The operator logs in, a pending action appears without a reload,
+//! is approved with its button, and is seen to complete; nothing runs off
+//! the right edge. Screenshots go to `target/browser-artifacts/`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use homelab_tests::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// chromedriver on a free loopback port, or `None` (skipped loudly; CI
+/// installs it and must run this).
+async fn driver() -> Option<(Driver, u16)> {
+    let port = free_addr().port();
+    let child = match Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "chromedriver is not installed (apt-get install chromium chromium-driver)"
+            );
+            eprintln!("\n*** SKIPPED: chromedriver is not installed ***\n");
+            return None;
+        }
+    };
+    let driver = Driver(child);
+    wait_for("chromedriver listens", T, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    Some((driver, port))
+}
+
+async fn browser(port: u16, width: u32, height: u32) -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // The viewport by emulation: a desktop window cannot be made narrower
+    // than about 500 px.
+    let capabilities = json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage"],
+            "mobileEmulation": {
+                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}
+            },
+        }
+    });
+    let Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a browser session")
+}
+
+/// The page's width against the window's: nothing may run off the edge.
+async fn overflow(client: &Client) -> (u64, u64) {
+    let sizes = client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (sizes[0].as_u64().unwrap(), sizes[1].as_u64().unwrap())
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+/// Polls the page until `check` holds for its source.
+async fn page_shows(client: &Client, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let source = client.source().await.unwrap();
+        if check(&source) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never showed {what}:\n{source}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it() {
+    let Some((_driver, port)) = driver().await else {
+        return;
+    };
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  n1: {role: server}\n  saturn: {role: edge}\n",
+        ),
+        (
+            "hosts/n1/services.yaml",
+            "services:\n  app: {grace_period: 0s}\n  db: {grace_period: 0s}\n",
+        ),
+    ]);
+    let system = System::start(repo, Options::default()).await;
+    let mut probe = Probe::connect(system.mqtt, &["homelab/commands/n1"]).await;
+    probe
+        .report("n1", "online", &[("app", "running"), ("db", "running")])
+        .await;
+    let client = browser(port, 390, 844).await;
+    let url = format!("http://{}/", system.http);
+    client.goto(&url).await.unwrap();
+    page_shows(&client, "n1 and the node that never reported", |s| {
+        s.contains("<td>n1</td>") && s.contains("<td>saturn</td>")
+    })
+    .await;
+
+    // Log in with the form.
+    let token = client
+        .find(Locator::Css("#login input[name=token]"))
+        .await
+        .unwrap();
+    token.send_keys(TOKEN).await.unwrap();
+    client
+        .find(Locator::Css("#login button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_shows(&client, "the page logged in", |s| {
+        !s.contains(r#"id="login""#)
+    })
+    .await;
+
+    // app goes down: the action appears without a reload by hand.
+    let id = "container-restart-n1-app";
+    let down = event(
+        "n1",
+        2,
+        "node_snapshot",
+        None,
+        snapshot(&[("app", "exited"), ("db", "running")]),
+    );
+    probe.publish("homelab/events/n1", down.to_string()).await;
+    page_shows(&client, "the pending action", |s| {
+        s.contains(&format!(r#"id="action-{id}""#))
+    })
+    .await;
+    let (width, window) = overflow(&client).await;
+    assert_eq!(window, 390, "a phone's viewport");
+    assert!(
+        width <= window,
+        "the page is {width} px wide in a {window} px window"
+    );
+    screenshot(&client, "overview-390.png").await;
+
+    // Approve with its button; the command goes out; the agent's outcome
+    // completes it, and the page shows that too.
+    client
+        .find(Locator::Css(&format!(
+            "#action-{id} form[action$='/approve'] button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let command = probe.expect("homelab/commands/n1", T, |_| true).await;
+    let command: Value = serde_json::from_slice(&command).unwrap();
+    assert_eq!(command["action_id"], id);
+    let done = event(
+        "n1",
+        3,
+        "remediation_completed",
+        Some("app"),
+        json!({"action_id": id, "command_id": command["id"]}),
+    );
+    probe.publish("homelab/events/n1", done.to_string()).await;
+    page_shows(&client, "the action completed", |s| {
+        s.contains(&format!("<td>{id}</td><td class=\"completed\">"))
+    })
+    .await;
+    let completed = read_json(&system.action_file("completed", id)).unwrap();
+    assert!(
+        completed["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["state"] == "approved" && t["by"] == "ui"),
+        "{completed}"
+    );
+    let (width, window) = overflow(&client).await;
+    assert_eq!(window, 390, "a phone's viewport");
+    assert!(
+        width <= window,
+        "the page is {width} px wide in a {window} px window"
+    );
+    screenshot(&client, "actions-390.png").await;
+
+    client.close().await.unwrap();
+    // The same page on a laptop.
+    let laptop = browser(port, 1280, 900).await;
+    laptop.goto(&url).await.unwrap();
+    page_shows(&laptop, "the completed action", |s| s.contains(id)).await;
+    screenshot(&laptop, "overview-1280.png").await;
+    laptop.close().await.unwrap();
+    system.stop().await.unwrap();
+}
