@@ -77,6 +77,8 @@ pub struct AppState {
     pub mqtt_approvals: bool,
     /// Failed logins by client address ([`websec::Limiter`]).
     pub limiter: Arc<std::sync::Mutex<websec::Limiter>>,
+    /// The world files as last parsed.
+    pub world: Arc<std::sync::Mutex<WorldCache>>,
     /// Each agent's last state (`nodes/<node>/agent`): its outbox backlog.
     pub agents: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, AgentBacklog>>>,
 }
@@ -103,6 +105,7 @@ impl AppState {
             mqtt_approvals: true,
             limiter: Default::default(),
             agents: Default::default(),
+            world: Default::default(),
         }
     }
 }
@@ -447,29 +450,70 @@ fn authorize(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<(
     Err(AppError::Unauthorized)
 }
 
-fn read_world<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>, AppError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
-            AppError::Unavailable(format!("world state {} is unreadable", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(AppError::Internal(
-            anyhow::Error::new(e).context(format!("read {}", path.display())),
-        )),
+/// A world file as last parsed, and which version of the file that was:
+/// a request parses a file again only when the observer rewrote it.
+struct Parsed<T> {
+    version: Option<homelab_core::fsutil::FileId>,
+    value: Arc<Vec<T>>,
+}
+
+impl<T> Default for Parsed<T> {
+    fn default() -> Self {
+        Parsed {
+            version: None,
+            value: Arc::new(Vec::new()),
+        }
     }
 }
 
+impl<T: serde::de::DeserializeOwned> Parsed<T> {
+    fn get(&mut self, path: &std::path::Path) -> Result<Arc<Vec<T>>, AppError> {
+        let internal = |e: std::io::Error| {
+            AppError::Internal(anyhow::Error::new(e).context(format!("read {}", path.display())))
+        };
+        let version = match std::fs::metadata(path) {
+            Ok(meta) => homelab_core::fsutil::FileId::of(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *self = Parsed::default();
+                return Ok(self.value.clone());
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        if self.version != Some(version) {
+            let bytes = std::fs::read(path).map_err(internal)?;
+            let value: Vec<T> = serde_json::from_slice(&bytes).map_err(|_| {
+                AppError::Unavailable(format!("world state {} is unreadable", path.display()))
+            })?;
+            *self = Parsed {
+                version: Some(version),
+                value: Arc::new(value),
+            };
+        }
+        Ok(self.value.clone())
+    }
+}
+
+/// The world files, parsed once per version ([`Parsed`]).
+#[derive(Default)]
+pub struct WorldCache {
+    nodes: Parsed<NodeState>,
+    services: Parsed<ServiceState>,
+    incidents: Parsed<Incident>,
+}
+
 struct World {
-    nodes: Vec<NodeState>,
-    services: Vec<ServiceState>,
-    incidents: Vec<Incident>,
+    nodes: Arc<Vec<NodeState>>,
+    services: Arc<Vec<ServiceState>>,
+    incidents: Arc<Vec<Incident>>,
 }
 
 fn world(state: &AppState) -> Result<World, AppError> {
+    let mut cache = state.world.lock().expect("world cache lock");
+    let layout = &state.layout;
     Ok(World {
-        nodes: read_world(&state.layout.world_nodes())?,
-        services: read_world(&state.layout.world_services())?,
-        incidents: read_world(&state.layout.world_incidents())?,
+        nodes: cache.nodes.get(&layout.world_nodes())?,
+        services: cache.services.get(&layout.world_services())?,
+        incidents: cache.incidents.get(&layout.world_incidents())?,
     })
 }
 
@@ -484,16 +528,23 @@ async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, AppErro
     )))
 }
 
-async fn nodes(State(state): State<AppState>) -> Result<Json<Vec<NodeState>>, AppError> {
-    Ok(Json(world(&state)?.nodes))
+/// A JSON answer from a borrowed value (the cached world is shared, not
+/// copied).
+fn json_of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response, AppError> {
+    let body = serde_json::to_vec(value).map_err(|e| AppError::Internal(e.into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn services(State(state): State<AppState>) -> Result<Json<Vec<ServiceState>>, AppError> {
-    Ok(Json(world(&state)?.services))
+async fn nodes(State(state): State<AppState>) -> Result<Response, AppError> {
+    json_of(world(&state)?.nodes.as_slice())
 }
 
-async fn incidents(State(state): State<AppState>) -> Result<Json<Vec<Incident>>, AppError> {
-    Ok(Json(world(&state)?.incidents))
+async fn services(State(state): State<AppState>) -> Result<Response, AppError> {
+    json_of(world(&state)?.services.as_slice())
+}
+
+async fn incidents(State(state): State<AppState>) -> Result<Response, AppError> {
+    json_of(world(&state)?.incidents.as_slice())
 }
 
 #[derive(Debug, Deserialize)]
@@ -762,7 +813,7 @@ async fn metrics_page(State(state): State<AppState>) -> Response {
 /// each agent's outbox backlog. (Counters are counted where things happen.)
 fn collect_gauges(state: &AppState) {
     if let Ok(world) = world(state) {
-        for node in &world.nodes {
+        for node in world.nodes.iter() {
             let up = f64::from(u8::from(
                 node.status == homelab_core::world::NodeStatus::Online,
             ));
@@ -792,7 +843,7 @@ async fn ai_context(State(state): State<AppState>) -> Result<Response, AppError>
     let world = world(&state)?;
     let open = state.store.open()?;
     let mut text = String::from("# homelab state\n\n## Nodes\n");
-    for n in &world.nodes {
+    for n in world.nodes.iter() {
         text += &format!(
             "- {}: {}, docker {}, {} containers, last seen {}\n",
             n.node,
@@ -814,7 +865,7 @@ async fn ai_context(State(state): State<AppState>) -> Result<Response, AppError>
         );
     }
     text += "\n## Open incidents\n";
-    for i in &world.incidents {
+    for i in world.incidents.iter() {
         text += &format!("- {} [{}]: {}\n", i.id, json_word(&i.severity), i.message);
     }
     text += "\n## Open actions\n";
