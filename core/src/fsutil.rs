@@ -29,6 +29,40 @@ impl FileId {
     }
 }
 
+/// A JSON file, parsed only when it changed (its [`FileId`]): the
+/// supervisor's and the UI's view of the observer's world files.
+#[derive(Debug, Default)]
+pub struct Watched {
+    version: Option<FileId>,
+}
+
+impl Watched {
+    /// The file's content (the default if there is no file) if it changed
+    /// since the last call; `None` if it did not.
+    pub fn changed<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        path: &Path,
+    ) -> Result<Option<T>> {
+        let version = match fs::metadata(path) {
+            Ok(meta) => Some(FileId::of(&meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+        };
+        if version.is_some() && version == self.version {
+            return Ok(None);
+        }
+        self.version = None;
+        let value = match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parse {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => T::default(),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        self.version = version;
+        Ok(Some(value))
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_in(path, bytes)?;
     sync_dir(path.parent().context("path has no parent directory")?)

@@ -19,7 +19,7 @@ pub mod world;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::Utc;
 use homelab_core::store::{CreateError, ListCache, Move, TransitionError};
 use homelab_core::{desired, feed, fsutil, Action, ActionState, ActionStore, Layout, Topics};
@@ -70,40 +70,12 @@ struct Supervisor {
     desired: Option<desired::Desired>,
     last_problems: Vec<String>,
     recent: recent::Recent,
-    nodes_file: Watched,
-    services_file: Watched,
+    nodes_file: fsutil::Watched,
+    services_file: fsutil::Watched,
     world: world::World,
     actions: ListCache,
     /// Node configs published since the last CONNACK: topic → revision.
     configs: std::collections::BTreeMap<String, String>,
-}
-
-/// A JSON file, parsed only when it changed.
-#[derive(Default)]
-struct Watched {
-    version: Option<fsutil::FileId>,
-}
-
-impl Watched {
-    /// The file's content (empty if there is no file) if it changed since
-    /// the last call.
-    fn changed<T: serde::de::DeserializeOwned + Default>(
-        &mut self,
-        path: &std::path::Path,
-    ) -> Result<Option<T>> {
-        let version = match std::fs::metadata(path) {
-            Ok(meta) => Some(fsutil::FileId::of(&meta)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
-        };
-        if version.is_some() && version == self.version {
-            return Ok(None);
-        }
-        self.version = None;
-        let value = read_json(path)?;
-        self.version = version;
-        Ok(Some(value))
-    }
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -122,8 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         desired: None,
         last_problems: Vec::new(),
         recent: recent::Recent::default(),
-        nodes_file: Watched::default(),
-        services_file: Watched::default(),
+        nodes_file: fsutil::Watched::default(),
+        services_file: fsutil::Watched::default(),
         world: match &config.fleet {
             Some(fleet) => world::World::signed_by(fleet.public_key()),
             None => world::World::default(),
@@ -180,16 +152,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     mqtt.close().await;
     Ok(())
-}
-
-fn read_json<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -> Result<T> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
-    }
 }
 
 impl Supervisor {

@@ -450,17 +450,17 @@ fn authorize(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<(
     Err(AppError::Unauthorized)
 }
 
-/// A world file as last parsed, and which version of the file that was:
-/// a request parses a file again only when the observer rewrote it.
+/// A world file as last parsed: a request parses it again only when the
+/// observer rewrote it ([`homelab_core::fsutil::Watched`]).
 struct Parsed<T> {
-    version: Option<homelab_core::fsutil::FileId>,
+    file: homelab_core::fsutil::Watched,
     value: Arc<Vec<T>>,
 }
 
 impl<T> Default for Parsed<T> {
     fn default() -> Self {
         Parsed {
-            version: None,
+            file: Default::default(),
             value: Arc::new(Vec::new()),
         }
     }
@@ -468,32 +468,22 @@ impl<T> Default for Parsed<T> {
 
 impl<T: serde::de::DeserializeOwned> Parsed<T> {
     fn get(&mut self, path: &std::path::Path) -> Result<Arc<Vec<T>>, AppError> {
-        let internal = |e: std::io::Error| {
-            AppError::Internal(anyhow::Error::new(e).context(format!("read {}", path.display())))
-        };
-        let version = match std::fs::metadata(path) {
-            Ok(meta) => homelab_core::fsutil::FileId::of(&meta),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                *self = Parsed::default();
-                return Ok(self.value.clone());
+        match self.file.changed::<Vec<T>>(path) {
+            Ok(Some(value)) => self.value = Arc::new(value),
+            Ok(None) => {}
+            Err(error) => {
+                warn!(error = format!("{error:#}"), "world state unreadable");
+                return Err(AppError::Unavailable(format!(
+                    "world state {} is unreadable",
+                    path.display()
+                )));
             }
-            Err(e) => return Err(internal(e)),
-        };
-        if self.version != Some(version) {
-            let bytes = std::fs::read(path).map_err(internal)?;
-            let value: Vec<T> = serde_json::from_slice(&bytes).map_err(|_| {
-                AppError::Unavailable(format!("world state {} is unreadable", path.display()))
-            })?;
-            *self = Parsed {
-                version: Some(version),
-                value: Arc::new(value),
-            };
         }
         Ok(self.value.clone())
     }
 }
 
-/// The world files, parsed once per version ([`Parsed`]).
+/// The world files, parsed once per version.
 #[derive(Default)]
 pub struct WorldCache {
     nodes: Parsed<NodeState>,
