@@ -584,6 +584,18 @@ pub async fn try_connect(host: &str, port: u16, login: Login<'_>) -> Outcome {
     attempt.unwrap_or_else(|_| Outcome::Refused("no answer".into()))
 }
 
+/// The agent's answer to `command` (as the executor sent it): the action
+/// it was for is done.
+pub fn outcome(node: &str, seq: u64, service: &str, command: &Value) -> Value {
+    event(
+        node,
+        seq,
+        "remediation_completed",
+        Some(service),
+        json!({"action_id": command["action_id"], "command_id": command["id"]}),
+    )
+}
+
 /// An event as an agent would publish it.
 pub fn event(node: &str, seq: u64, kind: &str, service: Option<&str>, data: Value) -> Value {
     let mut event = json!({

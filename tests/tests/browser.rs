@@ -195,13 +195,7 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     let command = probe.expect("homelab/commands/n1", T, |_| true).await;
     let command: Value = serde_json::from_slice(&command).unwrap();
     assert_eq!(command["action_id"], id);
-    let done = event(
-        "n1",
-        3,
-        "remediation_completed",
-        Some("app"),
-        json!({"action_id": id, "command_id": command["id"]}),
-    );
+    let done = outcome("n1", 3, "app", &command);
     probe.publish("homelab/events/n1", done.to_string()).await;
     page_shows(&client, "the action completed", |s| {
         s.contains(&format!("<td>{id}</td><td class=\"completed\">"))

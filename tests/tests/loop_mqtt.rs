@@ -161,13 +161,7 @@ async fn event_to_action_to_command_to_completion() {
     assert!(system.action_file("running", id).exists());
 
     // The agent reports completion; the action completes with its result.
-    let done = event(
-        "n1",
-        5,
-        "remediation_completed",
-        Some("app"),
-        json!({"action_id": id, "command_id": command["id"]}),
-    );
+    let done = outcome("n1", 5, "app", &command);
     probe.publish("homelab/events/n1", done.to_string()).await;
     wait_for("completed", T, || async {
         system.action_file("completed", id).exists()

@@ -9,6 +9,21 @@ use serde_json::json;
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
+/// The login form posted with the operator token, the CSRF cookie and
+/// `csrf` as the form's field: status and response headers.
+async fn post_login(
+    http: std::net::SocketAddr,
+    cookie: &str,
+    csrf: &str,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
+    let mut headers = vec![FORM, ("Cookie", cookie)];
+    headers.extend_from_slice(extra);
+    let body = format!("token={TOKEN}&csrf={csrf}");
+    let (status, head, _) = http_exchange(http, "POST", "/login", &headers, &body).await;
+    (status, head)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
     let repo = write_repo(&[
@@ -86,28 +101,10 @@ async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
     }
 
     // Login: the CSRF value is needed, then the token.
-    let login = |token: &str, csrf: &str| format!("token={token}&csrf={csrf}");
-    let (status, _, _) = http_exchange(
-        http,
-        "POST",
-        "/login",
-        &[FORM, ("Cookie", &csrf_header)],
-        &login(TOKEN, "wrong"),
-    )
-    .await;
+    let (status, _) = post_login(http, &csrf_header, "wrong", &[]).await;
     assert_eq!(status, 403, "a login without the page's CSRF value");
-    let (status, head, _) = http_exchange(
-        http,
-        "POST",
-        "/login",
-        &[
-            FORM,
-            ("Cookie", &csrf_header),
-            ("X-Forwarded-Proto", "https"),
-        ],
-        &login(TOKEN, &csrf),
-    )
-    .await;
+    let (status, head) =
+        post_login(http, &csrf_header, &csrf, &[("X-Forwarded-Proto", "https")]).await;
     assert_eq!(status, 303, "{head}");
     let session = set_cookies(&head)
         .into_iter()
@@ -127,14 +124,7 @@ async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
         .unwrap()
         .to_string();
     // Without TLS in front, no Secure (the browser would drop it).
-    let (_, head, _) = http_exchange(
-        http,
-        "POST",
-        "/login",
-        &[FORM, ("Cookie", &csrf_header)],
-        &login(TOKEN, &csrf),
-    )
-    .await;
+    let (_, head) = post_login(http, &csrf_header, &csrf, &[]).await;
     assert!(
         !set_cookies(&head).iter().any(|c| c.contains("Secure")),
         "{head}"
@@ -239,14 +229,7 @@ async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
     assert_eq!(status, 429, "{body}");
     let wait: u64 = header_value(&head, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
-    let (status, _, _) = http_exchange(
-        http,
-        "POST",
-        "/login",
-        &[FORM, ("Cookie", &csrf_header)],
-        &login(TOKEN, &csrf),
-    )
-    .await;
+    let (status, _) = post_login(http, &csrf_header, &csrf, &[]).await;
     assert_eq!(status, 429, "the login form is limited too");
     let metrics = system.get("/metrics").await.1;
     assert!(
