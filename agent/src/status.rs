@@ -6,86 +6,58 @@
 //! reads the file, so it works while the agent is down or cut off.
 
 use chrono::{DateTime, Utc};
+pub use homelab_core::agentstatus::AgentStatus;
 use homelab_core::time::{self, Timestamp};
-use homelab_core::Name;
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentStatus {
-    pub node: Name,
-    /// Connected to the broker, subscriptions confirmed.
-    pub connected: bool,
-    /// Events held until the observer acknowledges them.
-    pub outbox_events: u64,
-    pub outbox_bytes: u64,
-    /// The observer's watermark as last seen.
-    pub acked: u64,
-    /// The highest `seq` given out.
-    pub last_seq: u64,
-    /// When the oldest event still held was made.
-    #[serde(default, with = "time::option")]
-    pub oldest_unacked: Option<Timestamp>,
-    /// When the agent wrote this.
-    #[serde(with = "time")]
-    pub updated: Timestamp,
-    /// False once the agent has stopped.
-    pub running: bool,
-    /// Load, memory, uptime and disk use of the node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vitals: Option<crate::vitals::Vitals>,
-}
-
-impl AgentStatus {
-    /// The text `homelab agent status` prints.
-    pub fn render(&self, now: DateTime<Utc>) -> String {
-        let ago = |t: Timestamp| humanize((now - t).num_seconds().max(0));
-        let mut out = format!("node:            {}\n", self.node);
-        let state = match (self.running, self.connected) {
-            (false, _) => "stopped".to_string(),
-            (true, true) => "connected".to_string(),
-            (true, false) => "running, not connected to the broker".to_string(),
-        };
-        out += &format!(
-            "agent:           {state} (as of {} ago)\n",
-            ago(self.updated)
-        );
-        out += &format!(
-            "outbox:          {} events, {} bytes not yet acknowledged\n",
-            self.outbox_events, self.outbox_bytes
-        );
-        out += &format!(
-            "oldest unacked:  {}\n",
-            match self.oldest_unacked {
-                Some(t) => format!("{} ({} ago)", time::format(&t), ago(t)),
-                None => "none".into(),
-            }
-        );
-        out += &format!(
-            "seq:             {} given out, {} acknowledged\n",
-            self.last_seq, self.acked
-        );
-        if let Some(v) = &self.vitals {
-            out += &format!(
-                "load:            {:.2} {:.2} {:.2}\n",
-                v.load[0], v.load[1], v.load[2]
-            );
-            out += &format!(
-                "memory:          {:.1} of {:.1} GB available\n",
-                v.memory_available_bytes as f64 / 1e9,
-                v.memory_total_bytes as f64 / 1e9
-            );
-            out += &format!("up:              {}\n", humanize(v.uptime_secs as i64));
-            for d in &v.disks {
-                out += &format!(
-                    "disk:            {} {:.1}% used, {:.1} GB free\n",
-                    d.mount,
-                    d.used_pct,
-                    d.free_bytes as f64 / 1e9
-                );
-            }
+/// The text `homelab agent status` prints.
+pub fn render(status: &AgentStatus, now: DateTime<Utc>) -> String {
+    let ago = |t: Timestamp| humanize((now - t).num_seconds().max(0));
+    let mut out = format!("node:            {}\n", status.node);
+    let state = match (status.running, status.connected) {
+        (false, _) => "stopped".to_string(),
+        (true, true) => "connected".to_string(),
+        (true, false) => "running, not connected to the broker".to_string(),
+    };
+    out += &format!(
+        "agent:           {state} (as of {} ago)\n",
+        ago(status.updated)
+    );
+    out += &format!(
+        "outbox:          {} events, {} bytes not yet acknowledged\n",
+        status.outbox_events, status.outbox_bytes
+    );
+    out += &format!(
+        "oldest unacked:  {}\n",
+        match status.oldest_unacked {
+            Some(t) => format!("{} ({} ago)", time::format(&t), ago(t)),
+            None => "none".into(),
         }
-        out
+    );
+    out += &format!(
+        "seq:             {} given out, {} acknowledged\n",
+        status.last_seq, status.acked
+    );
+    if let Some(v) = &status.vitals {
+        out += &format!(
+            "load:            {:.2} {:.2} {:.2}\n",
+            v.load[0], v.load[1], v.load[2]
+        );
+        out += &format!(
+            "memory:          {:.1} of {:.1} GB available\n",
+            v.memory_available_bytes as f64 / 1e9,
+            v.memory_total_bytes as f64 / 1e9
+        );
+        out += &format!("up:              {}\n", humanize(v.uptime_secs as i64));
+        for d in &v.disks {
+            out += &format!(
+                "disk:            {} {:.1}% used, {:.1} GB free\n",
+                d.mount,
+                d.used_pct,
+                d.free_bytes as f64 / 1e9
+            );
+        }
     }
+    out
 }
 
 fn humanize(secs: i64) -> String {
@@ -100,6 +72,7 @@ fn humanize(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use homelab_core::Name;
 
     #[test]
     fn renders_what_an_operator_asks() {
@@ -114,19 +87,19 @@ mod tests {
             oldest_unacked: Some(at("2026-11-22T09:00:00Z")),
             updated: at("2026-11-22T10:59:55Z"),
             running: true,
-            vitals: Some(crate::vitals::Vitals {
+            vitals: Some(homelab_core::agentstatus::Vitals {
                 load: [0.5, 0.25, 1.0],
                 memory_total_bytes: 4_000_000_000,
                 memory_available_bytes: 1_500_000_000,
                 uptime_secs: 90_000,
-                disks: vec![crate::vitals::DiskUse {
+                disks: vec![homelab_core::agentstatus::DiskUse {
                     mount: "/".into(),
                     used_pct: 91.5,
                     free_bytes: 2_500_000_000,
                 }],
             }),
         };
-        let text = status.render(at("2026-11-22T11:00:00Z"));
+        let text = render(&status, at("2026-11-22T11:00:00Z"));
         assert!(
             text.contains("running, not connected to the broker (as of 5 s ago)"),
             "{text}"

@@ -2,25 +2,7 @@
 //! the agent's retained status on `<prefix>/nodes/<node>/agent`: state that
 //! is replaced, not a stream of events. Parsers of `/proc` are pure.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Vitals {
-    /// Load averages over 1, 5 and 15 minutes.
-    pub load: [f64; 3],
-    pub memory_total_bytes: u64,
-    pub memory_available_bytes: u64,
-    pub uptime_secs: u64,
-    /// The watched filesystems as last sampled.
-    pub disks: Vec<DiskUse>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DiskUse {
-    pub mount: String,
-    pub used_pct: f64,
-    pub free_bytes: u64,
-}
+pub use homelab_core::agentstatus::{DiskUse, Vitals};
 
 /// `/proc/loadavg`: `0.52 0.58 0.59 1/389 12345`.
 pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {

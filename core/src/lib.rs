@@ -4,6 +4,7 @@
 //! helpers ([`fsutil`], [`store`], [`desired::load`]).
 
 pub mod action;
+pub mod agentstatus;
 pub mod command;
 pub mod desired;
 pub mod event;

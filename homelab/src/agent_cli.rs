@@ -107,7 +107,7 @@ pub fn status(root: &Path, node: Option<String>, json: bool) -> Result<String> {
     }
     let status: homelab_agent::status::AgentStatus =
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    Ok(status.render(chrono::Utc::now()))
+    Ok(homelab_agent::status::render(&status, chrono::Utc::now()))
 }
 
 /// Runs the agent until `shutdown`. It is light on work, so its process
