@@ -48,6 +48,10 @@ impl Layout {
     pub fn world_incidents(&self) -> PathBuf {
         self.world_dir().join("incidents.json")
     }
+    /// Incidents that closed, oldest first ([`crate::world::ResolvedIncident`]).
+    pub fn world_incident_history(&self) -> PathBuf {
+        self.world_dir().join("incident_history.json")
+    }
     pub fn world_deployments(&self) -> PathBuf {
         self.world_dir().join("deployments.json")
     }

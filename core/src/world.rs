@@ -154,6 +154,44 @@ pub struct Incident {
     pub maintenance: Option<crate::maintenance::Active>,
 }
 
+/// An incident that closed, in `world/incident_history.json` (oldest
+/// first, the last [`HISTORY_KEPT`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedIncident {
+    #[serde(flatten)]
+    pub incident: Incident,
+    #[serde(with = "time")]
+    pub resolved_at: Timestamp,
+}
+
+/// How many resolved incidents the history keeps.
+pub const HISTORY_KEPT: usize = 500;
+
+/// The incidents of `before` that `now` no longer holds, resolved at `at`.
+/// One that is open again under the same id with a later `opened_at`
+/// closed in between.
+pub fn resolved(before: &[Incident], now: &[Incident], at: Timestamp) -> Vec<ResolvedIncident> {
+    before
+        .iter()
+        .filter(|old| {
+            !now.iter()
+                .any(|new| new.id == old.id && new.opened_at == old.opened_at)
+        })
+        .map(|old| ResolvedIncident {
+            incident: old.clone(),
+            resolved_at: at,
+        })
+        .collect()
+}
+
+/// `history` with `closed` appended and the oldest dropped past
+/// [`HISTORY_KEPT`].
+pub fn append_history(history: &mut Vec<ResolvedIncident>, closed: Vec<ResolvedIncident>) {
+    history.extend(closed);
+    let excess = history.len().saturating_sub(HISTORY_KEPT);
+    history.drain(..excess);
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub total: usize,
@@ -226,6 +264,63 @@ pub fn json_word<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incidents_that_close_go_to_the_history() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let incident = |id: &str, opened: &str| Incident {
+            id: id.into(),
+            kind: "service_not_running".into(),
+            node: Name::parse("n1").unwrap(),
+            service: None,
+            severity: crate::Severity::Warning,
+            message: "exited (1)".into(),
+            opened_at: at(opened),
+            count: None,
+            last_seen: None,
+            maintenance: None,
+        };
+        let a = incident("a", "2026-11-24T10:00:00Z");
+        let b = incident("b", "2026-11-24T10:00:00Z");
+        let b_again = incident("b", "2026-11-24T10:30:00Z");
+        let when = at("2026-11-24T11:00:00Z");
+        let ids = |closed: Vec<ResolvedIncident>| {
+            closed
+                .into_iter()
+                .map(|r| (r.incident.id, r.incident.opened_at, r.resolved_at))
+                .collect::<Vec<_>>()
+        };
+        // (before, now, closed)
+        let cases: [(Vec<Incident>, Vec<Incident>, Vec<&str>); 5] = [
+            (vec![], vec![a.clone()], vec![]),
+            (vec![a.clone()], vec![a.clone()], vec![]),
+            (vec![a.clone(), b.clone()], vec![b.clone()], vec!["a"]),
+            (vec![a.clone(), b.clone()], vec![], vec!["a", "b"]),
+            // Closed and opened again in between: the old one closed.
+            (vec![b.clone()], vec![b_again.clone()], vec!["b"]),
+        ];
+        for (before, now, closed) in cases {
+            let got = ids(resolved(&before, &now, when));
+            let expected: Vec<_> = closed
+                .iter()
+                .map(|id| {
+                    let old = before.iter().find(|i| i.id == *id).unwrap();
+                    (id.to_string(), old.opened_at, when)
+                })
+                .collect();
+            assert_eq!(got, expected, "{before:?} -> {now:?}");
+        }
+        let mut history = Vec::new();
+        for _ in 0..(HISTORY_KEPT + 3) {
+            append_history(&mut history, resolved(&[a.clone()], &[], when));
+        }
+        append_history(&mut history, resolved(&[b.clone()], &[], when));
+        assert_eq!(history.len(), HISTORY_KEPT);
+        assert_eq!(history.last().unwrap().incident.id, "b", "newest last");
+        let json = serde_json::to_value(&history[0]).unwrap();
+        assert_eq!(json["id"], "a", "flat: an incident with resolved_at");
+        assert_eq!(json["resolved_at"], "2026-11-24T11:00:00.000Z");
+    }
 
     #[test]
     fn exit_codes_in_status_lines() {

@@ -86,6 +86,8 @@ struct Observer {
     /// The incidents last written, to notice when time alone changes them
     /// (an alert expires, a maintenance window opens).
     last_incidents: Vec<homelab_core::world::Incident>,
+    /// Incidents that closed (`world/incident_history.json`).
+    history: Vec<homelab_core::world::ResolvedIncident>,
     started: chrono::DateTime<Utc>,
     published: HashMap<String, String>,
     open_files: HashMap<PathBuf, File>,
@@ -252,6 +254,18 @@ fn repo_problems(
         .collect()
 }
 
+/// A JSON file of the root, or the default when it is absent or does not
+/// parse (said in the log).
+fn read_or_default<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -> T {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            warn!(path = %path.display(), %error, "unreadable; starting from nothing");
+            T::default()
+        }),
+        Err(_) => T::default(),
+    }
+}
+
 /// While messages keep coming, world files are written at least this
 /// often.
 const FLUSH_UNDER_LOAD: Duration = Duration::from_millis(250);
@@ -278,6 +292,7 @@ impl Observer {
             repo_problems: Vec::new(),
             maintenance: Vec::new(),
             last_incidents: Vec::new(),
+            history: Vec::new(),
             started: Utc::now(),
             published: HashMap::new(),
             open_files: HashMap::new(),
@@ -296,6 +311,11 @@ impl Observer {
         }
         metrics::counter!("homelab_eventlog_bad_lines_total").increment(bad.len() as u64);
         observer.ids.expire(Utc::now());
+        // What was open and what closed when the last run wrote them: an
+        // incident that closed while this one was down closes at its first
+        // write.
+        observer.history = read_or_default(&layout.world_incident_history());
+        observer.last_incidents = read_or_default(&layout.world_incidents());
         observer.load_inventory();
         info!(
             events = count,
@@ -822,14 +842,16 @@ impl Observer {
         let topics = &self.config.topics;
         let nodes: Vec<_> = self.world.nodes.values().cloned().collect();
         let services: Vec<_> = self.world.services.values().cloned().collect();
-        let incidents = self.incidents(Utc::now());
+        let now = Utc::now();
+        let incidents = self.incidents(now);
+        let closed = homelab_core::world::resolved(&self.last_incidents, &incidents, now);
         self.last_incidents = incidents.clone();
         // Only files whose content changed are written, with one fsync of
         // the directory for all of them.
         // Services before nodes, here and on the bus: a reader that takes
         // nodes first (the supervisor does) never sees a node's new state
         // (its first snapshot: Docker ok) with its services from before.
-        let texts = [
+        let mut texts = vec![
             (layout.world_services(), fsutil::json_bytes(&services)?),
             (layout.world_nodes(), fsutil::json_bytes(&nodes)?),
             (layout.world_incidents(), fsutil::json_bytes(&incidents)?),
@@ -838,6 +860,13 @@ impl Observer {
                 fsutil::json_bytes(&Vec::<()>::new())?,
             ),
         ];
+        if !closed.is_empty() {
+            homelab_core::world::append_history(&mut self.history, closed);
+            texts.push((
+                layout.world_incident_history(),
+                fsutil::json_bytes(&self.history)?,
+            ));
+        }
         let changed: Vec<(&std::path::Path, &[u8])> = texts
             .iter()
             .filter(|(path, text)| self.written.get(path) != Some(text))
