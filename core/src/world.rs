@@ -312,9 +312,9 @@ mod tests {
         }
         let mut history = Vec::new();
         for _ in 0..(HISTORY_KEPT + 3) {
-            append_history(&mut history, resolved(&[a.clone()], &[], when));
+            append_history(&mut history, resolved(std::slice::from_ref(&a), &[], when));
         }
-        append_history(&mut history, resolved(&[b.clone()], &[], when));
+        append_history(&mut history, resolved(std::slice::from_ref(&b), &[], when));
         assert_eq!(history.len(), HISTORY_KEPT);
         assert_eq!(history.last().unwrap().incident.id, "b", "newest last");
         let json = serde_json::to_value(&history[0]).unwrap();

@@ -146,6 +146,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             token: config.ui_token.clone(),
             metrics: Some(metrics),
             mqtt_approvals: fleet.is_none(),
+            repo: Some(config.repo.clone()),
         };
         let token = child();
         tasks.spawn(async move { ("ui", homelab_ui::run(cfg, token).await) });

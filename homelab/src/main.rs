@@ -215,6 +215,11 @@ enum Commands {
         broker: BrokerArg,
         #[arg(long, default_value = "127.0.0.1:18180")]
         http: SocketAddr,
+        /// The desired-state repo: the overview then shows every node of
+        /// the inventory (also those that never reported), their roles and
+        /// the services they should run.
+        #[arg(long)]
+        repo: Option<std::path::PathBuf>,
     },
     /// Hands an event to this node's agent durably (also while the agent or
     /// the uplink is down) and prints its id.
@@ -552,7 +557,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             homelab_notify::run(config, shutdown).await
         }
-        Commands::Ui { broker, http } => {
+        Commands::Ui { broker, http, repo } => {
             let config = homelab_ui::Config {
                 listen: http,
                 broker: broker.endpoint(&layout, fleet.as_ref())?,
@@ -561,6 +566,7 @@ async fn run(cli: Cli) -> Result<()> {
                 token: std::env::var("HOMELAB_UI_TOKEN").ok(),
                 metrics: Some(homelab::metrics()),
                 mqtt_approvals: fleet.is_none(),
+                repo,
             };
             homelab_ui::run(config, shutdown).await
         }

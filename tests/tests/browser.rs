@@ -113,6 +113,33 @@ async fn page_shows(client: &Client, what: &str, check: impl Fn(&str) -> bool) {
     }
 }
 
+/// Sets a mark on the page's window: it survives live updates, and a
+/// reload clears it.
+async fn mark(client: &Client) {
+    client
+        .execute("window.__homelab_mark = 1; return true;", vec![])
+        .await
+        .unwrap();
+}
+
+async fn still_marked(client: &Client) -> bool {
+    client
+        .execute("return window.__homelab_mark === 1;", vec![])
+        .await
+        .unwrap()
+        == Value::Bool(true)
+}
+
+/// Nothing runs off the right edge of a phone's window.
+async fn fits(client: &Client, what: &str) {
+    let (width, window) = overflow(client).await;
+    assert_eq!(window, 390, "a phone's viewport");
+    assert!(
+        width <= window,
+        "{what}: the page is {width} px wide in a {window} px window"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it() {
     let Some((_driver, port)) = driver().await else {
@@ -133,12 +160,31 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     probe
         .report("n1", "online", &[("app", "running"), ("db", "running")])
         .await;
+    // n1's agent says how the node is: its vitals feed the card and the
+    // node page's chart.
+    let now = homelab_core::time::format(&chrono::Utc::now());
+    probe
+        .publish_retained(
+            "homelab/nodes/n1/agent",
+            json!({"node": "n1", "connected": true, "outbox_events": 0, "updated": now,
+                   "vitals": {"load": [0.61, 0.5, 0.4], "memory_total_bytes": 8_000_000_000u64,
+                              "memory_available_bytes": 2_000_000_000u64, "uptime_secs": 5000,
+                              "disks": [{"mount": "/", "used_pct": 41.0, "free_bytes": 50_000_000_000u64}]}})
+            .to_string(),
+        )
+        .await;
     let client = browser(port, 390, 844).await;
-    let url = format!("http://{}/", system.http);
-    client.goto(&url).await.unwrap();
-    page_shows(&client, "n1 and the node that never reported", |s| {
-        s.contains("<td>n1</td>") && s.contains("<td>saturn</td>")
-    })
+    let url = format!("http://{}", system.http);
+    client.goto(&format!("{url}/")).await.unwrap();
+    page_shows(
+        &client,
+        "n1's card with its vitals and the node that never reported",
+        |s| {
+            s.contains(r#"id="node-n1""#)
+                && s.contains("<dd>0.61</dd>")
+                && s.contains(r#"id="node-saturn""#)
+        },
+    )
     .await;
 
     // Log in with the form.
@@ -159,7 +205,9 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     })
     .await;
 
-    // app goes down: the action appears without a reload by hand.
+    // app goes down: the action appears on the open page, without a
+    // reload (the mark set before survives).
+    mark(&client).await;
     let id = "container-restart-n1-app";
     let down = event(
         "n1",
@@ -170,22 +218,21 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     );
     probe.publish("homelab/events/n1", down.to_string()).await;
     page_shows(&client, "the pending action", |s| {
-        s.contains(&format!(r#"id="action-{id}""#))
+        s.contains(&format!(r#"id="action-{id}""#)) && s.contains("What will happen:")
     })
     .await;
-    let (width, window) = overflow(&client).await;
-    assert_eq!(window, 390, "a phone's viewport");
     assert!(
-        width <= window,
-        "the page is {width} px wide in a {window} px window"
+        still_marked(&client).await,
+        "the action arrived without a reload"
     );
+    fits(&client, "the overview").await;
     screenshot(&client, "overview-390.png").await;
 
     // Approve with its button; the command goes out; the agent's outcome
-    // completes it, and the page shows that too.
+    // completes it, and the actions page shows that, live too.
     client
         .find(Locator::Css(&format!(
-            "#action-{id} form[action$='/approve'] button"
+            "#action-{id} form[action$='/approve'] button.approve"
         )))
         .await
         .unwrap()
@@ -195,12 +242,26 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     let command = probe.expect("homelab/commands/n1", T, |_| true).await;
     let command: Value = serde_json::from_slice(&command).unwrap();
     assert_eq!(command["action_id"], id);
+    client.goto(&format!("{url}/actions")).await.unwrap();
+    page_shows(&client, "the action in progress", |s| {
+        s.contains(&format!(r#"id="action-{id}""#))
+    })
+    .await;
+    mark(&client).await;
     let done = outcome("n1", 3, "app", &command);
     probe.publish("homelab/events/n1", done.to_string()).await;
     page_shows(&client, "the action completed", |s| {
-        s.contains(&format!("<td>{id}</td><td class=\"completed\">"))
+        s.split(&format!(r#"id="action-{id}""#))
+            .nth(1)
+            .is_some_and(|row| {
+                row.split("</tr>")
+                    .next()
+                    .unwrap()
+                    .contains(r#"class="completed""#)
+            })
     })
     .await;
+    assert!(still_marked(&client).await, "completed without a reload");
     let completed = read_json(&system.action_file("completed", id)).unwrap();
     assert!(
         completed["history"]
@@ -210,20 +271,45 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
             .any(|t| t["state"] == "approved" && t["by"] == "ui"),
         "{completed}"
     );
-    let (width, window) = overflow(&client).await;
-    assert_eq!(window, 390, "a phone's viewport");
-    assert!(
-        width <= window,
-        "the page is {width} px wide in a {window} px window"
-    );
+    fits(&client, "the actions page").await;
     screenshot(&client, "actions-390.png").await;
 
+    // n1's page: its containers and the day's vitals as a chart.
+    client.goto(&format!("{url}/nodes/n1")).await.unwrap();
+    page_shows(&client, "n1's containers and vitals chart", |s| {
+        s.contains("<td>app-1</td>") && s.contains("<polyline points=")
+    })
+    .await;
+    fits(&client, "the node page").await;
+    screenshot(&client, "node-390.png").await;
+
+    // The events page follows the log: a script's event appears live.
+    client.goto(&format!("{url}/events")).await.unwrap();
+    page_shows(&client, "the events page", |s| s.contains(r#"id="tail""#)).await;
+    mark(&client).await;
+    let note = json!({"v": 1, "id": ulid::Ulid::generate().to_string(),
+        "ts": homelab_core::time::format(&chrono::Utc::now()), "node": "n1",
+        "source": "script", "type": "backup_completed", "message": "nightly backup done"});
+    probe.publish("homelab/events/n1", note.to_string()).await;
+    page_shows(&client, "the script's event", |s| {
+        s.contains("nightly backup done")
+    })
+    .await;
+    assert!(
+        still_marked(&client).await,
+        "the event arrived without a reload"
+    );
+    fits(&client, "the events page").await;
+
     client.close().await.unwrap();
-    // The same page on a laptop.
+    // The same pages on a laptop.
     let laptop = browser(port, 1280, 900).await;
-    laptop.goto(&url).await.unwrap();
-    page_shows(&laptop, "the completed action", |s| s.contains(id)).await;
+    laptop.goto(&format!("{url}/")).await.unwrap();
+    page_shows(&laptop, "n1's card", |s| s.contains(r#"id="node-n1""#)).await;
     screenshot(&laptop, "overview-1280.png").await;
+    laptop.goto(&format!("{url}/nodes/n1")).await.unwrap();
+    page_shows(&laptop, "n1's page", |s| s.contains("<polyline points=")).await;
+    screenshot(&laptop, "node-1280.png").await;
     laptop.close().await.unwrap();
     system.stop().await.unwrap();
 }

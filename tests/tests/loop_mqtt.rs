@@ -215,9 +215,12 @@ async fn event_to_action_to_command_to_completion() {
     assert!(metrics.contains("homelab_events_stored_total"), "{metrics}");
     let (status, page) = system.get("/").await;
     assert_eq!(status, 200);
+    assert!(page.contains(r#"id="node-n1""#), "n1's card: {page}");
+    let (status, page) = system.get("/nodes/n1").await;
+    assert_eq!(status, 200);
     assert!(
-        page.contains("<td>n1</td>") && page.contains("<td>app</td>"),
-        "{page}"
+        page.contains("<td>app</td>") && page.contains(id),
+        "n1's page: its container and the action: {page}"
     );
 
     system.stop().await.unwrap();

@@ -9,26 +9,29 @@
 //! server's insides.
 
 pub mod auth;
+pub mod history;
+pub mod pages;
 pub mod present;
+pub mod search;
+pub mod tail;
 pub mod websec;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use askama::Template;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use futures::Stream;
 use homelab_core::store::{Move, TransitionError};
 use homelab_core::world::{Incident, NodeState, ServiceState, Summary};
-use homelab_core::{eventlog, Action, ActionState, ActionStore, Event, Layout, Name, Topics};
+use homelab_core::{Action, ActionState, ActionStore, Event, Layout, Name, Topics};
 use homelab_mqtt::{Incoming, Mqtt};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -51,6 +54,9 @@ pub struct Config {
     /// fleet mode any node's login could approve; there they are refused
     /// (counted, logged) and operators decide over HTTP with their token.
     pub mqtt_approvals: bool,
+    /// The desired-state repo, if known: the inventory's nodes (also those
+    /// that never reported), their roles, and the services they should run.
+    pub repo: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -79,17 +85,97 @@ pub struct AppState {
     pub limiter: Arc<std::sync::Mutex<websec::Limiter>>,
     /// The world files as last parsed.
     pub world: Arc<std::sync::Mutex<WorldCache>>,
-    /// Each agent's last state (`nodes/<node>/agent`): its outbox backlog.
-    pub agents: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, AgentBacklog>>>,
+    /// Each agent's last state (`nodes/<node>/agent`): its outbox backlog
+    /// and the node's vitals.
+    pub agents: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, AgentReport>>>,
+    /// Each node's vitals over the last day ([`history`]).
+    pub vitals: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, Vec<history::Sample>>>>,
+    /// Parsed action files, parsed again only when they change.
+    pub actions: Arc<std::sync::Mutex<homelab_core::store::ListCache>>,
+    /// The event log as followed ([`tail`]).
+    pub tail: Arc<std::sync::Mutex<tail::Tail>>,
+    /// See [`Config::repo`].
+    pub repo: Option<std::path::PathBuf>,
+    inventory: Arc<std::sync::Mutex<InventoryCache>>,
 }
 
-/// What an agent last said of its outbox.
+/// What an agent last said of itself (read leniently: an older agent may
+/// send less).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct AgentBacklog {
+pub struct AgentReport {
     #[serde(default)]
     pub outbox_events: u64,
     #[serde(default, with = "homelab_core::time::option")]
     pub oldest_unacked: Option<homelab_core::time::Timestamp>,
+    #[serde(default, with = "homelab_core::time::option")]
+    pub updated: Option<homelab_core::time::Timestamp>,
+    #[serde(default)]
+    pub vitals: Option<homelab_core::agentstatus::Vitals>,
+}
+
+/// The inventory as the pages need it.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub nodes: std::collections::BTreeMap<Name, homelab_core::desired::NodeSpec>,
+    /// Monitored services per node.
+    pub services: std::collections::BTreeMap<Name, std::collections::BTreeSet<Name>>,
+}
+
+impl Inventory {
+    /// Whether `node` is another name of an inventory node.
+    pub fn is_alias(&self, node: &Name) -> bool {
+        !self.nodes.contains_key(node) && self.nodes.values().any(|s| s.aliases.contains(node))
+    }
+
+    pub fn aliases_of(&self, node: &Name) -> Vec<Name> {
+        self.nodes
+            .get(node)
+            .map(|s| s.aliases.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct InventoryCache {
+    loaded: Option<std::time::Instant>,
+    value: Arc<Inventory>,
+}
+
+/// How long a read of the repo's inventory is used before it is read again.
+const INVENTORY_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The repo's inventory, read again every few seconds; empty without a
+/// repo, and the last good one while the repo does not load.
+pub(crate) fn inventory(state: &AppState) -> Arc<Inventory> {
+    let Some(repo) = &state.repo else {
+        return Arc::default();
+    };
+    let mut cache = state.inventory.lock().expect("inventory lock");
+    if cache.loaded.is_none_or(|at| at.elapsed() > INVENTORY_FRESH) {
+        cache.loaded = Some(std::time::Instant::now());
+        let loaded = homelab_core::desired::load_partial(repo);
+        if !loaded.inventory_bad {
+            cache.value = Arc::new(Inventory {
+                nodes: loaded.desired.topology.nodes.clone(),
+                services: loaded
+                    .desired
+                    .hosts
+                    .iter()
+                    .map(|(node, services)| {
+                        (
+                            node.clone(),
+                            services
+                                .iter()
+                                .filter(|(_, spec)| spec.monitor)
+                                .map(|(name, _)| name.clone())
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            });
+        }
+    }
+    cache.value.clone()
 }
 
 impl AppState {
@@ -106,6 +192,11 @@ impl AppState {
             limiter: Default::default(),
             agents: Default::default(),
             world: Default::default(),
+            vitals: Default::default(),
+            actions: Default::default(),
+            tail: Default::default(),
+            repo: None,
+            inventory: Default::default(),
         }
     }
 }
@@ -127,6 +218,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     state.mqtt = Some(mqtt.clone());
     state.metrics = config.metrics.clone();
     state.mqtt_approvals = config.mqtt_approvals;
+    state.repo = config.repo.clone();
+    *state.vitals.lock().expect("vitals lock") = load_vitals(&config.layout);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -139,6 +232,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     )
     .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
     let server = tokio::spawn(async move { server.await });
+    let follower = tokio::spawn(follow_log(state.clone(), shutdown.clone()));
 
     loop {
         tokio::select! {
@@ -151,6 +245,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     }
     // Open SSE streams end when the senders are gone.
+    let _ = follower.await;
     drop(state);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
     mqtt.close().await;
@@ -161,13 +256,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
     if let Some(node) = state.topics.parse_node_agent(&message.topic) {
         let Ok(node) = node else { return };
-        let mut agents = state.agents.lock().expect("agents lock");
-        match serde_json::from_slice::<AgentBacklog>(&message.payload) {
-            Ok(backlog) => {
-                agents.insert(node, backlog);
+        match serde_json::from_slice::<AgentReport>(&message.payload) {
+            Ok(report) => {
+                if let Some(vitals) = &report.vitals {
+                    let at = report.updated.unwrap_or_else(Utc::now);
+                    record_vitals(state, &node, history::Sample::of(vitals, at));
+                }
+                state
+                    .agents
+                    .lock()
+                    .expect("agents lock")
+                    .insert(node, report);
+                let _ = state
+                    .stream
+                    .send(json!({"topic": message.topic}).to_string());
             }
             Err(_) if message.payload.is_empty() => {
-                agents.remove(&node);
+                state.agents.lock().expect("agents lock").remove(&node);
             }
             Err(error) => debug!(%node, %error, "agent state unreadable"),
         }
@@ -222,6 +327,83 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
         .send(json!({"topic": message.topic}).to_string());
 }
 
+/// Where a node's vitals of the last day are kept.
+fn vitals_file(layout: &Layout, node: &Name) -> std::path::PathBuf {
+    layout
+        .state_dir("ui")
+        .join("vitals")
+        .join(format!("{node}.json"))
+}
+
+/// The vitals history of every node, as the last run left it.
+fn load_vitals(layout: &Layout) -> std::collections::BTreeMap<Name, Vec<history::Sample>> {
+    let dir = layout.state_dir("ui").join("vitals");
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file = entry.file_name().to_string_lossy().to_string();
+        let Some(node) = file.strip_suffix(".json").and_then(|n| Name::parse(n).ok()) else {
+            continue;
+        };
+        match std::fs::read(entry.path())
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice::<Vec<history::Sample>>(&b)?))
+        {
+            Ok(samples) => {
+                out.insert(node, samples);
+            }
+            Err(error) => {
+                warn!(file = %entry.path().display(), %error, "vitals history unreadable; starting it afresh")
+            }
+        }
+    }
+    out
+}
+
+/// Adds a sample to a node's day; when a new bucket began, the day is
+/// written down (off the async workers).
+fn record_vitals(state: &AppState, node: &Name, sample: history::Sample) {
+    let mut all = state.vitals.lock().expect("vitals lock");
+    let samples = all.entry(node.clone()).or_default();
+    if history::record(samples, sample) {
+        let path = vitals_file(&state.layout, node);
+        let samples = samples.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = homelab_core::fsutil::write_json_atomic(&path, &samples) {
+                warn!(error = format!("{error:#}"), "vitals history not written");
+            }
+        });
+    }
+}
+
+/// Follows the event log once a second: new events tell the browsers
+/// (the events page's live tail) and update the last event of each
+/// service.
+async fn follow_log(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (layout, tail) = (state.layout.clone(), state.tail.clone());
+        let read =
+            tokio::task::spawn_blocking(move || tail.lock().expect("tail lock").poll(&layout))
+                .await;
+        match read {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                let _ = state.stream.send(json!({"events": n}).to_string());
+            }
+            Ok(Err(error)) => debug!(error = format!("{error:#}"), "event log not followed"),
+            Err(error) => warn!(%error, "event log follower failed"),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
@@ -251,7 +433,14 @@ fn parse_decision(payload: &[u8]) -> Result<Decision, String> {
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(pages::overview))
+        .route("/services", get(pages::services))
+        .route("/nodes/{node}", get(pages::node))
+        .route("/actions", get(pages::actions_page))
+        .route("/actions/{id}", get(pages::action_page))
+        .route("/incidents", get(pages::incidents_page))
+        .route("/incidents/{id}", get(pages::incident_page))
+        .route("/events", get(pages::events_page))
         .route("/login", post(login))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/summary", get(summary))
@@ -324,7 +513,7 @@ async fn openapi() -> Response {
 
 /// A query, form or path the extractor could not read: a JSON 400 like
 /// every other error.
-fn rejected(what: &str, rejection: impl std::fmt::Display) -> AppError {
+pub(crate) fn rejected(what: &str, rejection: impl std::fmt::Display) -> AppError {
     AppError::BadRequest(format!("bad {what}: {rejection}"))
 }
 
@@ -421,7 +610,7 @@ impl From<anyhow::Error> for AppError {
 
 /// Whether the request carries the operator token (bearer) or the session
 /// cookie the login set.
-fn authed(state: &AppState, headers: &HeaderMap) -> bool {
+pub(crate) fn authed(state: &AppState, headers: &HeaderMap) -> bool {
     auth::bearer(headers).is_some_and(|t| auth::matches(&state.token, &t))
         || websec::cookie(headers, websec::SESSION_COOKIE)
             .is_some_and(|c| websec::same(&websec::session_value(&state.token), c))
@@ -489,6 +678,7 @@ pub struct WorldCache {
     nodes: Parsed<NodeState>,
     services: Parsed<ServiceState>,
     incidents: Parsed<Incident>,
+    history: Parsed<homelab_core::world::ResolvedIncident>,
 }
 
 struct World {
@@ -505,6 +695,19 @@ fn world(state: &AppState) -> Result<World, AppError> {
         services: cache.services.get(&layout.world_services())?,
         incidents: cache.incidents.get(&layout.world_incidents())?,
     })
+}
+
+/// Incidents that closed, oldest first (`world/incident_history.json`;
+/// none before the first closes).
+pub(crate) fn incident_history(
+    state: &AppState,
+) -> Result<Arc<Vec<homelab_core::world::ResolvedIncident>>, AppError> {
+    let path = state.layout.world_incident_history();
+    let mut cache = state.world.lock().expect("world cache lock");
+    if !path.exists() {
+        return Ok(Arc::default());
+    }
+    cache.history.get(&path)
 }
 
 async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, AppError> {
@@ -564,7 +767,7 @@ async fn actions(
     Ok(Json(out))
 }
 
-fn parse_id(raw: &str) -> Result<Name, AppError> {
+pub(crate) fn parse_id(raw: &str) -> Result<Name, AppError> {
     Name::parse(raw).map_err(|e| AppError::BadRequest(format!("bad action id: {e}")))
 }
 
@@ -621,6 +824,26 @@ struct NoteForm {
     note: String,
     #[serde(default)]
     csrf: String,
+    /// `yes` when the operator ticked "I understand" (guarded actions).
+    #[serde(default)]
+    confirm: String,
+    /// The page the form was on, to go back to.
+    #[serde(default)]
+    back: String,
+}
+
+/// Where a form goes back to: a path of this site, else the overview.
+pub fn back_to(back: &str) -> &str {
+    let local = back.starts_with('/')
+        && !back.starts_with("//")
+        && back.len() <= 300
+        && !back.contains('\\')
+        && back.bytes().all(|b| b.is_ascii_graphic());
+    if local {
+        back
+    } else {
+        "/"
+    }
 }
 
 /// The page's approve/reject buttons: a form post with the login cookie,
@@ -640,8 +863,26 @@ async fn page_decision(
     let to = parse_verb(&verb)?;
     let id = parse_id(&id)?;
     let note = form.note.trim();
+    if note.chars().count() > 500 || note.chars().any(char::is_control) {
+        return Err(AppError::BadRequest(
+            "the note must be at most 500 characters, without control characters".into(),
+        ));
+    }
+    // A guarded action is approved from the page only with "I understand"
+    // ticked (the browser asks for it; this holds without the browser).
+    if to == ActionState::Approved {
+        let guarded = state
+            .store
+            .find(&id)?
+            .is_some_and(|a| a.risk == homelab_core::Risk::Guarded);
+        if guarded && form.confirm != "yes" {
+            return Err(AppError::BadRequest(format!(
+                "{id} is guarded: tick \"I understand\" to approve it"
+            )));
+        }
+    }
     decide(&state, &id, to, "ui", note).await?;
-    Ok(Redirect::to("/").into_response())
+    Ok(Redirect::to(back_to(&form.back)).into_response())
 }
 
 /// Moves a pending action to approved or rejected; the loser of a race with
@@ -685,73 +926,21 @@ async fn decide(
     Ok(action)
 }
 
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
-    node: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    since: Option<String>,
-    limit: Option<usize>,
-}
-
-/// Newest first. `since` is an RFC 3339 time; `limit` defaults to 100, at
-/// most 1000.
+/// Newest first, [`search`]ed a page at a time: `node`, `service`, `type`,
+/// `severity` (this or worse), `since`, and the cursor `before` (with
+/// `before_id`); `limit` defaults to 100, at most 1000.
 async fn events(
     State(state): State<AppState>,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    query: Result<Query<pages::EventsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, AppError> {
     let Query(query) = query.map_err(|e| rejected("query", e))?;
-    let node = query
-        .node
-        .as_deref()
-        .map(Name::parse)
-        .transpose()
-        .map_err(|e| AppError::BadRequest(format!("bad node: {e}")))?;
-    let since = query
-        .since
-        .as_deref()
-        .map(|s| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)))
-        .transpose()
-        .map_err(|e| AppError::BadRequest(format!("bad since (RFC 3339 expected): {e}")))?;
+    let filter = query.filter()?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let layout = state.layout.clone();
-    let kind = query.kind.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<Vec<Event>> {
-        let mut out = Vec::new();
-        let mut bad = Vec::new();
-        for day in eventlog::days(&layout)?.into_iter().rev() {
-            if let Some(since) = since {
-                if day < since.format("%Y-%m-%d").to_string() {
-                    break;
-                }
-            }
-            for (file_node, path) in eventlog::day_files(&layout, &day)? {
-                if node.as_ref().is_some_and(|n| *n != file_node) {
-                    continue;
-                }
-                eventlog::read_file(
-                    &path,
-                    |e| {
-                        if kind.as_ref().is_none_or(|k| *k == e.kind)
-                            && since.is_none_or(|s| e.ts >= s)
-                        {
-                            out.push(e);
-                        }
-                    },
-                    &mut bad,
-                )?;
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        out.sort_by(|a, b| b.ts.cmp(&a.ts).then(b.seq.cmp(&a.seq)));
-        out.truncate(limit);
-        Ok(out)
-    })
-    .await
-    .context("event search task")??;
-    Ok(Json(found))
+    let page = tokio::task::spawn_blocking(move || search::search(&layout, &filter, limit))
+        .await
+        .context("event search task")??;
+    Ok(Json(page.events))
 }
 
 async fn stream(
@@ -919,212 +1108,8 @@ async fn login(
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
 }
 
-struct ActionRow {
-    id: String,
-    kind: String,
-    node: String,
-    service: String,
-    risk: String,
-    reason: String,
-    message: String,
-    state: String,
-    icon: &'static str,
-    created_at: present::When,
-    updated_at: present::When,
-    last: String,
-}
-
-impl ActionRow {
-    fn new(a: &Action, now: &chrono::DateTime<Utc>) -> Self {
-        ActionRow {
-            id: a.id.to_string(),
-            kind: a.kind.as_str().into(),
-            node: a.node.to_string(),
-            service: a
-                .service
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            risk: json_word(&a.risk),
-            reason: a.reason.clone(),
-            message: a.message.clone(),
-            state: a.state.dir().into(),
-            icon: present::icon(a.state.dir()),
-            created_at: present::When::new(&a.created_at, now),
-            updated_at: present::When::new(&a.updated_at, now),
-            last: a
-                .history
-                .last()
-                .map(|t| format!("{} by {}: {}", t.state, t.by, t.why))
-                .unwrap_or_default(),
-        }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "index.html")]
-struct IndexPage {
-    authed: bool,
-    /// The CSRF value every form carries (the `homelab_csrf` cookie's).
-    csrf: String,
-    /// Problems of the system itself (a repo file that does not load),
-    /// one `file:line: problem` each, shown as a banner.
-    problems: Vec<String>,
-    nodes: Vec<NodeRow>,
-    services: Vec<ServiceRow>,
-    incidents: Vec<IncidentRow>,
-    pending: Vec<ActionRow>,
-    recent: Vec<ActionRow>,
-}
-
-struct NodeRow {
-    node: String,
-    status: String,
-    icon: &'static str,
-    docker: String,
-    containers: usize,
-    /// Whether it ever reported (an inventory node may not have).
-    seen: bool,
-    last_seen: present::When,
-}
-
-struct ServiceRow {
-    node: String,
-    service: String,
-    status: String,
-    icon: &'static str,
-    since: present::When,
-    message: String,
-}
-
-struct IncidentRow {
-    id: String,
-    severity: String,
-    icon: &'static str,
-    message: String,
-    opened_at: present::When,
-}
-
 /// The observer's incident for an inventory node that never reported.
-const NEVER_REPORTED: &str = "node_never_reported";
-
-async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    let world = world(&state)?;
-    let now = Utc::now();
-    let authed = authed(&state, &headers);
-    // The CSRF cookie, set once per browser.
-    let (csrf, set_csrf) = match websec::cookie(&headers, websec::CSRF_COOKIE) {
-        Some(value) if value.len() == 48 && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            (value.to_string(), None)
-        }
-        _ => {
-            let value = websec::new_csrf();
-            let cookie = websec::set_cookie(
-                websec::CSRF_COOKIE,
-                &value,
-                2_592_000,
-                websec::over_tls(&headers),
-            );
-            (value, Some(cookie))
-        }
-    };
-    let pending: Vec<ActionRow> = state
-        .store
-        .list(ActionState::Pending)?
-        .iter()
-        .map(|a| ActionRow::new(a, &now))
-        .collect();
-    let mut recent: Vec<Action> = Vec::new();
-    for s in ActionState::ALL
-        .into_iter()
-        .filter(|s| *s != ActionState::Pending)
-    {
-        recent.extend(state.store.list(s)?);
-    }
-    recent.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
-    recent.truncate(20);
-    let problems = world
-        .incidents
-        .iter()
-        .filter(|i| i.kind == homelab_core::world::REPO_PROBLEM)
-        .flat_map(|i| i.message.lines().map(str::to_string))
-        .collect();
-    let page = IndexPage {
-        authed,
-        csrf,
-        problems,
-        nodes: world
-            .nodes
-            .iter()
-            .map(|n| {
-                let status = json_word(&n.status);
-                NodeRow {
-                    node: n.node.to_string(),
-                    icon: present::icon(&status),
-                    status,
-                    docker: json_word(&n.docker),
-                    containers: n.containers,
-                    seen: true,
-                    last_seen: present::When::new(&n.last_seen, &now),
-                }
-            })
-            // Nodes of the inventory that never reported (the observer's
-            // incident says which) are nodes too.
-            .chain(
-                world
-                    .incidents
-                    .iter()
-                    .filter(|i| i.kind == NEVER_REPORTED)
-                    .filter(|i| !world.nodes.iter().any(|n| n.node == i.node))
-                    .map(|i| NodeRow {
-                        node: i.node.to_string(),
-                        status: "never_reported".into(),
-                        icon: present::icon("never_reported"),
-                        docker: "unknown".into(),
-                        containers: 0,
-                        seen: false,
-                        last_seen: present::When::new(&i.opened_at, &now),
-                    }),
-            )
-            .collect(),
-        services: world
-            .services
-            .iter()
-            .map(|s| {
-                let status = json_word(&s.status);
-                ServiceRow {
-                    node: s.node.to_string(),
-                    service: s.service.to_string(),
-                    icon: present::icon(&status),
-                    status,
-                    since: present::When::new(&s.since, &now),
-                    message: s.message.clone(),
-                }
-            })
-            .collect(),
-        incidents: world
-            .incidents
-            .iter()
-            .map(|i| {
-                let severity = json_word(&i.severity);
-                IncidentRow {
-                    id: i.id.clone(),
-                    icon: present::icon(&severity),
-                    severity,
-                    message: i.message.clone(),
-                    opened_at: present::When::new(&i.opened_at, &now),
-                }
-            })
-            .collect(),
-        pending,
-        recent: recent.iter().map(|a| ActionRow::new(a, &now)).collect(),
-    };
-    let html = Html(page.render().context("render page")?);
-    Ok(match set_csrf {
-        Some(cookie) => ([(header::SET_COOKIE, cookie)], html).into_response(),
-        None => html.into_response(),
-    })
-}
+pub(crate) const NEVER_REPORTED: &str = "node_never_reported";
 
 #[cfg(test)]
 mod fuzz {

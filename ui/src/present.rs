@@ -45,9 +45,91 @@ pub fn icon(status: &str) -> &'static str {
     }
 }
 
+/// A span of time in its two largest units: "45 s", "12 min", "3 h 5 min",
+/// "2 d 4 h".
+pub fn duration(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3_599 => format!("{} min", secs / 60),
+        3_600..=86_399 => match secs % 3_600 / 60 {
+            0 => format!("{} h", secs / 3_600),
+            m => format!("{} h {m} min", secs / 3_600),
+        },
+        _ => match secs % 86_400 / 3_600 {
+            0 => format!("{} d", secs / 86_400),
+            h => format!("{} d {h} h", secs / 86_400),
+        },
+    }
+}
+
+/// Bytes in decimal units: "512 B", "3.2 kB", "4.0 GB".
+pub fn bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// Text made safe as one path segment or query value: everything but
+/// letters, digits and `-._~` percent-encoded.
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_sizes_and_segments() {
+        for (secs, text) in [
+            (0, "0 s"),
+            (59, "59 s"),
+            (60, "1 min"),
+            (3_599, "59 min"),
+            (3_600, "1 h"),
+            (3_900, "1 h 5 min"),
+            (86_400, "1 d"),
+            (2 * 86_400 + 4 * 3_600 + 59, "2 d 4 h"),
+        ] {
+            assert_eq!(duration(secs), text, "{secs}");
+        }
+        for (n, text) in [
+            (0, "0 B"),
+            (999, "999 B"),
+            (1_000, "1.0 kB"),
+            (3_240, "3.2 kB"),
+            (4_000_000_000, "4.0 GB"),
+            (u64::MAX, "18446744.1 TB"),
+        ] {
+            assert_eq!(bytes(n), text, "{n}");
+        }
+        assert_eq!(
+            path_segment("service_not_running:n1:app"),
+            "service_not_running%3An1%3Aapp"
+        );
+        assert_eq!(path_segment("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(
+            path_segment("2026-11-24T10:00:00.000Z"),
+            "2026-11-24T10%3A00%3A00.000Z"
+        );
+    }
 
     #[test]
     fn times_read_as_how_long_ago() {

@@ -1,14 +1,41 @@
-// Live updates: reload shortly after anything changes, unless typing.
+// Live updates without a reload: when the server says something changed
+// (a new event logged, a service's state, an action), the page's <main>
+// and navigation are fetched again and swapped in place. Nothing is
+// swapped while the operator is typing in a form or on an older page of
+// the event log. Without JavaScript every page still works; it only does
+// not update by itself.
 let timer = null;
-const source = new EventSource('/api/stream');
-source.onmessage = () => {
-  if (timer) return;
-  timer = setTimeout(() => {
-    const a = document.activeElement;
-    if (!a || a.tagName !== 'INPUT') location.reload();
-    timer = null;
-  }, 1000);
+let again = false;
+const busy = () => {
+  const a = document.activeElement;
+  return a && (a.tagName === 'INPUT' || a.tagName === 'SELECT' || a.tagName === 'TEXTAREA');
 };
+const frozen = () => new URLSearchParams(location.search).has('before');
+async function refresh() {
+  timer = null;
+  if (busy() || frozen()) return;
+  try {
+    const response = await fetch(location.href, { headers: { 'Accept': 'text/html' } });
+    if (!response.ok) return;
+    const page = new DOMParser().parseFromString(await response.text(), 'text/html');
+    for (const id of ['live', 'nav']) {
+      const fresh = page.getElementById(id);
+      const old = document.getElementById(id);
+      if (fresh && old && !busy()) old.replaceWith(fresh);
+    }
+    document.title = page.title;
+  } finally {
+    if (again) { again = false; schedule(); }
+  }
+}
+function schedule() {
+  if (timer) { again = true; return; }
+  timer = setTimeout(refresh, 300);
+}
+const source = new EventSource('/api/stream');
+source.onmessage = schedule;
+// After a reconnect (the server restarted), catch up once.
+source.onopen = () => { if (document.readyState === 'complete') schedule(); };
 
 // Copy for AI: the plain-text summary to the clipboard in one click (the
 // link next to it shows the same text without JavaScript).

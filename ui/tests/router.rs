@@ -115,8 +115,15 @@ async fn reads_answer_from_the_files_and_bad_queries_are_json_errors() {
         ("/api/openapi.json", |b| b.contains(r#""openapi": "3.1.0""#)),
         ("/static/app.css", |b| b.contains("body")),
         ("/static/app.js", |b| b.contains("EventSource")),
+        ("/services", |b| b.contains("No services seen yet.")),
+        ("/actions", |b| b.contains("No pending actions.")),
+        ("/incidents", |b| b.contains("No open incidents.")),
+        ("/events", |b| b.contains("No events match.")),
+        ("/events?node=&service=&type=&severity=&since=", |b| {
+            b.contains("No events match.")
+        }),
         ("/", |b| {
-            b.contains("<h1>homelab</h1>")
+            b.contains(r#"<a class="brand" href="/">homelab</a>"#)
                 && b.contains(r#"<a href="/api/ai-context" id="ai-context">"#)
                 && b.contains(r#"id="copy-ai""#)
         }),
@@ -154,6 +161,36 @@ async fn reads_answer_from_the_files_and_bad_queries_are_json_errors() {
             "RFC 3339",
         ),
         ("/no/such/page", StatusCode::NOT_FOUND, "openapi"),
+        (
+            "/api/events?severity=loud",
+            StatusCode::BAD_REQUEST,
+            "bad severity",
+        ),
+        (
+            "/api/events?service=a/b",
+            StatusCode::BAD_REQUEST,
+            "bad service",
+        ),
+        (
+            "/api/events?type=a%20b",
+            StatusCode::BAD_REQUEST,
+            "bad type",
+        ),
+        ("/events?before=soon", StatusCode::BAD_REQUEST, "bad before"),
+        ("/services?show=some", StatusCode::BAD_REQUEST, "show"),
+        ("/nodes/Bad..Name", StatusCode::BAD_REQUEST, "bad node name"),
+        ("/nodes/ghost", StatusCode::NOT_FOUND, "no node ghost"),
+        ("/actions/nothing-here", StatusCode::NOT_FOUND, "no action"),
+        (
+            "/actions/Not..An.Id",
+            StatusCode::BAD_REQUEST,
+            "bad action id",
+        ),
+        (
+            "/incidents/nothing:here",
+            StatusCode::NOT_FOUND,
+            "no incident",
+        ),
     ];
     for (path, status, says) in bad {
         let (got, body) = site.get(path).await;
@@ -344,19 +381,26 @@ async fn the_page_lists_inventory_nodes_that_never_reported() {
     .unwrap();
     let (status, page) = site.get("/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(page.contains("<b>2</b>"), "two nodes counted: {page}");
-    let row = page
-        .lines()
-        .find(|l| l.contains("<td>saturn</td>"))
-        .unwrap_or_else(|| panic!("saturn is listed: {page}"));
+    let card = |node: &str| {
+        let start = page
+            .find(&format!(r#"id="node-{node}""#))
+            .unwrap_or_else(|| panic!("{node} has a card: {page}"));
+        let end = page[start..].find("</article>").unwrap() + start;
+        page[start..end].to_string()
+    };
+    let saturn = card("saturn");
     assert!(
-        row.contains("✗ never_reported") && row.contains(">never<"),
-        "{row}"
+        saturn.contains("✗</span> never reported") && saturn.contains("expected since"),
+        "{saturn}"
     );
-    let row = page.lines().find(|l| l.contains("<td>vps</td>")).unwrap();
+    let vps = card("vps");
     assert!(
-        row.contains("✓ online") && row.contains(&format!(r#"datetime="{at}""#)),
-        "{row}"
+        vps.contains("✓</span> online") && vps.contains(&format!(r#"datetime="{at}""#)),
+        "{vps}"
+    );
+    assert!(
+        page.contains("1 node is not online"),
+        "the verdict counts saturn: {page}"
     );
 }
 
@@ -373,6 +417,7 @@ async fn the_openapi_document_describes_the_router() {
         for method in methods.as_object().unwrap().keys() {
             let concrete = path
                 .replace("{id}", "container-restart-n1-app")
+                .replace("{node}", "n1")
                 .replace("{verb}", "approve");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, _, body) = if concrete == "/api/stream" {
@@ -396,6 +441,13 @@ async fn the_openapi_document_describes_the_router() {
     described.sort();
     let mut routed = vec![
         "GET /",
+        "GET /services",
+        "GET /nodes/{node}",
+        "GET /actions",
+        "GET /actions/{id}",
+        "GET /incidents",
+        "GET /incidents/{id}",
+        "GET /events",
         "POST /login",
         "GET /healthz",
         "GET /summary",

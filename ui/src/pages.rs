@@ -1,0 +1,1505 @@
+//! The operator's pages, server-rendered (askama), every one with the same
+//! frame: navigation with the counts that need attention, the repo's
+//! problems as a banner, the login form. Overview (a card per node of the
+//! inventory), services matrix, a page per node, actions, incidents, the
+//! event log. Forms work without JavaScript; with it, `app.js` swaps in a
+//! fresh `<main>` when the server says something changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+use askama::Template;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{Duration, Utc};
+use homelab_core::agentstatus::Vitals;
+use homelab_core::time::Timestamp;
+use homelab_core::world::{NodeStatus, ResolvedIncident, ServiceState, ServiceStatus};
+use homelab_core::{Action, ActionKind, ActionState, Event, Name, Risk, Severity};
+use serde::Deserialize;
+
+use crate::present::{self, When};
+use crate::search::{self, Filter};
+use crate::{json_word, rejected, websec, world, AppError, AppState};
+
+/// What every page shows around its content.
+pub struct Frame {
+    pub authed: bool,
+    /// The CSRF value every form carries (the `homelab_csrf` cookie's).
+    pub csrf: String,
+    /// Problems of the system itself (a repo file that does not load), one
+    /// `file:line: problem` each.
+    pub problems: Vec<String>,
+    /// Which page this is, for the navigation.
+    pub here: &'static str,
+    pub pending: usize,
+    pub incidents: usize,
+    /// The page's own path and query, where its forms come back to.
+    pub back: String,
+}
+
+/// The frame of a page, and the CSRF cookie to set if the browser has
+/// none yet.
+fn frame(
+    state: &AppState,
+    headers: &HeaderMap,
+    here: &'static str,
+    back: String,
+) -> Result<(Frame, Option<String>), AppError> {
+    let (csrf, set_csrf) = match websec::cookie(headers, websec::CSRF_COOKIE) {
+        Some(value) if value.len() == 48 && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (value.to_string(), None)
+        }
+        _ => {
+            let value = websec::new_csrf();
+            let cookie = websec::set_cookie(
+                websec::CSRF_COOKIE,
+                &value,
+                2_592_000,
+                websec::over_tls(headers),
+            );
+            (value, Some(cookie))
+        }
+    };
+    let world = world(state)?;
+    let problems = world
+        .incidents
+        .iter()
+        .filter(|i| i.kind == homelab_core::world::REPO_PROBLEM)
+        .flat_map(|i| i.message.lines().map(str::to_string))
+        .collect();
+    let pending = actions(state, &[ActionState::Pending])?.len();
+    Ok((
+        Frame {
+            authed: crate::authed(state, headers),
+            csrf,
+            problems,
+            here,
+            pending,
+            incidents: world.incidents.len(),
+            back,
+        },
+        set_csrf,
+    ))
+}
+
+/// A rendered page, with the CSRF cookie when it is new.
+fn respond(html: String, set_csrf: Option<String>) -> Response {
+    let html = Html(html);
+    match set_csrf {
+        Some(cookie) => ([(header::SET_COOKIE, cookie)], html).into_response(),
+        None => html.into_response(),
+    }
+}
+
+fn render(page: impl Template) -> Result<String, AppError> {
+    Ok(page.render().context("render page")?)
+}
+
+/// Actions in these states, through the shared listing cache.
+pub(crate) fn actions(state: &AppState, states: &[ActionState]) -> Result<Vec<Action>, AppError> {
+    let mut cache = state.actions.lock().expect("actions cache lock");
+    let mut out = Vec::new();
+    for s in states {
+        out.extend(state.store.list_with(*s, &mut cache)?);
+    }
+    Ok(out)
+}
+
+fn finished_states() -> Vec<ActionState> {
+    ActionState::ALL
+        .into_iter()
+        .filter(|s| !s.is_open())
+        .collect()
+}
+
+// ---------------------------------------------------------------- wording
+
+/// What approving an action will do, in the operator's words.
+pub fn what_happens(a: &Action) -> String {
+    let service = a.service.as_ref().map_or("", |s| s.as_str());
+    let params = a.params.clone().unwrap_or_default();
+    match a.kind {
+        ActionKind::ContainerRestart => format!(
+            "{}'s agent restarts the containers of {service} (docker restart); nothing else changes",
+            a.node
+        ),
+        ActionKind::Redeploy => match (&params.compose, &params.compose_missing) {
+            (Some(bundle), _) => format!(
+                "{}'s agent runs compose up -d for project {} with {} from the repo, replacing its containers",
+                a.node,
+                bundle.project,
+                bundle
+                    .files
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, Some(why)) => format!(
+                "{}'s agent is asked to redeploy {service}, but it will fail: {why}",
+                a.node
+            ),
+            (None, None) => format!("{}'s agent redeploys {service}", a.node),
+        },
+        ActionKind::DiskCleanup => {
+            let mut text = format!(
+                "{}'s agent removes stopped containers{}, unused images and build cache (docker prune)",
+                a.node,
+                params
+                    .older_than_secs
+                    .map(|s| format!(" older than {}", present::duration(s)))
+                    .unwrap_or_default()
+            );
+            if let Some(keep) = params.keep_services.filter(|k| !k.is_empty()) {
+                text += &format!(
+                    "; the containers of {} stay",
+                    keep.iter()
+                        .map(Name::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            text
+        }
+        ActionKind::AlertOnly => "nothing runs: it is an alert to acknowledge".into(),
+    }
+}
+
+pub struct ActionView {
+    pub id: String,
+    pub kind: String,
+    pub node: String,
+    pub service: String,
+    pub risk: String,
+    pub risk_icon: &'static str,
+    pub guarded: bool,
+    pub reason: String,
+    pub message: String,
+    pub what: String,
+    pub state: String,
+    pub icon: &'static str,
+    pub created_at: When,
+    pub updated_at: When,
+    /// The last step: "completed by executor: …".
+    pub last: String,
+    /// The result's message, once finished.
+    pub result: String,
+    pub ok: bool,
+}
+
+impl ActionView {
+    pub fn new(a: &Action, now: &Timestamp) -> ActionView {
+        let risk = json_word(&a.risk);
+        ActionView {
+            id: a.id.to_string(),
+            kind: a.kind.as_str().into(),
+            node: a.node.to_string(),
+            service: a
+                .service
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            risk_icon: if a.risk == Risk::Guarded {
+                "▲"
+            } else {
+                "●"
+            },
+            guarded: a.risk == Risk::Guarded,
+            risk,
+            reason: a.reason.clone(),
+            message: a.message.clone(),
+            what: what_happens(a),
+            state: a.state.dir().into(),
+            icon: present::icon(a.state.dir()),
+            created_at: When::new(&a.created_at, now),
+            updated_at: When::new(&a.updated_at, now),
+            last: a
+                .history
+                .last()
+                .map(|t| format!("{} by {}: {}", t.state, t.by, t.why))
+                .unwrap_or_default(),
+            result: a
+                .result
+                .as_ref()
+                .map(|r| r.message.clone())
+                .unwrap_or_default(),
+            ok: a.result.as_ref().is_some_and(|r| r.ok),
+        }
+    }
+}
+
+pub struct IncidentView {
+    pub id: String,
+    /// Its page.
+    pub link: String,
+    pub kind: String,
+    pub node: String,
+    pub service: String,
+    pub severity: String,
+    pub icon: &'static str,
+    pub message: String,
+    pub opened_at: When,
+    pub resolved_at: Option<When>,
+    /// "12 min" open.
+    pub lasted: String,
+    pub count: u64,
+    pub maintenance: String,
+}
+
+impl IncidentView {
+    fn new(
+        i: &homelab_core::world::Incident,
+        resolved: Option<Timestamp>,
+        now: &Timestamp,
+    ) -> IncidentView {
+        let severity = json_word(&i.severity);
+        let end = resolved.unwrap_or(*now);
+        IncidentView {
+            id: i.id.clone(),
+            link: format!("/incidents/{}", present::path_segment(&i.id)),
+            kind: i.kind.clone(),
+            node: i.node.to_string(),
+            service: i
+                .service
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            icon: present::icon(&severity),
+            severity,
+            message: i.message.clone(),
+            opened_at: When::new(&i.opened_at, now),
+            resolved_at: resolved.map(|r| When::new(&r, now)),
+            lasted: present::duration((end - i.opened_at).num_seconds().max(0) as u64),
+            count: i.count.unwrap_or(0),
+            maintenance: i
+                .maintenance
+                .as_ref()
+                .map(|m| m.window.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub struct EventView {
+    pub ts: When,
+    pub node: String,
+    pub service: String,
+    pub kind: String,
+    pub severity: String,
+    pub icon: &'static str,
+    pub message: String,
+}
+
+impl EventView {
+    fn new(e: &Event, now: &Timestamp) -> EventView {
+        let severity = json_word(&e.severity);
+        EventView {
+            ts: When::new(&e.ts, now),
+            node: e.node.to_string(),
+            service: e
+                .service
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            kind: e.kind.clone(),
+            icon: present::icon(&severity),
+            severity,
+            message: e.message.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- nodes
+
+/// A node as its card shows it.
+pub struct NodeCard {
+    pub node: String,
+    /// online, offline, never_reported.
+    pub status: String,
+    pub icon: &'static str,
+    pub since: When,
+    pub last_seen: When,
+    /// Offline: what is shown is its last known state.
+    pub stale: bool,
+    pub seen: bool,
+    pub role: String,
+    pub description: String,
+    pub docker: String,
+    pub healthy: usize,
+    pub unhealthy: usize,
+    pub missing: usize,
+    pub vitals: Option<VitalsView>,
+    /// An edge node (role `edge…` or `offline_first`): its outbox.
+    pub edge: bool,
+    pub backlog: Option<u64>,
+    pub oldest_unacked: Option<When>,
+    /// The worst of status and services: ok, warning, bad.
+    pub tone: &'static str,
+}
+
+pub struct VitalsView {
+    pub load: String,
+    pub memory: String,
+    pub disk: String,
+    pub disk_pct: f64,
+    pub as_of: When,
+}
+
+impl VitalsView {
+    fn new(v: &Vitals, at: &Timestamp, now: &Timestamp) -> VitalsView {
+        let sample = crate::history::Sample::of(v, *at);
+        let fullest = v
+            .disks
+            .iter()
+            .max_by(|a, b| a.used_pct.total_cmp(&b.used_pct));
+        VitalsView {
+            load: format!("{:.2}", v.load[0]),
+            memory: format!(
+                "{:.0} % of {}",
+                sample.memory_pct,
+                present::bytes(v.memory_total_bytes)
+            ),
+            disk: fullest.map_or_else(
+                || "not watched".into(),
+                |d| {
+                    format!(
+                        "{:.0} % ({}, {} free)",
+                        d.used_pct,
+                        d.mount,
+                        present::bytes(d.free_bytes)
+                    )
+                },
+            ),
+            disk_pct: sample.disk_pct,
+            as_of: When::new(at, now),
+        }
+    }
+}
+
+/// Every node to show: those that reported, and those of the inventory
+/// (or of the observer's never-reported incidents) that did not, in name
+/// order.
+fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppError> {
+    let world = world(state)?;
+    let inventory = crate::inventory(state);
+    let agents = state.agents.lock().expect("agents lock").clone();
+    let mut by_node: BTreeMap<&Name, (usize, usize, usize)> = BTreeMap::new();
+    let mut present: BTreeSet<(&Name, &Name)> = BTreeSet::new();
+    for s in world.services.iter() {
+        let counts = by_node.entry(&s.node).or_default();
+        match s.status {
+            ServiceStatus::Running | ServiceStatus::Healthy => counts.0 += 1,
+            ServiceStatus::Unhealthy | ServiceStatus::NotRunning => counts.1 += 1,
+            ServiceStatus::Missing => counts.2 += 1,
+        }
+        present.insert((&s.node, &s.service));
+    }
+    let mut names: BTreeSet<Name> = world.nodes.iter().map(|n| n.node.clone()).collect();
+    names.extend(inventory.nodes.keys().cloned());
+    names.extend(
+        world
+            .incidents
+            .iter()
+            .filter(|i| i.kind == crate::NEVER_REPORTED)
+            .map(|i| i.node.clone()),
+    );
+    let mut cards = Vec::new();
+    for name in names {
+        // An alias that reported is shown under its inventory name.
+        if inventory.is_alias(&name) {
+            continue;
+        }
+        let reported = world
+            .nodes
+            .iter()
+            .find(|n| n.node == name || inventory.aliases_of(&name).contains(&n.node));
+        let spec = inventory.nodes.get(&name);
+        let (healthy, unhealthy, mut missing) = by_node
+            .get(&reported.map_or(&name, |n| &n.node))
+            .copied()
+            .unwrap_or_default();
+        // Desired but never seen on the node: missing too.
+        if let Some(wanted) = inventory.services.get(&name) {
+            let reported_as = reported.map_or(&name, |n| &n.node);
+            missing += wanted
+                .iter()
+                .filter(|s| !present.contains(&(reported_as, *s)))
+                .count();
+        }
+        let edge = spec.is_some_and(|s| {
+            s.offline_first || s.role.as_deref().is_some_and(|r| r.starts_with("edge"))
+        });
+        let agent = reported.and_then(|n| agents.get(&n.node));
+        let card = match reported {
+            Some(n) => {
+                let status = json_word(&n.status);
+                let stale = n.status != NodeStatus::Online;
+                NodeCard {
+                    node: name.to_string(),
+                    icon: present::icon(&status),
+                    since: When::new(&n.since, now),
+                    last_seen: When::new(&n.last_seen, now),
+                    stale,
+                    seen: true,
+                    role: spec.and_then(|s| s.role.clone()).unwrap_or_default(),
+                    description: spec.and_then(|s| s.description.clone()).unwrap_or_default(),
+                    docker: json_word(&n.docker),
+                    healthy,
+                    unhealthy,
+                    missing,
+                    vitals: agent.and_then(|a| {
+                        a.vitals
+                            .as_ref()
+                            .map(|v| VitalsView::new(v, &a.updated.unwrap_or(*now), now))
+                    }),
+                    edge,
+                    backlog: agent.map(|a| a.outbox_events),
+                    oldest_unacked: agent
+                        .and_then(|a| a.oldest_unacked)
+                        .map(|t| When::new(&t, now)),
+                    tone: if stale || unhealthy + missing > 0 {
+                        if stale {
+                            "bad"
+                        } else {
+                            "warning"
+                        }
+                    } else {
+                        "ok"
+                    },
+                    status,
+                }
+            }
+            None => {
+                let expected = world
+                    .incidents
+                    .iter()
+                    .find(|i| i.kind == crate::NEVER_REPORTED && i.node == name)
+                    .map_or(*now, |i| i.opened_at);
+                NodeCard {
+                    node: name.to_string(),
+                    status: "never_reported".into(),
+                    icon: present::icon("never_reported"),
+                    since: When::new(&expected, now),
+                    last_seen: When::new(&expected, now),
+                    stale: false,
+                    seen: false,
+                    role: spec.and_then(|s| s.role.clone()).unwrap_or_default(),
+                    description: spec.and_then(|s| s.description.clone()).unwrap_or_default(),
+                    docker: "unknown".into(),
+                    healthy: 0,
+                    unhealthy: 0,
+                    missing,
+                    vitals: None,
+                    edge,
+                    backlog: None,
+                    oldest_unacked: None,
+                    tone: "bad",
+                }
+            }
+        };
+        cards.push(card);
+    }
+    Ok(cards)
+}
+
+// ---------------------------------------------------------------- overview
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    frame: Frame,
+    verdict: String,
+    tone: &'static str,
+    cards: Vec<NodeCard>,
+    incidents: Vec<IncidentView>,
+    pending: Vec<ActionView>,
+}
+
+/// The one-line answer to "is everything fine?".
+pub fn verdict(cards: &[NodeCard], incidents: usize, pending: usize) -> (String, &'static str) {
+    let down = cards.iter().filter(|c| c.status != "online").count();
+    let bad_services: usize = cards.iter().map(|c| c.unhealthy + c.missing).sum();
+    let services: usize = cards
+        .iter()
+        .map(|c| c.healthy + c.unhealthy + c.missing)
+        .sum();
+    if down == 0 && bad_services == 0 && incidents == 0 && pending == 0 {
+        return (
+            format!(
+                "All is well: {} nodes online, {services} services healthy.",
+                cards.len()
+            ),
+            "ok",
+        );
+    }
+    let mut parts = Vec::new();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    if pending > 0 {
+        parts.push(plural(
+            pending,
+            "action waits for you",
+            "actions wait for you",
+        ));
+    }
+    if down > 0 {
+        parts.push(plural(down, "node is not online", "nodes are not online"));
+    }
+    if bad_services > 0 {
+        parts.push(plural(
+            bad_services,
+            "service is not healthy",
+            "services are not healthy",
+        ));
+    }
+    if incidents > 0 {
+        parts.push(plural(incidents, "incident is open", "incidents are open"));
+    }
+    (
+        parts.join(", ") + ".",
+        if down > 0 { "bad" } else { "warning" },
+    )
+}
+
+pub async fn overview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let (frame, set_csrf) = frame(&state, &headers, "overview", "/".into())?;
+    let cards = node_cards(&state, &now)?;
+    let world = world(&state)?;
+    let incidents: Vec<IncidentView> = world
+        .incidents
+        .iter()
+        .map(|i| IncidentView::new(i, None, &now))
+        .collect();
+    let pending: Vec<ActionView> = actions(&state, &[ActionState::Pending])?
+        .iter()
+        .map(|a| ActionView::new(a, &now))
+        .collect();
+    let (verdict, tone) = verdict(&cards, incidents.len(), pending.len());
+    let page = OverviewPage {
+        frame,
+        verdict,
+        tone,
+        cards,
+        incidents,
+        pending,
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+// ---------------------------------------------------------------- services
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ServicesQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    show: String,
+}
+
+pub struct Cell {
+    pub status: String,
+    pub icon: &'static str,
+    pub since: Option<When>,
+    pub last: String,
+    pub title: String,
+}
+
+pub struct MatrixRow {
+    pub service: String,
+    pub cells: Vec<Cell>,
+}
+
+#[derive(Template)]
+#[template(path = "services.html")]
+struct ServicesPage {
+    frame: Frame,
+    q: String,
+    problems_only: bool,
+    columns: Vec<String>,
+    rows: Vec<MatrixRow>,
+    total: usize,
+}
+
+/// Which services the matrix shows: `q` in the service's or the node's
+/// name, and only the unwell ones when asked.
+pub fn shown(s: &ServiceState, q: &str, problems_only: bool) -> bool {
+    let q = q.trim().to_ascii_lowercase();
+    (q.is_empty() || s.service.as_str().contains(&q) || s.node.as_str().contains(&q))
+        && (!problems_only || !s.status.is_ok())
+}
+
+pub async fn services(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ServicesQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|e| rejected("query", e))?;
+    if query.q.len() > 100 {
+        return Err(AppError::BadRequest("q: at most 100 characters".into()));
+    }
+    let problems_only = match query.show.as_str() {
+        "" | "all" => false,
+        "problems" => true,
+        other => {
+            return Err(AppError::BadRequest(format!(
+                "show: {other:?} is neither all nor problems"
+            )))
+        }
+    };
+    let now = Utc::now();
+    let back = format!("/services?q={}&show={}", query.q, query.show);
+    let (frame, set_csrf) = frame(&state, &headers, "services", back)?;
+    let world = world(&state)?;
+    let tail = state.tail.lock().expect("tail lock");
+    let shown: Vec<&ServiceState> = world
+        .services
+        .iter()
+        .filter(|s| shown(s, &query.q, problems_only))
+        .collect();
+    let columns: BTreeSet<&Name> = shown.iter().map(|s| &s.node).collect();
+    let mut rows: BTreeMap<&Name, BTreeMap<&Name, &ServiceState>> = BTreeMap::new();
+    for s in &shown {
+        rows.entry(&s.service).or_default().insert(&s.node, s);
+    }
+    let rows = rows
+        .into_iter()
+        .map(|(service, on)| MatrixRow {
+            service: service.to_string(),
+            cells: columns
+                .iter()
+                .map(|node| match on.get(node) {
+                    Some(s) => {
+                        let status = json_word(&s.status);
+                        let last = tail
+                            .services
+                            .get(&(s.node.clone(), s.service.clone()))
+                            .map(|l| format!("{} {}", l.kind, present::ago(&l.ts, &now)))
+                            .unwrap_or_default();
+                        Cell {
+                            icon: present::icon(&status),
+                            title: s.message.clone(),
+                            status,
+                            since: Some(When::new(&s.since, &now)),
+                            last,
+                        }
+                    }
+                    None => Cell {
+                        status: "absent".into(),
+                        icon: "",
+                        since: None,
+                        last: String::new(),
+                        title: "not on this node".into(),
+                    },
+                })
+                .collect(),
+        })
+        .collect();
+    let page = ServicesPage {
+        frame,
+        q: query.q.clone(),
+        problems_only,
+        columns: columns.iter().map(|n| n.to_string()).collect(),
+        rows,
+        total: world.services.len(),
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+// ---------------------------------------------------------------- a node
+
+pub struct ContainerView {
+    pub name: String,
+    pub service: String,
+    pub image: String,
+    pub state: String,
+    pub icon: &'static str,
+    pub health: String,
+    pub restarts: String,
+    pub status: String,
+}
+
+pub struct Chart {
+    pub label: String,
+    pub now: String,
+    pub scale: String,
+    pub lines: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "node.html")]
+struct NodePage {
+    frame: Frame,
+    node: String,
+    cards: Vec<NodeCard>,
+    containers: Vec<ContainerView>,
+    charts: Vec<Chart>,
+    incidents: Vec<IncidentView>,
+    actions: Vec<ActionView>,
+    events: Vec<EventView>,
+}
+
+/// The newest events of one node, reading back at most a week.
+fn recent_events(state: &AppState, node: &Name, limit: usize) -> Result<Vec<Event>, AppError> {
+    let filter = Filter {
+        node: Some(node.clone()),
+        since: Some(Utc::now() - Duration::days(7)),
+        ..Default::default()
+    };
+    Ok(search::search(&state.layout, &filter, limit)?.events)
+}
+
+pub async fn node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, AppError> {
+    let name =
+        Name::parse(&raw).map_err(|e| AppError::BadRequest(format!("bad node name: {e}")))?;
+    let now = Utc::now();
+    let cards: Vec<NodeCard> = node_cards(&state, &now)?
+        .into_iter()
+        .filter(|c| c.node == name.as_str())
+        .collect();
+    if cards.is_empty() {
+        return Err(AppError::NotFound(format!(
+            "no node {name}: it is not in the inventory and never reported"
+        )));
+    }
+    let (frame, set_csrf) = frame(&state, &headers, "node", format!("/nodes/{name}"))?;
+    let world = world(&state)?;
+    let inventory = crate::inventory(&state);
+    let names: Vec<Name> = std::iter::once(name.clone())
+        .chain(inventory.aliases_of(&name))
+        .collect();
+    let mut containers = Vec::new();
+    for s in world.services.iter().filter(|s| names.contains(&s.node)) {
+        for c in &s.containers {
+            let word = json_word(&c.service_status());
+            containers.push(ContainerView {
+                name: c.name.clone(),
+                service: c.service.to_string(),
+                image: c.image.clone(),
+                state: c.state.clone(),
+                icon: present::icon(&word),
+                health: c.health.clone().unwrap_or_else(|| "–".into()),
+                restarts: c
+                    .restart_count
+                    .map_or_else(|| "–".into(), |n| n.to_string()),
+                status: c.status.clone(),
+            });
+        }
+    }
+    let history = state
+        .vitals
+        .lock()
+        .expect("vitals lock")
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
+    let charts = charts(&history, now);
+    let mut incidents: Vec<IncidentView> = world
+        .incidents
+        .iter()
+        .filter(|i| names.contains(&i.node))
+        .map(|i| IncidentView::new(i, None, &now))
+        .collect();
+    let resolved = crate::incident_history(&state)?;
+    incidents.extend(
+        resolved
+            .iter()
+            .rev()
+            .filter(|r| names.contains(&r.incident.node))
+            .take(10)
+            .map(|r| IncidentView::new(&r.incident, Some(r.resolved_at), &now)),
+    );
+    let mut node_actions: Vec<Action> = actions(&state, &ActionState::OPEN)?
+        .into_iter()
+        .filter(|a| a.node == name)
+        .collect();
+    let mut finished: Vec<Action> = actions(&state, &finished_states())?
+        .into_iter()
+        .filter(|a| a.node == name)
+        .collect();
+    finished.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
+    finished.truncate(10);
+    node_actions.extend(finished);
+    let mut events = Vec::new();
+    for n in &names {
+        events.extend(recent_events(&state, n, 30)?);
+    }
+    search::newest_first(&mut events);
+    events.truncate(30);
+    let page = NodePage {
+        frame,
+        node: name.to_string(),
+        cards,
+        containers,
+        charts,
+        incidents,
+        actions: node_actions
+            .iter()
+            .map(|a| ActionView::new(a, &now))
+            .collect(),
+        events: events.iter().map(|e| EventView::new(e, &now)).collect(),
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+/// Width and height of a vitals chart (SVG user units).
+const CHART_W: f64 = 240.0;
+const CHART_H: f64 = 40.0;
+
+fn charts(history: &[crate::history::Sample], now: Timestamp) -> Vec<Chart> {
+    use crate::history::lines;
+    if history.is_empty() {
+        return Vec::new();
+    }
+    let last = history.last().expect("not empty");
+    let scale = crate::history::load_scale(history);
+    vec![
+        Chart {
+            label: "load (1 min)".into(),
+            now: format!("{:.2}", last.load),
+            scale: format!("0–{scale}"),
+            lines: lines(history, now, |s| s.load, scale, CHART_W, CHART_H),
+        },
+        Chart {
+            label: "memory used".into(),
+            now: format!("{:.0} %", last.memory_pct),
+            scale: "0–100 %".into(),
+            lines: lines(history, now, |s| s.memory_pct, 100.0, CHART_W, CHART_H),
+        },
+        Chart {
+            label: "disk used (fullest)".into(),
+            now: format!("{:.0} %", last.disk_pct),
+            scale: "0–100 %".into(),
+            lines: lines(history, now, |s| s.disk_pct, 100.0, CHART_W, CHART_H),
+        },
+    ]
+}
+
+// ---------------------------------------------------------------- actions
+
+#[derive(Template)]
+#[template(path = "actions.html")]
+struct ActionsPage {
+    frame: Frame,
+    pending: Vec<ActionView>,
+    running: Vec<ActionView>,
+    finished: Vec<ActionView>,
+}
+
+pub async fn actions_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let (frame, set_csrf) = frame(&state, &headers, "actions", "/actions".into())?;
+    let view = |list: Vec<Action>| -> Vec<ActionView> {
+        list.iter().map(|a| ActionView::new(a, &now)).collect()
+    };
+    let pending = view(actions(&state, &[ActionState::Pending])?);
+    let running = view(actions(
+        &state,
+        &[ActionState::Approved, ActionState::Running],
+    )?);
+    let mut finished = actions(&state, &finished_states())?;
+    finished.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
+    finished.truncate(50);
+    let page = ActionsPage {
+        frame,
+        pending,
+        running,
+        finished: view(finished),
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+pub struct Step {
+    pub state: String,
+    pub icon: &'static str,
+    pub at: When,
+    pub by: String,
+    pub why: String,
+}
+
+#[derive(Template)]
+#[template(path = "action.html")]
+struct ActionPage {
+    frame: Frame,
+    a: ActionView,
+    pending: bool,
+    steps: Vec<Step>,
+    result_data: String,
+    command: String,
+}
+
+pub async fn action_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, AppError> {
+    let id = crate::parse_id(&raw)?;
+    let action = state
+        .store
+        .find(&id)?
+        .ok_or_else(|| AppError::NotFound(format!("no action {id}")))?;
+    let now = Utc::now();
+    let (frame, set_csrf) = frame(&state, &headers, "actions", format!("/actions/{id}"))?;
+    let steps = action
+        .history
+        .iter()
+        .map(|t| Step {
+            state: t.state.dir().into(),
+            icon: present::icon(t.state.dir()),
+            at: When::new(&t.at, &now),
+            by: t.by.clone(),
+            why: t.why.clone(),
+        })
+        .collect();
+    let result_data = action
+        .result
+        .as_ref()
+        .filter(|r| !r.data.is_null() && r.data != serde_json::json!({}))
+        .map(|r| serde_json::to_string_pretty(&r.data).unwrap_or_default())
+        .unwrap_or_default();
+    let command = action
+        .command
+        .as_ref()
+        .map(|c| {
+            format!(
+                "command {} sent {}, deadline {}",
+                c.id,
+                homelab_core::time::format(&c.sent_at),
+                homelab_core::time::format(&c.deadline)
+            )
+        })
+        .unwrap_or_default();
+    let page = ActionPage {
+        frame,
+        pending: action.state == ActionState::Pending,
+        a: ActionView::new(&action, &now),
+        steps,
+        result_data,
+        command,
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+// ---------------------------------------------------------------- incidents
+
+#[derive(Template)]
+#[template(path = "incidents.html")]
+struct IncidentsPage {
+    frame: Frame,
+    open: Vec<IncidentView>,
+    resolved: Vec<IncidentView>,
+}
+
+pub async fn incidents_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let (frame, set_csrf) = frame(&state, &headers, "incidents", "/incidents".into())?;
+    let world = world(&state)?;
+    let history = crate::incident_history(&state)?;
+    let page = IncidentsPage {
+        frame,
+        open: world
+            .incidents
+            .iter()
+            .map(|i| IncidentView::new(i, None, &now))
+            .collect(),
+        resolved: history
+            .iter()
+            .rev()
+            .take(100)
+            .map(|r| IncidentView::new(&r.incident, Some(r.resolved_at), &now))
+            .collect(),
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+pub struct Occurrence {
+    pub incident: IncidentView,
+    pub events: Vec<EventView>,
+}
+
+#[derive(Template)]
+#[template(path = "incident.html")]
+struct IncidentPage {
+    frame: Frame,
+    id: String,
+    occurrences: Vec<Occurrence>,
+}
+
+/// The events around one occurrence of an incident: its node's (and
+/// service's, if it has one) from a minute before it opened to a minute
+/// after it closed, oldest first.
+pub fn timeline_filter(
+    i: &homelab_core::world::Incident,
+    resolved: Option<Timestamp>,
+    now: Timestamp,
+) -> Filter {
+    Filter {
+        node: Some(i.node.clone()),
+        service: i.service.clone(),
+        since: Some(i.opened_at - Duration::minutes(1)),
+        before: Some(resolved.unwrap_or(now) + Duration::minutes(1)),
+        ..Default::default()
+    }
+}
+
+pub async fn incident_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    if id.len() > 300 || id.chars().any(char::is_control) {
+        return Err(AppError::BadRequest("bad incident id".into()));
+    }
+    let now = Utc::now();
+    let world = world(&state)?;
+    let history = crate::incident_history(&state)?;
+    let mut found: Vec<(homelab_core::world::Incident, Option<Timestamp>)> = world
+        .incidents
+        .iter()
+        .filter(|i| i.id == id)
+        .map(|i| (i.clone(), None))
+        .collect();
+    found.extend(
+        history
+            .iter()
+            .rev()
+            .filter(|r: &&ResolvedIncident| r.incident.id == id)
+            .take(5)
+            .map(|r| (r.incident.clone(), Some(r.resolved_at))),
+    );
+    if found.is_empty() {
+        return Err(AppError::NotFound(format!(
+            "no incident {id}: neither open nor among the last resolved"
+        )));
+    }
+    let (frame, set_csrf) = frame(
+        &state,
+        &headers,
+        "incidents",
+        format!("/incidents/{}", present::path_segment(&id)),
+    )?;
+    let mut occurrences = Vec::new();
+    for (incident, resolved) in found {
+        let filter = timeline_filter(&incident, resolved, now);
+        let mut events = search::search(&state.layout, &filter, 100)?.events;
+        events.reverse();
+        occurrences.push(Occurrence {
+            incident: IncidentView::new(&incident, resolved, &now),
+            events: events.iter().map(|e| EventView::new(e, &now)).collect(),
+        });
+    }
+    let page = IncidentPage {
+        frame,
+        id,
+        occurrences,
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+// ---------------------------------------------------------------- events
+
+/// The events page's and `/api/events`' query.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub before_id: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// A time of the query: RFC 3339, or what a browser's `datetime-local`
+/// field sends (`2026-11-24T10:00`, taken as UTC).
+fn parse_time(what: &str, raw: &str) -> Result<Timestamp, AppError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(raw, format) {
+            return Ok(t.and_utc());
+        }
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(raw, format) {
+            return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+        }
+    }
+    Err(AppError::BadRequest(format!(
+        "bad {what} {raw:?}: RFC 3339 (2026-11-24T10:00:00Z) or 2026-11-24T10:00 (UTC) expected"
+    )))
+}
+
+impl EventsQuery {
+    /// The filter, every part checked; empty fields (a form's) are absent.
+    pub fn filter(&self) -> Result<Filter, AppError> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let name = |what: &str, v: &Option<String>| {
+            given(v)
+                .map(Name::parse)
+                .transpose()
+                .map_err(|e| AppError::BadRequest(format!("bad {what}: {e}")))
+        };
+        let kind = given(&self.kind).map(str::to_string);
+        if kind.as_ref().is_some_and(|k| {
+            k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }) {
+            return Err(AppError::BadRequest(
+                "bad type: letters, digits and _ only, at most 64".into(),
+            ));
+        }
+        let severity = given(&self.severity)
+            .map(|s| {
+                serde_json::from_value::<Severity>(serde_json::Value::String(s.into())).map_err(
+                    |_| {
+                        AppError::BadRequest(format!(
+                            "bad severity {s:?}: info, warning, error or critical"
+                        ))
+                    },
+                )
+            })
+            .transpose()?;
+        let before_id = given(&self.before_id).map(str::to_string);
+        if before_id
+            .as_ref()
+            .is_some_and(|id| id.len() > 128 || id.chars().any(char::is_control))
+        {
+            return Err(AppError::BadRequest("bad before_id".into()));
+        }
+        Ok(Filter {
+            node: name("node", &self.node)?,
+            service: name("service", &self.service)?,
+            kind,
+            severity,
+            since: given(&self.since)
+                .map(|s| parse_time("since", s))
+                .transpose()?,
+            before: given(&self.before)
+                .map(|s| parse_time("before", s))
+                .transpose()?,
+            before_id,
+        })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "events.html")]
+struct EventsPage {
+    frame: Frame,
+    q: EventsForm,
+    events: Vec<EventView>,
+    older: String,
+    /// The newest page: the live tail adds to it.
+    live: bool,
+    bad_lines: usize,
+}
+
+/// The filter form's values as given, to show them back.
+#[derive(Default)]
+pub struct EventsForm {
+    pub node: String,
+    pub service: String,
+    pub kind: String,
+    pub severity: String,
+    pub since: String,
+    pub nodes: Vec<String>,
+}
+
+/// `k=v&…` of the given parts, percent-encoded.
+fn query_string(parts: &[(&str, &str)]) -> String {
+    parts
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", present::path_segment(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+pub async fn events_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|e| rejected("query", e))?;
+    let filter = query.filter()?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let now = Utc::now();
+    let layout = state.layout.clone();
+    let search_filter = filter.clone();
+    let page = tokio::task::spawn_blocking(move || search::search(&layout, &search_filter, limit))
+        .await
+        .context("event search task")??;
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let form = EventsForm {
+        node: text(&query.node),
+        service: text(&query.service),
+        kind: text(&query.kind),
+        severity: text(&query.severity),
+        since: text(&query.since),
+        nodes: world(&state)?
+            .nodes
+            .iter()
+            .map(|n| n.node.to_string())
+            .collect(),
+    };
+    let older = match (page.more, page.events.last()) {
+        (true, Some(last)) => format!(
+            "/events?{}",
+            query_string(&[
+                ("node", &form.node),
+                ("service", &form.service),
+                ("type", &form.kind),
+                ("severity", &form.severity),
+                ("since", &form.since),
+                ("before", &homelab_core::time::format(&last.ts)),
+                ("before_id", &last.id),
+            ])
+        ),
+        _ => String::new(),
+    };
+    let back = format!(
+        "/events?{}",
+        query_string(&[("node", &form.node), ("type", &form.kind)])
+    );
+    let (frame, set_csrf) = frame(&state, &headers, "events", back)?;
+    let page = EventsPage {
+        frame,
+        live: filter.before.is_none(),
+        events: page
+            .events
+            .iter()
+            .map(|e| EventView::new(e, &now))
+            .collect(),
+        older,
+        bad_lines: page.bad_lines,
+        q: form,
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(status: &str, healthy: usize, unhealthy: usize, missing: usize) -> NodeCard {
+        let now = Utc::now();
+        NodeCard {
+            node: "n".into(),
+            status: status.into(),
+            icon: "",
+            since: When::new(&now, &now),
+            last_seen: When::new(&now, &now),
+            stale: false,
+            seen: true,
+            role: String::new(),
+            description: String::new(),
+            docker: "ok".into(),
+            healthy,
+            unhealthy,
+            missing,
+            vitals: None,
+            edge: false,
+            backlog: None,
+            oldest_unacked: None,
+            tone: "ok",
+        }
+    }
+
+    #[test]
+    fn the_verdict_says_what_needs_the_operator() {
+        let cases: Vec<(Vec<NodeCard>, usize, usize, &str, &str)> = vec![
+            (
+                vec![card("online", 3, 0, 0), card("online", 2, 0, 0)],
+                0,
+                0,
+                "All is well: 2 nodes online, 5 services healthy.",
+                "ok",
+            ),
+            (
+                vec![card("online", 3, 1, 0)],
+                1,
+                1,
+                "1 action waits for you, 1 service is not healthy, 1 incident is open.",
+                "warning",
+            ),
+            (
+                vec![card("offline", 3, 0, 0), card("never_reported", 0, 0, 2)],
+                2,
+                0,
+                "2 nodes are not online, 2 services are not healthy, 2 incidents are open.",
+                "bad",
+            ),
+        ];
+        for (cards, incidents, pending, text, tone) in cases {
+            assert_eq!(
+                verdict(&cards, incidents, pending),
+                (text.to_string(), tone)
+            );
+        }
+    }
+
+    #[test]
+    fn every_kind_of_action_says_what_it_will_do() {
+        let n = |s: &str| Name::parse(s).unwrap();
+        let now = Utc::now();
+        let mut restart = Action::new(
+            ActionKind::ContainerRestart,
+            n("piha"),
+            Some(n("mosquitto")),
+            Risk::Low,
+            "containers_not_running",
+            "exited (137)",
+            now,
+        );
+        assert_eq!(
+            what_happens(&restart),
+            "piha's agent restarts the containers of mosquitto (docker restart); nothing else changes"
+        );
+        restart.kind = ActionKind::Redeploy;
+        restart.params = Some(homelab_core::action::ActionParams {
+            compose: Some(homelab_core::command::ComposeBundle {
+                project: n("mosquitto"),
+                compose_version: None,
+                files: vec![homelab_core::command::ComposeFile::new(
+                    "services/mosquitto/compose.yaml",
+                    "services: {}\n".into(),
+                )],
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            what_happens(&restart),
+            "piha's agent runs compose up -d for project mosquitto with services/mosquitto/compose.yaml from the repo, replacing its containers"
+        );
+        restart.params = Some(homelab_core::action::ActionParams {
+            compose_missing: Some("no compose file in the repo".into()),
+            ..Default::default()
+        });
+        assert!(what_happens(&restart).ends_with("but it will fail: no compose file in the repo"));
+        restart.kind = ActionKind::DiskCleanup;
+        restart.params = Some(homelab_core::action::ActionParams {
+            keep_services: Some(vec![n("db")]),
+            older_than_secs: Some(86_400),
+            ..Default::default()
+        });
+        assert_eq!(
+            what_happens(&restart),
+            "piha's agent removes stopped containers older than 1 d, unused images and build cache (docker prune); the containers of db stay"
+        );
+        restart.kind = ActionKind::AlertOnly;
+        assert!(what_happens(&restart).starts_with("nothing runs"));
+    }
+
+    #[test]
+    fn event_queries_are_checked_at_the_edge() {
+        let q = |f: fn(&mut EventsQuery)| {
+            let mut query = EventsQuery::default();
+            f(&mut query);
+            query.filter()
+        };
+        assert!(q(|_| {}).unwrap() == Filter::default());
+        assert!(
+            q(|q| q.node = Some(String::new())).unwrap().node.is_none(),
+            "an empty field is absent"
+        );
+        assert!(q(|q| q.node = Some("../etc".into())).is_err());
+        assert!(q(|q| q.service = Some("a/b".into())).is_err());
+        assert!(q(|q| q.kind = Some("a b".into())).is_err());
+        assert!(q(|q| q.severity = Some("loud".into())).is_err());
+        assert_eq!(
+            q(|q| q.severity = Some("error".into())).unwrap().severity,
+            Some(Severity::Error)
+        );
+        assert!(q(|q| q.since = Some("yesterday".into())).is_err());
+        let t = q(|q| q.since = Some("2026-11-24T10:00".into()))
+            .unwrap()
+            .since
+            .unwrap();
+        assert_eq!(homelab_core::time::format(&t), "2026-11-24T10:00:00.000Z");
+        let t = q(|q| q.before = Some("2026-11-24".into()))
+            .unwrap()
+            .before
+            .unwrap();
+        assert_eq!(homelab_core::time::format(&t), "2026-11-24T00:00:00.000Z");
+        assert!(q(|q| q.before_id = Some("x\ny".into())).is_err());
+    }
+
+    #[test]
+    fn the_matrix_filter() {
+        let s = |node: &str, service: &str, status: ServiceStatus| ServiceState {
+            node: Name::parse(node).unwrap(),
+            service: Name::parse(service).unwrap(),
+            status,
+            since: Utc::now(),
+            message: String::new(),
+            containers: vec![],
+        };
+        let cases = [
+            (
+                s("piha", "mosquitto", ServiceStatus::Running),
+                "",
+                false,
+                true,
+            ),
+            (
+                s("piha", "mosquitto", ServiceStatus::Running),
+                "MOSQ",
+                false,
+                true,
+            ),
+            (
+                s("piha", "mosquitto", ServiceStatus::Running),
+                "pih",
+                false,
+                true,
+            ),
+            (
+                s("piha", "mosquitto", ServiceStatus::Running),
+                "db",
+                false,
+                false,
+            ),
+            (
+                s("piha", "mosquitto", ServiceStatus::Running),
+                "",
+                true,
+                false,
+            ),
+            (
+                s("piha", "mosquitto", ServiceStatus::Missing),
+                "",
+                true,
+                true,
+            ),
+        ];
+        for (service, q, problems, expected) in cases {
+            assert_eq!(shown(&service, q, problems), expected, "{q} {problems}");
+        }
+    }
+}
