@@ -257,7 +257,7 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
                 row.split("</tr>")
                     .next()
                     .unwrap()
-                    .contains(r#"class="completed""#)
+                    .contains(r#"class="completed nowrap""#)
             })
     })
     .await;

@@ -105,7 +105,14 @@ pub fn lines(
             .expect("a piece")
             .push(format!("{x:.1},{y:.1}"));
     }
-    pieces.into_iter().map(|p| p.join(" ")).collect()
+    // A lone sample is a zero-length line: drawn as a dot (round caps).
+    pieces
+        .into_iter()
+        .map(|p| match p.as_slice() {
+            [one] => format!("{one} {one}"),
+            _ => p.join(" "),
+        })
+        .collect()
 }
 
 /// The chart's scale for load: at least 1, else the day's highest rounded
@@ -223,6 +230,11 @@ mod tests {
             ]
         );
         assert!(lines(&[], now, |s| s.load, 1.0, 240.0, 40.0).is_empty());
+        assert_eq!(
+            lines(&history[4..], now, |s| s.load, 2.0, 240.0, 40.0),
+            vec!["180.8,20.0 180.8,20.0".to_string()],
+            "a lone sample is a dot"
+        );
         assert_eq!(load_scale(&history[1..]), 4.0);
         assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 0.2)]), 1.0);
         assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 2.3)]), 3.0);

@@ -467,7 +467,7 @@ async fn the_actions_pages_show_the_queue_results_and_timelines() {
     let finished = element(&page, "finished", "</table>");
     assert!(
         finished
-            .contains(r#"<td class="completed"><span aria-hidden="true">✓</span> completed</td>"#)
+            .contains(r#"<td class="completed nowrap"><span aria-hidden="true">✓</span> completed</td>"#)
             && finished.contains("restarted mosquitto-1"),
         "{finished}"
     );
