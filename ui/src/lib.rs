@@ -96,6 +96,8 @@ pub struct AppState {
     pub tail: Arc<std::sync::Mutex<tail::Tail>>,
     /// See [`Config::repo`].
     pub repo: Option<std::path::PathBuf>,
+    /// Set while the UI has lost the broker: what the banner says.
+    pub broker_down: Arc<std::sync::Mutex<Option<String>>>,
     inventory: Arc<std::sync::Mutex<InventoryCache>>,
 }
 
@@ -196,6 +198,7 @@ impl AppState {
             actions: Default::default(),
             tail: Default::default(),
             repo: None,
+            broker_down: Default::default(),
             inventory: Default::default(),
         }
     }
@@ -240,7 +243,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             message = incoming.recv() => match message {
                 None => break,
                 Some(Incoming::Message(message)) => on_message(&state, &message).await,
-                Some(_) => {}
+                Some(Incoming::Connected { .. }) => {
+                    *state.broker_down.lock().expect("broker lock") = None;
+                }
+                Some(Incoming::Disconnected) => {
+                    *state.broker_down.lock().expect("broker lock") = Some(format!(
+                        "the UI lost the broker at {}: pages show the files as last written; live updates and MQTT approvals wait for it",
+                        config.broker
+                    ));
+                }
             },
         }
     }
@@ -640,10 +651,14 @@ fn authorize(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<(
 }
 
 /// A world file as last parsed: a request parses it again only when the
-/// observer rewrote it ([`homelab_core::fsutil::Watched`]).
+/// observer rewrote it ([`homelab_core::fsutil::Watched`]). A version that
+/// does not parse leaves the last good one in use, said as a problem of
+/// the system; with nothing good yet, the request fails (503).
 struct Parsed<T> {
     file: homelab_core::fsutil::Watched,
     value: Arc<Vec<T>>,
+    good: bool,
+    problem: Option<String>,
 }
 
 impl<T> Default for Parsed<T> {
@@ -651,6 +666,8 @@ impl<T> Default for Parsed<T> {
         Parsed {
             file: Default::default(),
             value: Arc::new(Vec::new()),
+            good: false,
+            problem: None,
         }
     }
 }
@@ -658,14 +675,24 @@ impl<T> Default for Parsed<T> {
 impl<T: serde::de::DeserializeOwned> Parsed<T> {
     fn get(&mut self, path: &std::path::Path) -> Result<Arc<Vec<T>>, AppError> {
         match self.file.changed::<Vec<T>>(path) {
-            Ok(Some(value)) => self.value = Arc::new(value),
+            Ok(Some(value)) => {
+                self.value = Arc::new(value);
+                self.good = true;
+                self.problem = None;
+            }
             Ok(None) => {}
             Err(error) => {
-                warn!(error = format!("{error:#}"), "world state unreadable");
-                return Err(AppError::Unavailable(format!(
-                    "world state {} is unreadable",
-                    path.display()
-                )));
+                let error = format!("{error:#}");
+                if self.problem.as_ref() != Some(&error) {
+                    warn!(%error, "world state unreadable");
+                }
+                self.problem = Some(error);
+                if !self.good {
+                    return Err(AppError::Unavailable(format!(
+                        "world state {} is unreadable",
+                        path.display()
+                    )));
+                }
             }
         }
         Ok(self.value.clone())
@@ -679,6 +706,33 @@ pub struct WorldCache {
     services: Parsed<ServiceState>,
     incidents: Parsed<Incident>,
     history: Parsed<homelab_core::world::ResolvedIncident>,
+}
+
+impl WorldCache {
+    /// World files that do not parse now (the last good state is shown).
+    fn problems(&self) -> Vec<String> {
+        [
+            &self.nodes.problem,
+            &self.services.problem,
+            &self.incidents.problem,
+            &self.history.problem,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{p} (showing its last good state)"))
+        .collect()
+    }
+}
+
+/// Problems of the system itself, as the UI sees them, for the banner:
+/// unreadable world files, unreadable lines of the event log, no broker.
+pub(crate) fn system_problems(state: &AppState) -> Vec<String> {
+    let mut out = state.world.lock().expect("world cache lock").problems();
+    out.extend(state.tail.lock().expect("tail lock").bad.iter().cloned());
+    if let Some(broker) = state.broker_down.lock().expect("broker lock").as_ref() {
+        out.push(broker.clone());
+    }
+    out
 }
 
 struct World {
@@ -1049,7 +1103,38 @@ async fn ai_context(State(state): State<AppState>) -> Result<Response, AppError>
     }
     text += "\n## Open actions\n";
     for a in &open {
-        text += &format!("- {} ({}): {}: {}\n", a.id, a.state, a.reason, a.message);
+        text += &format!(
+            "- {} ({}): {}: {}; approving it: {}\n",
+            a.id,
+            a.state,
+            a.reason,
+            a.message,
+            pages::what_happens(a)
+        );
+    }
+    text += "\n## Recent events (warning or worse, last 24 h, newest first)\n";
+    let filter = search::Filter {
+        severity: Some(homelab_core::Severity::Warning),
+        since: Some(Utc::now() - chrono::Duration::hours(24)),
+        ..Default::default()
+    };
+    let layout = state.layout.clone();
+    let recent = tokio::task::spawn_blocking(move || search::search(&layout, &filter, 30))
+        .await
+        .context("event search task")??;
+    for e in &recent.events {
+        text += &format!(
+            "- {} {}{} {} [{}]: {}\n",
+            homelab_core::time::format(&e.ts),
+            e.node,
+            e.service
+                .as_ref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            e.kind,
+            json_word(&e.severity),
+            e.message
+        );
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

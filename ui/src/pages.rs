@@ -32,6 +32,8 @@ pub struct Frame {
     /// Problems of the system itself (a repo file that does not load), one
     /// `file:line: problem` each.
     pub problems: Vec<String>,
+    /// Problems of homelab itself as the UI sees them ([`crate::system_problems`]).
+    pub system: Vec<String>,
     /// Which page this is, for the navigation.
     pub here: &'static str,
     pub pending: usize,
@@ -76,6 +78,7 @@ fn frame(
             authed: crate::authed(state, headers),
             csrf,
             problems,
+            system: crate::system_problems(state),
             here,
             pending,
             incidents: world.incidents.len(),
@@ -1228,6 +1231,7 @@ pub struct EventsForm {
     pub kind: String,
     pub severity: String,
     pub since: String,
+    pub before: String,
     pub nodes: Vec<String>,
 }
 
@@ -1262,6 +1266,12 @@ pub async fn events_page(
         kind: text(&query.kind),
         severity: text(&query.severity),
         since: text(&query.since),
+        // A cursor (with before_id) is the paging's, not the operator's.
+        before: if query.before_id.is_some() {
+            String::new()
+        } else {
+            text(&query.before)
+        },
         nodes: world(&state)?
             .nodes
             .iter()

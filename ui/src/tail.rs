@@ -20,10 +20,15 @@ pub struct Last {
     pub message: String,
 }
 
+/// How many unreadable lines the banner names.
+const BAD_KEPT: usize = 5;
+
 #[derive(Debug, Default)]
 pub struct Tail {
-    /// Bytes of each file already read.
-    offsets: HashMap<PathBuf, u64>,
+    /// Bytes and lines of each file already read.
+    offsets: HashMap<PathBuf, (u64, usize)>,
+    /// Lines that do not parse, `file:line: error`, the last few.
+    pub bad: Vec<String>,
     pub services: BTreeMap<(Name, Name), Last>,
     pub nodes: BTreeMap<Name, Last>,
 }
@@ -65,7 +70,7 @@ impl Tail {
                 if eventlog::is_compressed(&path) {
                     continue;
                 }
-                read += self.follow(&path)?;
+                read += self.follow(&path, layout.root())?;
             }
         }
         // Forget files of days no longer followed.
@@ -77,11 +82,12 @@ impl Tail {
         Ok(read)
     }
 
-    fn follow(&mut self, path: &PathBuf) -> Result<usize> {
+    fn follow(&mut self, path: &PathBuf, root: &std::path::Path) -> Result<usize> {
         let len = std::fs::metadata(path)
             .with_context(|| format!("stat {}", path.display()))?
             .len();
-        let from = self.offsets.get(path).copied().unwrap_or(0).min(len);
+        let (from, mut line_no) = self.offsets.get(path).copied().unwrap_or((0, 0));
+        let from = from.min(len);
         if from == len {
             return Ok(0);
         }
@@ -92,13 +98,30 @@ impl Tail {
         file.take(len - from).read_to_end(&mut chunk)?;
         let upto = complete(&chunk);
         let mut read = 0;
-        for line in chunk[..upto].split(|b| *b == b'\n') {
-            if let Ok(event) = Event::from_payload(line) {
-                self.note(&event);
-                read += 1;
+        let upto_lines = chunk[..upto].strip_suffix(b"\n").unwrap_or(&chunk[..upto]);
+        for line in upto_lines.split(|b| *b == b'\n') {
+            line_no += 1;
+            if line.is_empty() {
+                continue;
+            }
+            match Event::from_payload(line) {
+                Ok(event) => {
+                    self.note(&event);
+                    read += 1;
+                }
+                Err(error) => {
+                    let file = path.strip_prefix(root).unwrap_or(path);
+                    self.bad
+                        .push(format!("{}:{line_no}: {error}", file.display()));
+                    let excess = self.bad.len().saturating_sub(BAD_KEPT);
+                    self.bad.drain(..excess);
+                }
             }
         }
-        self.offsets.insert(path.clone(), from + upto as u64);
+        if upto > 0 {
+            self.offsets
+                .insert(path.clone(), (from + upto as u64, line_no));
+        }
         Ok(read)
     }
 }
@@ -166,5 +189,14 @@ mod tests {
         assert_eq!(tail.poll(&layout).unwrap(), 1);
         assert_eq!(tail.services[&app].kind, "service_recovered");
         assert_eq!(tail.nodes[&n1].kind, "service_recovered");
+        // A line that does not parse is named by file and line.
+        std::fs::write(&path, format!("{first}{second}{late}{{not json\n")).unwrap();
+        assert_eq!(tail.poll(&layout).unwrap(), 0);
+        assert_eq!(tail.bad.len(), 1);
+        assert!(
+            tail.bad[0].starts_with("events/2026-11-24/n1/events.jsonl:4: "),
+            "{:?}",
+            tail.bad
+        );
     }
 }

@@ -466,9 +466,9 @@ async fn the_actions_pages_show_the_queue_results_and_timelines() {
     assert!(element(&page, "pending", "</section>").contains("action-redeploy-piha-zigbee"));
     let finished = element(&page, "finished", "</table>");
     assert!(
-        finished
-            .contains(r#"<td class="completed nowrap"><span aria-hidden="true">✓</span> completed</td>"#)
-            && finished.contains("restarted mosquitto-1"),
+        finished.contains(
+            r#"<td class="completed nowrap"><span aria-hidden="true">✓</span> completed</td>"#
+        ) && finished.contains("restarted mosquitto-1"),
         "{finished}"
     );
     let one = site.page("/actions/container-restart-piha-mosquitto").await;
@@ -598,4 +598,68 @@ async fn the_events_page_filters_and_pages_back() {
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], "ev-unhealthy");
+}
+
+/// A world file that stops parsing leaves its last good state on the
+/// pages, and a banner names the file and the line; so does an unreadable
+/// line of the event log.
+#[tokio::test]
+async fn problems_of_the_system_show_as_a_banner_with_file_and_line() {
+    let site = site();
+    let page = site.page("/").await;
+    assert!(!page.contains(r#"id="system-problems""#), "{page}");
+    std::fs::write(site.layout.world_services(), "[{\"node\": oops}]").unwrap();
+    let day = Utc::now().date_naive();
+    let log = site.layout.event_log(day, &name("piha"));
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text += "{torn\n";
+    std::fs::write(&log, text).unwrap();
+    site.state.tail.lock().unwrap().poll(&site.layout).unwrap();
+    let page = site.page("/").await;
+    let banner = element(&page, "system-problems", "</div>");
+    assert!(
+        banner.contains("services.json")
+            && banner.contains("line 1 column 11")
+            && banner.contains("last good state"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!(
+            "events/{}/piha/events.jsonl:",
+            day.format("%Y-%m-%d")
+        )),
+        "{banner}"
+    );
+    // The last good services are still shown.
+    assert!(element(&page, "node-piha", "</article>").contains("1 healthy"));
+    let (status, _, _) = site.call(Method::GET, "/api/services", false, "").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the API serves the last good state too"
+    );
+}
+
+/// What "Copy for AI" copies: what is down and since when, the open
+/// incidents, the pending action with what approving it does, and the
+/// recent events that matter.
+#[tokio::test]
+async fn the_ai_context_says_what_is_down_what_waits_and_what_happened() {
+    let site = site();
+    let (status, text, _) = site.call(Method::GET, "/api/ai-context", false, "").await;
+    assert_eq!(status, StatusCode::OK);
+    for part in [
+        "- piha/zigbee: not_running since ",
+        "(zigbee-1: exited (1))",
+        "- service_not_running:piha:zigbee [warning]",
+        "- redeploy-piha-zigbee (pending): service_missing: zigbee is not running; approving it: piha's agent redeploys zigbee",
+        "## Recent events (warning or worse, last 24 h, newest first)",
+        "piha/zigbee containers_not_running [warning]: zigbee-1 exited (1)",
+    ] {
+        assert!(text.contains(part), "lacks {part:?}:\n{text}");
+    }
+    assert!(
+        !text.contains("service_recovered"),
+        "info events are left out:\n{text}"
+    );
 }
