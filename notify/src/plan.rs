@@ -123,7 +123,7 @@ pub fn plan(
                 action.message,
                 homelab_core::world::json_word(&action.risk)
             ),
-            link: format!("{base}/#action-{}", action.id),
+            link: format!("{base}/actions/{}", action.id),
         });
     }
     for incident in incidents.iter().filter(|i| i.maintenance.is_none()) {
@@ -136,7 +136,7 @@ pub fn plan(
             said: Said::IncidentOpened,
             title: format!("{} on {}", incident.kind, incident.node),
             text: incident.message.clone(),
-            link: format!("{base}/#incident-{}", incident.id),
+            link: format!("{base}/incidents/{}", incident.id),
         });
     }
     for (subject, (said, _)) in told {
@@ -354,7 +354,7 @@ mod tests {
         );
         assert_eq!(
             notices[0].link,
-            "https://h.example/#action-container-restart-n1-app"
+            "https://h.example/actions/container-restart-n1-app"
         );
         assert_eq!(notices[0].title, "Approve? container_restart of app on n1");
         assert_eq!(
@@ -363,7 +363,7 @@ mod tests {
         );
         assert_eq!(
             notices[1].link,
-            "https://h.example/#incident-node_offline:n2"
+            "https://h.example/incidents/node_offline:n2"
         );
     }
 

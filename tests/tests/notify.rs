@@ -160,7 +160,7 @@ async fn pending_actions_and_incidents_reach_the_operator_once_with_links() {
         .starts_with("action:container-restart-n1-app:"));
     assert_eq!(
         body["link"],
-        "http://lab.example:18180/#action-container-restart-n1-app"
+        "http://lab.example:18180/actions/container-restart-n1-app"
     );
     assert_eq!(body["title"], "Approve? container_restart of app on n1");
     let opened = next(&mut hook, &mut hooks, "the incident on the webhook", |r| {
@@ -169,7 +169,7 @@ async fn pending_actions_and_incidents_reach_the_operator_once_with_links() {
     .await;
     assert_eq!(
         json(&opened)["link"],
-        "http://lab.example:18180/#incident-node_offline:n2"
+        "http://lab.example:18180/incidents/node_offline:n2"
     );
 
     // ntfy: the topic's path, title and click link in headers, the token.
@@ -187,7 +187,7 @@ async fn pending_actions_and_incidents_reach_the_operator_once_with_links() {
     assert_eq!(pushed.headers["authorization"], "Bearer tk_secret");
     assert_eq!(
         pushed.headers["click"],
-        "http://lab.example:18180/#action-container-restart-n1-app"
+        "http://lab.example:18180/actions/container-restart-n1-app"
     );
     assert_eq!(pushed.headers["tags"], "question");
     assert!(
@@ -211,7 +211,7 @@ async fn pending_actions_and_incidents_reach_the_operator_once_with_links() {
     assert!(body["text"]
         .as_str()
         .unwrap()
-        .contains("http://lab.example:18180/#action-container-restart-n1-app"));
+        .contains("http://lab.example:18180/actions/container-restart-n1-app"));
 
     // n2 flaps: back and gone twice, each state longer than the notifier's
     // 2 s between looks, so it sees them all; then it stays online. One
