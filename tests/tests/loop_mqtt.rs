@@ -223,6 +223,40 @@ async fn event_to_action_to_command_to_completion() {
         "n1's page: its container and the action: {page}"
     );
 
+    // app recovered (seq 6): its incident closed, and is kept with when.
+    let history = system.root().join("world/incident_history.json");
+    wait_for("app's incident in the history", T, || async {
+        read_json(&history).is_ok_and(|h| {
+            h.as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["node"] == "n1" && i["service"] == "app" && i["resolved_at"].is_string())
+        })
+    })
+    .await;
+    let closed = read_json(&history).unwrap();
+    let closed = closed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["service"] == "app")
+        .unwrap();
+    let incident_id = closed["id"].as_str().unwrap();
+    let (_, page) = system.get("/incidents").await;
+    let resolved = page
+        .split(r#"id="resolved""#)
+        .nth(1)
+        .expect("a resolved table");
+    assert!(resolved.contains(incident_id), "{page}");
+    let (status, page) = system
+        .get(&format!("/incidents/{}", incident_id.replace(':', "%3A")))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("service_recovered") && page.contains("resolved"),
+        "its timeline ends with the recovery: {page}"
+    );
+
     system.stop().await.unwrap();
 }
 
