@@ -4,7 +4,8 @@
 //! percentiles, next to `/healthz` measured the same way in the same run
 //! (the anchor: what the server and the clients cost with no work).
 //! Prints, does not assert: `cargo bench -p homelab-ui --bench pages`
-//! (`BENCH_SECS`, default 5, per endpoint).
+//! (`BENCH_SECS`, default 5, per endpoint; `BENCH_ONLY=/services` for one
+//! page).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -207,6 +208,8 @@ fn main() {
             get(addr, path).await;
         }
         println!("pages: 100 nodes x 50 services, {CLIENTS} concurrent clients, {secs} s each, a new connection per request");
+        // BENCH_ONLY=/services measures the anchor and that page alone.
+        let only = std::env::var("BENCH_ONLY").ok();
         let anchor = load(addr, "/healthz", secs).await;
         for path in [
             "/healthz",
@@ -216,6 +219,9 @@ fn main() {
             "/nodes/node-1",
             "/actions",
         ] {
+            if only.as_deref().is_some_and(|o| o != path && path != "/healthz") {
+                continue;
+            }
             let f = if path == "/healthz" {
                 anchor
             } else {

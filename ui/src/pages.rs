@@ -5,7 +5,7 @@
 //! event log. Forms work without JavaScript; with it, `app.js` swaps in a
 //! fresh `<main>` when the server says something changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::Context as _;
 use askama::Template;
@@ -50,6 +50,18 @@ fn frame(
     here: &'static str,
     back: String,
 ) -> Result<(Frame, Option<String>), AppError> {
+    let pending = actions(state, &[ActionState::Pending])?.len();
+    frame_counted(state, headers, here, back, pending)
+}
+
+/// [`frame`], for a page that has listed the pending actions already.
+fn frame_counted(
+    state: &AppState,
+    headers: &HeaderMap,
+    here: &'static str,
+    back: String,
+    pending: usize,
+) -> Result<(Frame, Option<String>), AppError> {
     let (csrf, set_csrf) = match websec::cookie(headers, websec::CSRF_COOKIE) {
         Some(value) if value.len() == 48 && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
             (value.to_string(), None)
@@ -72,7 +84,6 @@ fn frame(
         .filter(|i| i.kind == homelab_core::world::REPO_PROBLEM)
         .flat_map(|i| i.message.lines().map(str::to_string))
         .collect();
-    let pending = actions(state, &[ActionState::Pending])?.len();
     Ok((
         Frame {
             authed: crate::authed(state, headers),
@@ -388,9 +399,12 @@ impl VitalsView {
 fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppError> {
     let world = world(state)?;
     let inventory = crate::inventory(state);
-    let agents = state.agents.lock().expect("agents lock").clone();
-    let mut by_node: BTreeMap<&Name, (usize, usize, usize)> = BTreeMap::new();
-    let mut present: BTreeSet<(&Name, &Name)> = BTreeSet::new();
+    let agents = state.agents.lock().expect("agents lock");
+    let mut by_node: HashMap<&Name, (usize, usize, usize)> = HashMap::new();
+    // Which services each node runs: needed only to count the wanted ones
+    // it does not.
+    let mut present: HashSet<(&Name, &Name)> = HashSet::new();
+    let wanted_known = !inventory.services.is_empty();
     for s in world.services.iter() {
         let counts = by_node.entry(&s.node).or_default();
         match s.status {
@@ -398,8 +412,12 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
             ServiceStatus::Unhealthy | ServiceStatus::NotRunning => counts.1 += 1,
             ServiceStatus::Missing => counts.2 += 1,
         }
-        present.insert((&s.node, &s.service));
+        if wanted_known {
+            present.insert((&s.node, &s.service));
+        }
     }
+    let reported_by_name: HashMap<&Name, &homelab_core::world::NodeState> =
+        world.nodes.iter().map(|n| (&n.node, n)).collect();
     let mut names: BTreeSet<Name> = world.nodes.iter().map(|n| n.node.clone()).collect();
     names.extend(inventory.nodes.keys().cloned());
     names.extend(
@@ -415,11 +433,15 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
         if inventory.is_alias(&name) {
             continue;
         }
-        let reported = world
-            .nodes
-            .iter()
-            .find(|n| n.node == name || inventory.aliases_of(&name).contains(&n.node));
         let spec = inventory.nodes.get(&name);
+        // Reported under its name, else under one of its aliases.
+        let reported = reported_by_name.get(&name).copied().or_else(|| {
+            spec.and_then(|s| {
+                s.aliases
+                    .iter()
+                    .find_map(|a| reported_by_name.get(a).copied())
+            })
+        });
         let (healthy, unhealthy, mut missing) = by_node
             .get(&reported.map_or(&name, |n| &n.node))
             .copied()
@@ -572,17 +594,17 @@ pub async fn overview(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let now = Utc::now();
-    let (frame, set_csrf) = frame(&state, &headers, "overview", "/".into())?;
+    let pending: Vec<ActionView> = actions(&state, &[ActionState::Pending])?
+        .iter()
+        .map(|a| ActionView::new(a, &now))
+        .collect();
+    let (frame, set_csrf) = frame_counted(&state, &headers, "overview", "/".into(), pending.len())?;
     let cards = node_cards(&state, &now)?;
     let world = world(&state)?;
     let incidents: Vec<IncidentView> = world
         .incidents
         .iter()
         .map(|i| IncidentView::new(i, None, &now))
-        .collect();
-    let pending: Vec<ActionView> = actions(&state, &[ActionState::Pending])?
-        .iter()
-        .map(|a| ActionView::new(a, &now))
         .collect();
     let (verdict, tone) = verdict(&cards, incidents.len(), pending.len());
     let page = OverviewPage {
@@ -682,7 +704,8 @@ pub async fn services(
                         let status = json_word(&s.status);
                         let last = tail
                             .services
-                            .get(&(s.node.clone(), s.service.clone()))
+                            .get(&s.node)
+                            .and_then(|of_node| of_node.get(&s.service))
                             .map(|l| format!("{} {}", l.kind, present::ago(&l.ts, &now)))
                             .unwrap_or_default();
                         Cell {

@@ -29,7 +29,8 @@ pub struct Tail {
     offsets: HashMap<PathBuf, (u64, usize)>,
     /// Lines that do not parse, `file:line: error`, the last few.
     pub bad: Vec<String>,
-    pub services: BTreeMap<(Name, Name), Last>,
+    /// By node, then service.
+    pub services: BTreeMap<Name, BTreeMap<Name, Last>>,
     pub nodes: BTreeMap<Name, Last>,
 }
 
@@ -52,9 +53,9 @@ impl Tail {
             self.nodes.insert(e.node.clone(), last.clone());
         }
         if let Some(service) = &e.service {
-            let key = (e.node.clone(), service.clone());
-            if self.services.get(&key).is_none_or(newer) {
-                self.services.insert(key, last);
+            let of_node = self.services.entry(e.node.clone()).or_default();
+            if of_node.get(service).is_none_or(newer) {
+                of_node.insert(service.clone(), last);
             }
         }
     }
@@ -177,17 +178,17 @@ mod tests {
         std::fs::write(&path, format!("{first}{}", &second[..10])).unwrap();
         let mut tail = Tail::default();
         assert_eq!(tail.poll(&layout).unwrap(), 1);
-        let app = (n1.clone(), Name::parse("app").unwrap());
-        assert_eq!(tail.services[&app].kind, "service_unhealthy");
+        let app = Name::parse("app").unwrap();
+        assert_eq!(tail.services[&n1][&app].kind, "service_unhealthy");
         assert_eq!(tail.poll(&layout).unwrap(), 0, "nothing new");
         std::fs::write(&path, format!("{first}{second}")).unwrap();
         assert_eq!(tail.poll(&layout).unwrap(), 1, "the rest of the line");
-        assert_eq!(tail.services[&app].kind, "service_recovered");
+        assert_eq!(tail.services[&n1][&app].kind, "service_recovered");
         // A late event (older) does not replace the newer.
         let late = line("2026-11-24T09:00:00Z", "e0", Some("app"), "old");
         std::fs::write(&path, format!("{first}{second}{late}")).unwrap();
         assert_eq!(tail.poll(&layout).unwrap(), 1);
-        assert_eq!(tail.services[&app].kind, "service_recovered");
+        assert_eq!(tail.services[&n1][&app].kind, "service_recovered");
         assert_eq!(tail.nodes[&n1].kind, "service_recovered");
         // A line that does not parse is named by file and line.
         std::fs::write(&path, format!("{first}{second}{late}{{not json\n")).unwrap();
