@@ -197,10 +197,22 @@ async fn reads_answer_from_the_files_and_bad_queries_are_json_errors() {
         assert_eq!(got, status, "{path}: {body}");
         assert!(error_of(&body).contains(says), "{path}: {body}");
     }
-    // World files that do not parse: 503, said plainly.
+    // A world file that stops parsing: its last good state (here: none
+    // yet, no file) is served, and the pages say so.
     std::fs::create_dir_all(site.layout.world_dir()).unwrap();
     std::fs::write(site.layout.world_nodes(), "{not json").unwrap();
     let (status, body) = site.get("/api/nodes").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+    let (_, page) = site.get("/").await;
+    assert!(
+        page.contains(r#"id="system-problems""#) && page.contains("nodes.json"),
+        "{page}"
+    );
+    // With nothing good ever read: 503, said plainly.
+    let fresh = self::site();
+    std::fs::create_dir_all(fresh.layout.world_dir()).unwrap();
+    std::fs::write(fresh.layout.world_nodes(), "{not json").unwrap();
+    let (status, body) = fresh.get("/api/nodes").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(error_of(&body).contains("unreadable"), "{body}");
 }
