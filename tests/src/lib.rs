@@ -81,10 +81,12 @@ pub struct System {
     pub http: SocketAddr,
     pub root: tempfile::TempDir,
     pub repo: tempfile::TempDir,
+    options: Options,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub agent_node: Option<&'static str>,
     pub sync_interval: Duration,
@@ -112,7 +114,34 @@ impl System {
         let root = tempfile::tempdir().unwrap();
         let (mqtt, http) = (free_addr(), free_addr());
         let mqtts = options.fleet.then(free_addr);
-        if let Some(mqtts) = mqtts {
+        System::start_in(root, repo, options, (mqtt, mqtts, http)).await
+    }
+
+    /// Stops the whole system and starts it again on the same root, repo
+    /// and HTTP address. The embedded broker cannot be stopped (rumqttd has
+    /// no stop API): the new one listens on new ports and starts empty, as
+    /// after a crash.
+    pub async fn restart(mut self) -> System {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("up task").expect("up stops cleanly");
+        }
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+        let repo = std::mem::replace(&mut self.repo, tempfile::tempdir().unwrap());
+        let addresses = (free_addr(), self.mqtts.map(|_| free_addr()), self.http);
+        System::start_in(root, repo, self.options.clone(), addresses).await
+    }
+
+    async fn start_in(
+        root: tempfile::TempDir,
+        repo: tempfile::TempDir,
+        options: Options,
+        (mqtt, mqtts, http): (SocketAddr, Option<SocketAddr>, SocketAddr),
+    ) -> System {
+        let fresh = !homelab_core::Layout::new(root.path())
+            .tls_ca_cert()
+            .exists();
+        if let Some(mqtts) = mqtts.filter(|_| fresh) {
             homelab::fleet_cli::tls_init(
                 &homelab_core::Layout::new(root.path()),
                 &["localhost".to_string()],
@@ -145,6 +174,7 @@ impl System {
             http,
             root,
             repo,
+            options,
             shutdown,
             task: Some(task),
         };
