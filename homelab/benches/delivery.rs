@@ -171,6 +171,7 @@ async fn plant_with(fleet: Option<&Name>) -> Plant {
         retention: Default::default(),
         feed: None,
         fleet,
+        home_assistant: None,
     };
     tokio::spawn(homelab_observer::run(config, shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1147,6 +1148,7 @@ fn observer_start(n: u64) {
         retention: Default::default(),
         feed: None,
         fleet: None,
+        home_assistant: None,
     };
     let rss0 = rss_kb();
     let start = Instant::now();
@@ -1249,6 +1251,7 @@ async fn event_to_action(samples_n: usize) {
         sync_interval: Duration::from_secs(30),
         check_interval: Duration::from_secs(30),
         retention: Default::default(),
+        home_assistant: None,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(homelab::up(config, shutdown.clone()));

@@ -276,7 +276,9 @@ fn node_records(layout: &Layout) -> Result<Vec<NodeRecord>> {
 }
 
 /// Mosquitto's `acl_file` for the control plane and `nodes`: `@control`
-/// may do anything under the prefix; a node may publish only its own
+/// may do anything under the prefix and Home Assistant's discovery prefix
+/// (`homeassistant/`, where the observer publishes its configs and hears
+/// Home Assistant's status); a node may publish only its own
 /// events, status and agent state, and read only its own commands, acks and
 /// node config.
 pub fn mosquitto_acl(topics: &Topics, nodes: &[Name]) -> String {
@@ -284,7 +286,7 @@ pub fn mosquitto_acl(topics: &Topics, nodes: &[Name]) -> String {
         "# Written by `homelab mosquitto-config`: run it again after `homelab node add|rotate|remove`.\n\n",
     );
     out += &format!(
-        "user {}\ntopic readwrite {}/#\n",
+        "user {}\ntopic readwrite {}/#\ntopic readwrite homeassistant/#\n",
         identity::CONTROL_USER,
         topics.prefix()
     );

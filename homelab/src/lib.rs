@@ -40,6 +40,8 @@ pub struct UpConfig {
     pub check_interval: Duration,
     /// When old days of the event log are compressed and removed.
     pub retention: homelab_observer::retention::Policy,
+    /// Home Assistant MQTT discovery; `None`: off.
+    pub home_assistant: Option<homelab_observer::HomeAssistant>,
 }
 
 /// The process-wide Prometheus recorder (installed once; every component
@@ -105,6 +107,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             retention: config.retention,
             feed: Some(feed.clone()),
             fleet: fleet.clone(),
+            home_assistant: config.home_assistant.clone(),
         };
         let token = child();
         tasks.spawn(async move { ("observer", homelab_observer::run(cfg, token).await) });

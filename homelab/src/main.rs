@@ -40,6 +40,45 @@ impl RetentionArg {
 }
 
 #[derive(Args, Clone)]
+struct HomeAssistantArg {
+    /// Home Assistant's MQTT discovery prefix: the observer publishes a
+    /// device per node and entities for their health there.
+    #[arg(long, default_value = "homeassistant")]
+    ha_discovery_prefix: String,
+    /// Publish nothing for Home Assistant.
+    #[arg(long)]
+    no_ha_discovery: bool,
+    /// Approve and reject buttons in Home Assistant for each pending action
+    /// (open mode only: in fleet mode approvals over MQTT are refused, and
+    /// Home Assistant approves over HTTP with the operator token).
+    #[arg(long)]
+    ha_buttons: bool,
+}
+
+impl HomeAssistantArg {
+    fn config(&self, fleet: bool) -> Result<Option<homelab_observer::HomeAssistant>> {
+        if self.no_ha_discovery {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            !(fleet && self.ha_buttons),
+            "--ha-buttons: in fleet mode approvals over MQTT are refused; let Home Assistant approve over HTTP with the operator token (a rest_command, see docs/home-assistant.md)"
+        );
+        let prefix = self.ha_discovery_prefix.trim_end_matches('/');
+        anyhow::ensure!(
+            !prefix.is_empty()
+                && !prefix.contains(['+', '#'])
+                && prefix.split('/').all(|level| !level.is_empty()),
+            "--ha-discovery-prefix {prefix:?}: topic levels without wildcards expected"
+        );
+        Ok(Some(homelab_observer::HomeAssistant {
+            prefix: prefix.to_string(),
+            buttons: self.ha_buttons,
+        }))
+    }
+}
+
+#[derive(Args, Clone)]
 struct BrokerArg {
     /// The MQTT broker: HOST:PORT, or mqtts://HOST:PORT (checked against
     /// the fleet's CA). In fleet mode the control plane's login is used.
@@ -130,6 +169,8 @@ enum Commands {
         grace_period: Duration,
         #[command(flatten)]
         retention: RetentionArg,
+        #[command(flatten)]
+        home_assistant: HomeAssistantArg,
     },
     /// The embedded MQTT broker alone.
     Broker {
@@ -180,6 +221,8 @@ enum Commands {
         repo: RepoArg,
         #[command(flatten)]
         retention: RetentionArg,
+        #[command(flatten)]
+        home_assistant: HomeAssistantArg,
     },
     /// Desired vs world state: proposes actions.
     Supervisor {
@@ -462,6 +505,7 @@ async fn run(cli: Cli) -> Result<()> {
             no_agent,
             grace_period,
             retention,
+            home_assistant,
         } => {
             let agent_node = if no_agent {
                 None
@@ -481,6 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
                 sync_interval: Duration::from_secs(30),
                 check_interval: Duration::from_secs(30),
                 retention: retention.policy(),
+                home_assistant: home_assistant.config(fleet.is_some())?,
             };
             homelab::up(config, shutdown).await
         }
@@ -501,6 +546,7 @@ async fn run(cli: Cli) -> Result<()> {
             broker,
             repo,
             retention,
+            home_assistant,
         } => {
             homelab_observer::run(
                 homelab_observer::Config {
@@ -511,6 +557,7 @@ async fn run(cli: Cli) -> Result<()> {
                     retention: retention.policy(),
                     feed: None,
                     fleet: fleet.clone(),
+                    home_assistant: home_assistant.config(fleet.is_some())?,
                 },
                 shutdown,
             )

@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod dedup;
+pub mod discovery;
 pub mod retention;
 pub mod sequence;
 pub mod world;
@@ -59,6 +60,27 @@ pub struct Config {
     /// Fleet mode: what is signed and checked end to end (see
     /// `homelab_core::identity`); `None` in open mode.
     pub fleet: Option<homelab_core::fleet::Fleet>,
+    /// Home Assistant MQTT discovery ([`discovery`]); `None`: off.
+    pub home_assistant: Option<HomeAssistant>,
+}
+
+/// How the homelab shows itself to Home Assistant.
+#[derive(Debug, Clone)]
+pub struct HomeAssistant {
+    /// Home Assistant's discovery prefix (its default: `homeassistant`).
+    pub prefix: String,
+    /// Approve and reject buttons for pending actions: only where approvals
+    /// over MQTT are taken (open mode), and only when asked.
+    pub buttons: bool,
+}
+
+impl Default for HomeAssistant {
+    fn default() -> Self {
+        HomeAssistant {
+            prefix: "homeassistant".into(),
+            buttons: false,
+        }
+    }
 }
 
 struct Observer {
@@ -127,7 +149,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let topics = config.topics.clone();
     let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-observer");
     mqtt_config.clean_session = false;
-    mqtt_config.subscriptions = vec![topics.events_all(), topics.node_status_all()];
+    mqtt_config.subscriptions = vec![
+        topics.events_all(),
+        topics.node_status_all(),
+        // Action changes change the summary (and the buttons).
+        topics.actions_all(),
+    ];
+    if let Some(ha) = &config.home_assistant {
+        // Home Assistant coming back asks for the configs again; the
+        // retained configs under our node id tell which are left over.
+        mqtt_config
+            .subscriptions
+            .push(format!("{}/status", ha.prefix));
+        mqtt_config
+            .subscriptions
+            .push(format!("{}/+/{}/+/config", ha.prefix, discovery::NODE_ID));
+    }
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
 
     // World files are written as soon as the observer is idle (nothing more
@@ -587,7 +624,35 @@ impl Observer {
                 }
                 Incoming::Disconnected => {}
                 Incoming::Message(message) => {
-                    if let Some(node) = topics.parse_node_status(&message.topic) {
+                    if let Some(ha) = &self.config.home_assistant {
+                        if message.topic == format!("{}/status", ha.prefix) {
+                            // Home Assistant (re)started: every config again.
+                            if message.payload.as_ref() as &[u8] == b"online" {
+                                let prefix = format!("{}/", ha.prefix);
+                                self.published
+                                    .retain(|topic, _| !topic.starts_with(&prefix));
+                                changed = true;
+                            }
+                            continue;
+                        }
+                        if discovery::is_ours(&ha.prefix, &message.topic) {
+                            // A config retained from before (another run):
+                            // known now, so it is cleared if no longer wanted.
+                            if !message.payload.is_empty()
+                                && !self.published.contains_key(&message.topic)
+                            {
+                                self.published.insert(
+                                    message.topic.clone(),
+                                    String::from_utf8_lossy(&message.payload).into_owned(),
+                                );
+                                changed = true;
+                            }
+                            continue;
+                        }
+                    }
+                    if topics.parse_action(&message.topic).is_some() {
+                        changed = true;
+                    } else if let Some(node) = topics.parse_node_status(&message.topic) {
                         changed |= self.node_status(node, &message);
                     } else if let Some(node) = topics.parse_events(&message.topic) {
                         if let Some(event) = validate(node, &message, enrolled.as_deref()) {
@@ -828,6 +893,40 @@ impl Observer {
         incidents
     }
 
+    /// What Home Assistant is shown: the inventory's nodes and those that
+    /// reported (under the name their agent uses), the monitored services,
+    /// the pending actions.
+    fn discovery_inputs(
+        &self,
+        open: &[homelab_core::Action],
+        ha: &HomeAssistant,
+    ) -> discovery::Inputs {
+        let mut nodes: BTreeMap<Name, Name> = self
+            .inventory
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), n.clone()))
+            .collect();
+        for reported in self.world.nodes.keys() {
+            let canonical = self.inventory.canonical(reported);
+            // Its own name wins over an alias it was also seen under.
+            if canonical == *reported || !self.world.nodes.contains_key(&canonical) {
+                nodes.insert(canonical, reported.clone());
+            }
+        }
+        discovery::Inputs {
+            nodes,
+            services: self.desired.clone(),
+            pending: open
+                .iter()
+                .filter(|a| a.state == homelab_core::ActionState::Pending)
+                .map(|a| (a.id.clone(), a.node.clone()))
+                .collect(),
+            buttons: ha.buttons,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
     async fn flush_world(&mut self, mqtt: &Mqtt) -> Result<()> {
         debug!("writing world state");
         if self.config.repo.is_some() {
@@ -892,13 +991,25 @@ impl Observer {
             wanted.push((topics.state_node(&node.node), serde_json::to_string(node)?));
         }
         wanted.push((topics.state_summary(), serde_json::to_string(&summary)?));
+        if let Some(ha) = &self.config.home_assistant {
+            wanted.extend(discovery::configs(
+                topics,
+                &ha.prefix,
+                &self.discovery_inputs(&open, ha),
+            ));
+        }
         let (sends, keep) = retained_sends(&self.published, wanted);
         for (topic, payload) in sends {
+            let ha_config = self
+                .config
+                .home_assistant
+                .as_ref()
+                .is_some_and(|ha| discovery::is_ours(&ha.prefix, &topic));
             // Fleet mode: signed, since any node's login could publish
             // here too (a clearing cannot be signed; readers leave it to
-            // the files).
+            // the files). Home Assistant reads its configs as they are.
             let payload = match &self.config.fleet {
-                Some(fleet) if !payload.is_empty() => homelab_core::identity::seal(
+                Some(fleet) if !payload.is_empty() && !ha_config => homelab_core::identity::seal(
                     &payload,
                     homelab_core::identity::Context::State,
                     fleet.signing_key(),
@@ -1123,6 +1234,7 @@ mod tests {
             retention: Default::default(),
             feed: None,
             fleet: None,
+            home_assistant: None,
         })
         .unwrap();
         let stored = observer

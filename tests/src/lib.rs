@@ -165,6 +165,7 @@ impl System {
             sync_interval: options.sync_interval,
             check_interval: options.check_interval,
             retention: Default::default(),
+            home_assistant: Some(Default::default()),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(homelab::up(config, shutdown.clone()));
@@ -539,6 +540,31 @@ impl Probe {
                 _ => panic!("no matching message on {topic} within {timeout:?}"),
             }
         }
+    }
+
+    /// The last payload of every topic received, until `done` holds for
+    /// them (in whatever order they come: retained messages arrive in the
+    /// broker's order).
+    pub async fn latest_until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&std::collections::BTreeMap<String, Vec<u8>>) -> bool,
+    ) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut latest = std::collections::BTreeMap::new();
+        while !done(&latest) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some((t, payload, _))) => {
+                    latest.insert(t, payload);
+                }
+                _ => panic!(
+                    "not done within {timeout:?}; last of each topic: {:?}",
+                    latest.keys().collect::<Vec<_>>()
+                ),
+            }
+        }
+        latest
     }
 
     /// Everything received up to and including the next message on

@@ -243,8 +243,15 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     let command: Value = serde_json::from_slice(&command).unwrap();
     assert_eq!(command["action_id"], id);
     client.goto(&format!("{url}/actions")).await.unwrap();
-    page_shows(&client, "the action in progress", |s| {
-        s.contains(&format!(r#"id="action-{id}""#))
+    page_shows(&client, "the action running", |s| {
+        s.split(r#"id="running""#).nth(1).is_some_and(|table| {
+            table
+                .split("</table>")
+                .next()
+                .unwrap()
+                .contains(&format!(r#"id="action-{id}""#))
+                && table.contains(r#"class="running nowrap""#)
+        })
     })
     .await;
     mark(&client).await;

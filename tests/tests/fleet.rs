@@ -280,6 +280,7 @@ async fn up_off_loopback_without_tls_refuses_and_says_how_to_set_it_up() {
         sync_interval: Duration::from_secs(30),
         check_interval: Duration::from_secs(30),
         retention: Default::default(),
+        home_assistant: None,
     };
     let token = tokio_util::sync::CancellationToken::new();
     let error = format!(

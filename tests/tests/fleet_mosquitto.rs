@@ -177,6 +177,9 @@ async fn mosquitto_with_the_generated_config_carries_the_fleet_and_stops_what_a_
             retention: Default::default(),
             feed: None,
             fleet: Some(fleet.clone()),
+            // Discovery on: the generated ACL lets the observer publish
+            // its configs and hear Home Assistant's status.
+            home_assistant: Some(Default::default()),
         },
         stop.clone(),
     ));

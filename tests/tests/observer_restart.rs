@@ -25,6 +25,7 @@ fn start(
         retention: Default::default(),
         feed: None,
         fleet: None,
+        home_assistant: None,
     };
     let shutdown = CancellationToken::new();
     (
@@ -180,6 +181,7 @@ async fn old_days_are_compressed_then_removed() {
         retention: Default::default(),
         feed: None,
         fleet: None,
+        home_assistant: None,
     })
     .unwrap();
     assert!(recovery.from_checkpoint);
