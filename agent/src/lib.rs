@@ -12,6 +12,7 @@ pub mod command;
 pub mod compose;
 pub mod disk;
 pub mod docker;
+pub mod hawatch;
 pub mod health;
 pub mod mqttprobe;
 pub mod outbox;
@@ -80,6 +81,8 @@ pub struct Config {
     pub disk_interval: Duration,
     /// How often the brokers the node's services depend on are probed.
     pub broker_interval: Duration,
+    /// The Home Assistant beside this agent, watched ([`hawatch`]).
+    pub home_assistant: Option<hawatch::HaConfig>,
 }
 
 impl Config {
@@ -101,6 +104,7 @@ impl Config {
             disk_thresholds: disk::Thresholds::default(),
             disk_interval: Duration::from_secs(30),
             broker_interval: Duration::from_secs(30),
+            home_assistant: None,
         }
     }
 }
@@ -293,6 +297,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(disk_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(checks_loop(agent.clone(), shutdown.clone()));
+    if let Some(ha) = config.home_assistant.clone() {
+        let agent = agent.clone();
+        tasks.spawn(hawatch::watch(
+            ha,
+            move |said| agent.emit(said.kind, None, said.severity, &said.message, said.data),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(status_loop(
         agent.clone(),
         mqtt.clone(),

@@ -79,6 +79,53 @@ pub struct AgentArgs {
     /// repo's `mqtt_broker`) are probed.
     #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
     pub broker_interval: Duration,
+    /// Watch the Home Assistant beside this agent (e.g.
+    /// http://127.0.0.1:8123) over its WebSocket API and report its health
+    /// as `ha_*` events. The long-lived token: env HOMELAB_HA_TOKEN, else
+    /// the file `<root>/config/ha/token`.
+    #[arg(long)]
+    pub ha_url: Option<String>,
+    /// How often Home Assistant is looked at.
+    #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
+    pub ha_interval: Duration,
+    /// An entity unavailable this long is reported (ha_entity_unavailable_long).
+    #[arg(long, default_value = "30m", value_parser = homelab_core::time::parse_duration)]
+    pub ha_unavailable_after: Duration,
+}
+
+/// The Home Assistant watcher's configuration, with its token.
+fn ha_config(
+    args: &AgentArgs,
+    layout: &Layout,
+) -> Result<Option<homelab_agent::hawatch::HaConfig>> {
+    let Some(url) = &args.ha_url else {
+        return Ok(None);
+    };
+    homelab_agent::hawatch::websocket_url(url)?;
+    let token = match std::env::var("HOMELAB_HA_TOKEN") {
+        Ok(token) => token,
+        Err(_) => {
+            let path = layout.config_dir().join("ha").join("token");
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "--ha-url needs Home Assistant's long-lived token: set HOMELAB_HA_TOKEN or write it to {}",
+                    path.display()
+                )
+            })?
+        }
+    };
+    let token = token.trim().to_string();
+    anyhow::ensure!(!token.is_empty(), "the Home Assistant token is empty");
+    Ok(Some(homelab_agent::hawatch::HaConfig {
+        url: url.clone(),
+        token,
+        interval: args.ha_interval.max(Duration::from_secs(1)),
+        settings: homelab_agent::hawatch::rules::Settings {
+            unavailable_after: chrono::Duration::from_std(args.ha_unavailable_after)
+                .unwrap_or(chrono::Duration::minutes(30)),
+            ..Default::default()
+        },
+    }))
 }
 
 /// A node name from the command line, or the hostname's.
@@ -118,8 +165,9 @@ pub async fn run(
     prefix: &str,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let node = node_name(args.node)?;
     let layout = Layout::new(root);
+    let home_assistant = ha_config(&args, &layout)?;
+    let node = node_name(args.node)?;
     let identity = homelab_agent::secrets::load(&layout, &node, args.enroll.as_deref())?;
     let endpoint = homelab_mqtt::Endpoint::new(&args.broker);
     if endpoint.is_tls() && identity.is_none() {
@@ -136,6 +184,7 @@ pub async fn run(
         );
     }
     let mut config = homelab_agent::Config::new(node, &args.broker, layout);
+    config.home_assistant = home_assistant;
     config.identity = identity;
     config.topics = Topics::new(prefix);
     config.docker_host = args.docker_host;
