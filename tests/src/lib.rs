@@ -95,6 +95,8 @@ pub struct Options {
     /// Fleet mode: `homelab tls init --name localhost` before `up`, which
     /// then also listens with TLS (`System::mqtts`).
     pub fleet: bool,
+    /// Home Assistant approve/reject buttons (`--ha-buttons`).
+    pub ha_buttons: bool,
 }
 
 impl Default for Options {
@@ -104,6 +106,7 @@ impl Default for Options {
             sync_interval: Duration::from_secs(30),
             check_interval: Duration::from_secs(30),
             fleet: false,
+            ha_buttons: false,
         }
     }
 }
@@ -165,7 +168,10 @@ impl System {
             sync_interval: options.sync_interval,
             check_interval: options.check_interval,
             retention: Default::default(),
-            home_assistant: Some(Default::default()),
+            home_assistant: Some(homelab_observer::HomeAssistant {
+                buttons: options.ha_buttons,
+                ..Default::default()
+            }),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(homelab::up(config, shutdown.clone()));

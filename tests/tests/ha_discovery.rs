@@ -65,18 +65,23 @@ async fn discovery_configs_follow_the_repo_and_home_assistant() {
         )
         .await;
 
-    // db leaves the repo: its entity is removed, not left as a ghost.
+    // db leaves the repo and n2 the inventory: their entities are
+    // removed, not left as ghosts.
     std::fs::write(
         system.repo.path().join("hosts/n1/services.yaml"),
         "services:\n  app: {}\n",
     )
     .unwrap();
+    std::fs::write(
+        system.repo.path().join("inventory/topology.yaml"),
+        "nodes:\n  n1: {role: server}\n",
+    )
+    .unwrap();
+    let db = "homeassistant/binary_sensor/homelab/homelab_n1_db_problem/config";
     probe
-        .expect(
-            "homeassistant/binary_sensor/homelab/homelab_n1_db_problem/config",
-            T,
-            |p| p.is_empty(),
-        )
+        .latest_until(T, |m| {
+            m.get(db).is_some_and(|p| p.is_empty()) && m.get(n2).is_some_and(|p| p.is_empty())
+        })
         .await;
 
     // A config of ours from an earlier run, for a node long gone, is
@@ -109,5 +114,64 @@ async fn discovery_configs_follow_the_repo_and_home_assistant() {
             .any(|t| t.contains("db_problem") || t.contains("gone")),
         "{retained:?}"
     );
+    system.stop().await.unwrap();
+}
+
+/// With `--ha-buttons` (open mode): a pending action gets approve and
+/// reject buttons; pressing approve (what Home Assistant publishes)
+/// approves it, and the buttons go when it is no longer pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buttons_approve_a_pending_action_and_go_when_it_is_decided() {
+    let repo = write_repo(&[
+        ("inventory/topology.yaml", "nodes:\n  n1: {role: server}\n"),
+        (
+            "hosts/n1/services.yaml",
+            "services:\n  app: {grace_period: 0s}\n",
+        ),
+    ]);
+    let options = Options {
+        ha_buttons: true,
+        ..Options::default()
+    };
+    let system = System::start(repo, options).await;
+    let mut probe = Probe::connect(system.mqtt, &["homeassistant/button/#"]).await;
+    probe.report("n1", "online", &[("app", "exited")]).await;
+    let id = "container-restart-n1-app";
+    let approve = format!("homeassistant/button/homelab/homelab_{id}_approve/config");
+    let reject = format!("homeassistant/button/homelab/homelab_{id}_reject/config");
+    let seen = probe
+        .latest_until(T, |m| {
+            m.get(&approve).is_some_and(|p| !p.is_empty()) && m.contains_key(&reject)
+        })
+        .await;
+    let button = config(&seen[&approve]);
+    assert_eq!(button["device"]["identifiers"][0], "homelab_node_n1");
+    // Home Assistant presses it: it publishes payload_press on command_topic.
+    probe
+        .publish(
+            button["command_topic"].as_str().unwrap(),
+            button["payload_press"].as_str().unwrap(),
+        )
+        .await;
+    wait_for("approved by home-assistant", T, || async {
+        ["approved", "running", "completed", "failed"]
+            .iter()
+            .any(|state| {
+                read_json(&system.action_file(state, id)).is_ok_and(|a| {
+                    a["history"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|t| t["state"] == "approved" && t["by"] == "mqtt:home-assistant")
+                })
+            })
+    })
+    .await;
+    probe
+        .latest_until(T, |m| {
+            m.get(&approve).is_some_and(|p| p.is_empty())
+                && m.get(&reject).is_some_and(|p| p.is_empty())
+        })
+        .await;
     system.stop().await.unwrap();
 }
