@@ -786,3 +786,52 @@ impl Drop for Tmpfs {
             .output();
     }
 }
+
+/// What an agent publishes retained on `homelab/nodes/<node>/agent`,
+/// connected and with nothing waiting, with its vitals: load `load`,
+/// memory 75 % of 8 GB in use, the root filesystem 41 % full.
+pub fn agent_status(node: &str, load: f64) -> String {
+    json!({"node": node, "connected": true, "outbox_events": 0,
+           "updated": homelab_core::time::format(&chrono::Utc::now()),
+           "vitals": {"load": [load, 0.5, 0.4], "memory_total_bytes": 8_000_000_000u64,
+                      "memory_available_bytes": 2_000_000_000u64, "uptime_secs": 5000,
+                      "disks": [{"mount": "/", "used_pct": 41.0, "free_bytes": 50_000_000_000u64}]}})
+    .to_string()
+}
+
+/// A child process killed (and reaped) when this is dropped, also when the
+/// test fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mosquitto on loopback `port` with its defaults (no persistence), or
+/// `None` when it is not installed (skipped loudly; CI installs it and
+/// must run the test).
+pub async fn mosquitto(port: u16) -> Option<KillOnDrop> {
+    let child = match std::process::Command::new("mosquitto")
+        .args(["-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => KillOnDrop(child),
+        Err(_) => {
+            assert!(std::env::var("CI").is_err(), "mosquitto is not installed");
+            eprintln!("\n*** SKIPPED: mosquitto is not installed ***\n");
+            return None;
+        }
+    };
+    wait_for("mosquitto listens", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    Some(child)
+}

@@ -162,16 +162,8 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
         .await;
     // n1's agent says how the node is: its vitals feed the card and the
     // node page's chart.
-    let now = homelab_core::time::format(&chrono::Utc::now());
     probe
-        .publish_retained(
-            "homelab/nodes/n1/agent",
-            json!({"node": "n1", "connected": true, "outbox_events": 0, "updated": now,
-                   "vitals": {"load": [0.61, 0.5, 0.4], "memory_total_bytes": 8_000_000_000u64,
-                              "memory_available_bytes": 2_000_000_000u64, "uptime_secs": 5000,
-                              "disks": [{"mount": "/", "used_pct": 41.0, "free_bytes": 50_000_000_000u64}]}})
-            .to_string(),
-        )
+        .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.61))
         .await;
     let client = browser(port, 390, 844).await;
     let url = format!("http://{}", system.http);

@@ -4,7 +4,6 @@
 //! a Node-RED flow) finds the summary, the nodes and the discovery configs
 //! as before.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use homelab_core::{Layout, Topics};
@@ -12,40 +11,6 @@ use homelab_tests::*;
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Mosquitto on `port` (loopback), or `None` (skipped loudly; CI installs
-/// it and must run this).
-async fn mosquitto(port: u16) -> Option<Mosquitto> {
-    let child = match Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => Mosquitto(child),
-        Err(_) => {
-            assert!(std::env::var("CI").is_err(), "mosquitto is not installed");
-            eprintln!("\n*** SKIPPED: mosquitto is not installed ***\n");
-            return None;
-        }
-    };
-    wait_for("mosquitto listens", T, || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    Some(child)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_state_is_back_after_the_broker_forgot_it() {

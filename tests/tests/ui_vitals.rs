@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use homelab_tests::*;
-use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -19,16 +18,8 @@ async fn a_nodes_vitals_are_charted_and_kept_across_a_restart() {
     let system = System::start(repo, Options::default()).await;
     let probe = Probe::connect(system.mqtt, &[]).await;
     probe.report("n1", "online", &[("app", "running")]).await;
-    let now = homelab_core::time::format(&chrono::Utc::now());
     probe
-        .publish_retained(
-            "homelab/nodes/n1/agent",
-            json!({"node": "n1", "connected": true, "outbox_events": 0, "updated": now,
-                   "vitals": {"load": [0.61, 0.5, 0.4], "memory_total_bytes": 8_000_000_000u64,
-                              "memory_available_bytes": 2_000_000_000u64, "uptime_secs": 5000,
-                              "disks": [{"mount": "/", "used_pct": 41.0, "free_bytes": 1u64}]}})
-            .to_string(),
-        )
+        .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.61))
         .await;
     let kept = system.root().join("state/ui/vitals/n1.json");
     wait_for("the day's first sample written down", T, || async {

@@ -362,167 +362,60 @@ mod tests {
             attributes,
         };
         let update = json!({"title": "Home Assistant Core", "installed_version": "2024.3.3", "latest_version": "2024.4.0"});
+        // One look with just this part.
+        let entries = |state: &str| Look {
+            entries: vec![entry(state)],
+            ..running()
+        };
+        let states = |s: State| Look {
+            states: vec![s],
+            ..running()
+        };
+        let recorder = |backlog: u64, thread_running: bool| Look {
+            recorder: Some(Recorder {
+                backlog,
+                thread_running,
+                recording: thread_running,
+            }),
+            ..running()
+        };
+        let unavailable_since =
+            |changed: &str| states(entity("sensor.t", "unavailable", changed, json!({})));
+        let core_update = || {
+            states(entity(
+                "update.core",
+                "on",
+                "2026-11-24T09:00:00Z",
+                update.clone(),
+            ))
+        };
+        let safe_mode = || Look {
+            safe_mode: true,
+            ..running()
+        };
         // (look, what is said)
         let cases: Vec<(Look, Vec<&str>)> = vec![
             (running(), vec![]),
-            (
-                Look {
-                    entries: vec![entry("setup_retry")],
-                    ..running()
-                },
-                vec!["ha_integration_failed"],
-            ),
-            (
-                Look {
-                    entries: vec![entry("setup_retry")],
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    entries: vec![entry("loaded")],
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    entries: vec![entry("setup_error")],
-                    ..running()
-                },
-                vec!["ha_integration_failed"],
-            ),
+            (entries("setup_retry"), vec!["ha_integration_failed"]),
+            (entries("setup_retry"), vec![]),
+            (entries("loaded"), vec![]),
+            (entries("setup_error"), vec!["ha_integration_failed"]),
             // Unavailable for 10 min: not yet; for 31: said once.
+            (unavailable_since("2026-11-24T09:50:00Z"), vec![]),
             (
-                Look {
-                    states: vec![entity(
-                        "sensor.t",
-                        "unavailable",
-                        "2026-11-24T09:50:00Z",
-                        json!({}),
-                    )],
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    states: vec![entity(
-                        "sensor.t",
-                        "unavailable",
-                        "2026-11-24T09:29:00Z",
-                        json!({}),
-                    )],
-                    ..running()
-                },
+                unavailable_since("2026-11-24T09:29:00Z"),
                 vec!["ha_entity_unavailable_long"],
             ),
-            (
-                Look {
-                    states: vec![entity(
-                        "sensor.t",
-                        "unavailable",
-                        "2026-11-24T09:29:00Z",
-                        json!({}),
-                    )],
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    states: vec![entity(
-                        "update.core",
-                        "on",
-                        "2026-11-24T09:00:00Z",
-                        update.clone(),
-                    )],
-                    ..running()
-                },
-                vec!["ha_update_available"],
-            ),
-            (
-                Look {
-                    states: vec![entity(
-                        "update.core",
-                        "on",
-                        "2026-11-24T09:00:00Z",
-                        update.clone(),
-                    )],
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    recorder: Some(Recorder {
-                        backlog: 5_000,
-                        thread_running: true,
-                        recording: true,
-                    }),
-                    ..running()
-                },
-                vec!["ha_recorder_lag"],
-            ),
-            (
-                Look {
-                    recorder: Some(Recorder {
-                        backlog: 6_000,
-                        thread_running: true,
-                        recording: true,
-                    }),
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    recorder: Some(Recorder {
-                        backlog: 0,
-                        thread_running: false,
-                        recording: false,
-                    }),
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    recorder: Some(Recorder {
-                        backlog: 0,
-                        thread_running: true,
-                        recording: true,
-                    }),
-                    ..running()
-                },
-                vec![],
-            ),
-            (
-                Look {
-                    recorder: Some(Recorder {
-                        backlog: 0,
-                        thread_running: false,
-                        recording: false,
-                    }),
-                    ..running()
-                },
-                vec!["ha_recorder_lag"],
-            ),
-            (
-                Look {
-                    safe_mode: true,
-                    ..running()
-                },
-                vec!["ha_system_health_degraded"],
-            ),
-            (
-                Look {
-                    safe_mode: true,
-                    ..running()
-                },
-                vec![],
-            ),
+            (unavailable_since("2026-11-24T09:29:00Z"), vec![]),
+            (core_update(), vec!["ha_update_available"]),
+            (core_update(), vec![]),
+            (recorder(5_000, true), vec!["ha_recorder_lag"]),
+            (recorder(6_000, true), vec![]),
+            (recorder(0, false), vec![]),
+            (recorder(0, true), vec![]),
+            (recorder(0, false), vec!["ha_recorder_lag"]),
+            (safe_mode(), vec!["ha_system_health_degraded"]),
+            (safe_mode(), vec![]),
         ];
         let mut watch = Watch::default();
         for (i, (look, expected)) in cases.into_iter().enumerate() {
