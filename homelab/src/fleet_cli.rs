@@ -275,6 +275,34 @@ fn node_records(layout: &Layout) -> Result<Vec<NodeRecord>> {
         .collect()
 }
 
+/// Home Assistant's login to Mosquitto in fleet mode: it may read the
+/// homelab's state and the nodes' status and agent state, and use its own
+/// discovery prefix; nothing else. `@` keeps it apart from node names.
+pub const HA_USER: &str = "@home-assistant";
+
+/// Where Home Assistant's Mosquitto password is kept (made on first use).
+pub fn ha_password_file(layout: &Layout) -> std::path::PathBuf {
+    layout.config_dir().join("ha").join("mqtt-password")
+}
+
+/// Home Assistant's Mosquitto password, made (random) the first time.
+pub fn ha_password(layout: &Layout) -> Result<String> {
+    let path = ha_password_file(layout);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => bail!(
+            "{} is empty: remove it, and a new password is made",
+            path.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let password = identity::random_secret();
+            fsutil::write_secret(&path, password.as_bytes())?;
+            Ok(password)
+        }
+        Err(error) => Err(error).with_context(|| format!("read {}", path.display())),
+    }
+}
+
 /// Mosquitto's `acl_file` for the control plane and `nodes`: `@control`
 /// may do anything under the prefix and Home Assistant's discovery prefix
 /// (`homeassistant/`, where the observer publishes its configs and hears
@@ -289,6 +317,10 @@ pub fn mosquitto_acl(topics: &Topics, nodes: &[Name]) -> String {
         "user {}\ntopic readwrite {}/#\ntopic readwrite homeassistant/#\n",
         identity::CONTROL_USER,
         topics.prefix()
+    );
+    let prefix = topics.prefix();
+    out += &format!(
+        "\nuser {HA_USER}\ntopic read {prefix}/state/#\ntopic read {prefix}/nodes/+/status\ntopic read {prefix}/nodes/+/agent\ntopic readwrite homeassistant/#\n"
     );
     for node in nodes {
         out += &format!("\nuser {node}\n");
@@ -375,6 +407,10 @@ pub fn mosquitto_config(
     for record in &records {
         passwords += &format!("{}:{}\n", record.node, record.mosquitto_hash);
     }
+    passwords += &format!(
+        "{HA_USER}:{}\n",
+        identity::mosquitto_hash(&ha_password(layout)?)
+    );
     let nodes: Vec<Name> = records.iter().map(|r| r.node.clone()).collect();
     let cert = std::fs::read(layout.tls_server_cert())
         .with_context(|| format!("read {}", layout.tls_server_cert().display()))?;
@@ -397,9 +433,12 @@ pub fn mosquitto_config(
         "wrote {dir}/homelab.conf, passwords, acl, server.pem and server.key for @control and {} node(s).\n\
          Mosquitto reads them as its own user: `chown -R mosquitto {dir}`.\n\
          Start it with `mosquitto -c {dir}/homelab.conf` (or include that file), and point the\n\
-         control plane at it: `homelab observer|supervisor|executor|ui --broker mqtts://<host>:{}`.\n",
+         control plane at it: `homelab observer|supervisor|executor|ui --broker mqtts://<host>:{}`.\n\
+         Home Assistant's MQTT integration logs in as {HA_USER} with the password in {}\n\
+         (it may read the homelab's state and use homeassistant/#).\n",
         nodes.len(),
         tls_listen.port(),
+        ha_password_file(layout).display(),
         dir = dir.display(),
     ))
 }

@@ -342,6 +342,61 @@ async fn mosquitto_with_the_generated_config_carries_the_fleet_and_stops_what_a_
         .collect();
     assert!(read.is_empty(), "pihb read {read:?}");
 
+    // Home Assistant's login: it reads the state, the nodes' status and
+    // the discovery configs, and nothing else; it may not publish events.
+    let ha_password = std::fs::read_to_string(fleet_cli::ha_password_file(&layout)).unwrap();
+    let mut ha = Probe::connect_with(
+        "localhost",
+        port,
+        "home-assistant",
+        Some((fleet_cli::HA_USER, ha_password.trim())),
+        Some(&ca),
+        &["homelab/#", "homeassistant/#"],
+    )
+    .await;
+    ha.latest_until(T, |m| {
+        m.contains_key("homelab/state/summary")
+            && m.contains_key("homelab/nodes/piha/status")
+            && m.keys()
+                .any(|t| t.starts_with("homeassistant/binary_sensor/homelab/"))
+    })
+    .await;
+    let mut watch_ha = Probe::connect_with(
+        "localhost",
+        port,
+        "control-watch-ha",
+        Some((&control_user, &control_password)),
+        Some(&ca),
+        &["homelab/events/#", "homeassistant/status"],
+    )
+    .await;
+    let forged_by_ha = format!("forged-by-ha-{tag}");
+    ha.publish("homelab/events/piha", forged_by_ha.clone())
+        .await;
+    ha.publish("homeassistant/status", "online").await;
+    let seen = watch_ha
+        .until("homeassistant/status", T, |p| p == b"online")
+        .await;
+    assert!(
+        !seen.iter().any(|(_, p)| p == forged_by_ha.as_bytes()),
+        "Mosquitto let Home Assistant publish an event"
+    );
+    // A command for piha, then state: Home Assistant gets the state only.
+    let secret = format!("secret-{tag}");
+    watch.publish("homelab/commands/piha", secret.clone()).await;
+    let marker = format!("ha-marker-{tag}");
+    watch.publish("homelab/state/marker", marker.clone()).await;
+    let seen = ha
+        .until("homelab/state/marker", T, |p| p == marker.as_bytes())
+        .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(t, _)| t.starts_with("homelab/commands/") || t.starts_with("homelab/events/")),
+        "Home Assistant read {:?}",
+        seen.iter().map(|(t, _)| t).collect::<Vec<_>>()
+    );
+
     // Revoked: pihb's record removed, the files written again, Mosquitto
     // reloaded (SIGHUP): pihb no longer logs in; piha still does.
     fleet_cli::node_remove(&layout, &Name::parse("pihb").unwrap()).unwrap();
