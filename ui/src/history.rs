@@ -105,15 +105,24 @@ pub fn lines(
             .expect("a piece")
             .push(format!("{x:.1},{y:.1}"));
     }
-    // A lone sample is a zero-length line: drawn as a dot (round caps).
+    // A lone sample is drawn as a short dash ending at it: a browser draws
+    // nothing for a line of no length.
     pieces
         .into_iter()
         .map(|p| match p.as_slice() {
-            [one] => format!("{one} {one}"),
+            [one] => {
+                let (x, y) = one.split_once(',').expect("x,y");
+                let x: f64 = x.parse().expect("a number");
+                format!("{:.1},{y} {one}", (x - LONE_DASH).max(0.0))
+            }
             _ => p.join(" "),
         })
         .collect()
 }
+
+/// How long the dash of a lone sample is, in chart units (1/80 of its
+/// width).
+const LONE_DASH: f64 = 3.0;
 
 /// The chart's scale for load: at least 1, else the day's highest rounded
 /// up to a whole number.
@@ -232,8 +241,8 @@ mod tests {
         assert!(lines(&[], now, |s| s.load, 1.0, 240.0, 40.0).is_empty());
         assert_eq!(
             lines(&history[4..], now, |s| s.load, 2.0, 240.0, 40.0),
-            vec!["180.8,20.0 180.8,20.0".to_string()],
-            "a lone sample is a dot"
+            vec!["177.8,20.0 180.8,20.0".to_string()],
+            "a lone sample is a short dash"
         );
         assert_eq!(load_scale(&history[1..]), 4.0);
         assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 0.2)]), 1.0);
