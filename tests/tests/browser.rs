@@ -4,7 +4,7 @@
 //! is approved with its button, and is seen to complete; nothing runs off
 //! the right edge. Screenshots go to `target/browser-artifacts/`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -13,18 +13,9 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// chromedriver on a free loopback port, or `None` (skipped loudly; CI
 /// installs it and must run this).
-async fn driver() -> Option<(Driver, u16)> {
+async fn driver() -> Option<(KillOnDrop, u16)> {
     let port = free_addr().port();
     let child = match Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -42,7 +33,7 @@ async fn driver() -> Option<(Driver, u16)> {
             return None;
         }
     };
-    let driver = Driver(child);
+    let driver = KillOnDrop(child);
     wait_for("chromedriver listens", T, || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await

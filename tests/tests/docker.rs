@@ -541,35 +541,6 @@ async fn compose_services_are_restarted_and_redeployed_after_approval() {
     system.stop().await.unwrap();
 }
 
-/// A Mosquitto process on a loopback port, killed when dropped.
-struct Mosquitto(std::process::Child);
-
-impl Mosquitto {
-    async fn start(port: u16) -> Mosquitto {
-        let child = std::process::Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (apt-get install mosquitto)");
-        let mosquitto = Mosquitto(child);
-        wait_for("mosquitto listens", T, || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        mosquitto
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn logged_of(system: &System, kind: &str, service: &str) -> Vec<Value> {
     system
         .logged("dockhost")
@@ -599,7 +570,9 @@ async fn health_check_scripts_and_brokers_from_the_repo() {
     let flag = flags.path().join("healthy");
     std::fs::write(&flag, "").unwrap();
     let port = free_addr().port();
-    let _mosquitto = Mosquitto::start(port).await;
+    let _mosquitto = mosquitto(port)
+        .await
+        .expect("mosquitto is installed (apt-get install mosquitto)");
     let repo = write_repo(&[
         ("inventory/topology.yaml", "nodes:\n  dockhost: {role: server}\n"),
         (
@@ -728,7 +701,9 @@ async fn health_check_scripts_and_brokers_from_the_repo() {
     let done = approve(&system, &restart).await;
     assert_eq!(done["result"]["ok"], true, "{done}");
     // It answers again.
-    let _mosquitto = Mosquitto::start(port).await;
+    let _mosquitto = mosquitto(port)
+        .await
+        .expect("mosquitto is installed (apt-get install mosquitto)");
     wait_for("broker recovered", T, || async {
         !logged_of(&system, "service_recovered", &broker).is_empty()
     })

@@ -3,16 +3,15 @@
 //! the operator, and that a guarded action is approved only with "I
 //! understand" ticked.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
 use chrono::{Duration, Utc};
 use homelab_core::agentstatus::{DiskUse, Vitals};
 use homelab_core::store::Move;
 use homelab_core::{Action, ActionKind, ActionState, ActionStore, Layout, Name, Risk};
 use homelab_ui::{app, history, AgentReport, AppState};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+
+mod common;
 
 const TOKEN: &str = "pages-test-token";
 const CSRF: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -269,35 +268,25 @@ impl Site {
         cookie: bool,
         body: &str,
     ) -> (StatusCode, String, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if cookie {
-            let session = homelab_ui::websec::session_value(TOKEN);
-            request = request
-                .header(
-                    "cookie",
-                    format!("homelab_session={session}; homelab_csrf={CSRF}"),
-                )
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("sec-fetch-site", "same-origin");
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(Body::from(body.to_string())).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let location = response
-            .headers()
+        let session = format!(
+            "homelab_session={}; homelab_csrf={CSRF}",
+            homelab_ui::websec::session_value(TOKEN)
+        );
+        let headers: &[(&str, &str)] = if cookie {
+            &[
+                ("cookie", &session),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("sec-fetch-site", "same-origin"),
+            ]
+        } else {
+            &[]
+        };
+        let (status, headers, body) = common::call(&self.app, method, uri, headers, body).await;
+        let location = headers
             .get("location")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            String::from_utf8_lossy(&bytes).into_owned(),
-            location,
-        )
+        (status, body, location)
     }
 
     async fn page(&self, uri: &str) -> String {

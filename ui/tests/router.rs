@@ -8,9 +8,10 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use homelab_core::{Action, ActionKind, ActionState, ActionStore, Layout, Name, Risk};
 use homelab_ui::{app, AppState};
-use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
+
+mod common;
 
 const TOKEN: &str = "router-test-token";
 
@@ -39,24 +40,7 @@ impl Site {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (StatusCode, HeaderMap, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(Body::from(body.to_string())).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            headers,
-            String::from_utf8_lossy(&bytes).into_owned(),
-        )
+        common::call(&self.app, method, uri, headers, body).await
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, String) {
