@@ -17,13 +17,23 @@
 //!   memory: after a restart everything not acknowledged is sent again);
 //! - ack: drops every event with `seq <= watermark`. Its commit is not
 //!   synced: a crash can only bring back events the observer already has,
-//!   which it drops as duplicates;
+//!   which it drops as duplicates; a clean stop makes it durable
+//!   ([`Outbox::sync`]);
 //! - resend: after every CONNACK, when the observer repeats its watermark,
 //!   and when acks stall (`crate::window` decides), `sent_upto` falls back
 //!   to the watermark;
 //! - lost state: a watermark above our own last `seq` means this node's
 //!   state was lost (a new disk, a wiped root). Unacknowledged events are
-//!   renumbered above it rather than taken as delivered.
+//!   renumbered above it rather than taken as delivered;
+//! - commands: a command for this node is taken once by id (table
+//!   `commands`, id → deadline) and, if not past its deadline, queued
+//!   (table `command_queue`, id → [`Queued`]) in the same durable commit,
+//!   before its MQTT PUBACK goes out. It waits there for Docker; starting
+//!   it marks it `running` in the commit that stores its
+//!   `remediation_started`, and its outcome event is stored in the commit
+//!   that removes it. So after a crash a queued command is resumed, one
+//!   that was running is reported interrupted (never run twice), and a
+//!   copy of either is a duplicate.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -46,6 +56,24 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Command ids this agent has taken, with their deadline (unix seconds).
 const COMMANDS: TableDefinition<&str, i64> = TableDefinition::new("commands");
+/// Commands taken and not finished: id → [`Queued`] as JSON.
+const COMMAND_QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("command_queue");
+
+/// A command taken and not finished.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Queued {
+    pub state: QueuedState,
+    pub command: homelab_core::Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuedState {
+    /// Taken; waiting until it can be carried out (Docker up).
+    Waiting,
+    /// Being carried out: its `remediation_started` is stored.
+    Running,
+}
 
 /// How long a command id is remembered past its deadline. A copy that
 /// comes later is refused as expired all the same; this margin covers a
@@ -94,7 +122,7 @@ impl Outbox {
             .map_err(db_err)
             .with_context(|| format!("open outbox {}", path.display()))?;
         let txn = db.begin_write().map_err(db_err)?;
-        let (next_seq, acked, bytes, count) = {
+        let (next_seq, acked, bytes, count, first_held) = {
             let meta = txn.open_table(META).map_err(db_err)?;
             let events = txn.open_table(EVENTS).map_err(db_err)?;
             let next_seq = meta
@@ -111,12 +139,24 @@ impl Outbox {
             for entry in events.iter().map_err(db_err)? {
                 bytes += entry.map_err(db_err)?.1.value().len() as u64;
             }
-            (next_seq, acked, bytes, events.len().map_err(db_err)?)
+            let first_held = events.first().map_err(db_err)?.map(|(k, _)| k.value());
+            (
+                next_seq,
+                acked,
+                bytes,
+                events.len().map_err(db_err)?,
+                first_held,
+            )
         };
         txn.commit().map_err(db_err)?;
+        let now = Instant::now();
+        let mut window = Window::new(acked, next_seq - 1, now);
+        // A drop before the restart left seqs between the watermark and
+        // the notice that nothing holds.
+        window.held_from(first_held, now);
         let state = State {
             next_seq,
-            window: Window::new(acked, next_seq - 1, Instant::now()),
+            window,
             bytes,
             count,
         };
@@ -142,6 +182,28 @@ impl Outbox {
         deadline: homelab_core::time::Timestamp,
         now: homelab_core::time::Timestamp,
     ) -> Result<bool> {
+        self.take(id, deadline, now, None)
+    }
+
+    /// Takes `command` by its id, as [`Outbox::remember_command`] does,
+    /// and if it is new and not past its deadline, queues it to be carried
+    /// out ([`QueuedState::Waiting`]) in the same durable commit. True if
+    /// it was new.
+    pub fn take_command(
+        &self,
+        command: &homelab_core::Command,
+        now: homelab_core::time::Timestamp,
+    ) -> Result<bool> {
+        self.take(&command.id, command.deadline, now, Some(command))
+    }
+
+    fn take(
+        &self,
+        id: &str,
+        deadline: homelab_core::time::Timestamp,
+        now: homelab_core::time::Timestamp,
+        queue: Option<&homelab_core::Command>,
+    ) -> Result<bool> {
         let _state = self.lock();
         let txn = self.db.begin_write().map_err(db_err)?;
         let new = {
@@ -156,8 +218,73 @@ impl Outbox {
             }
             !known
         };
+        if let Some(command) = queue.filter(|c| new && now <= c.deadline) {
+            let queued = Queued {
+                state: QueuedState::Waiting,
+                command: command.clone(),
+            };
+            let bytes = serde_json::to_vec(&queued).context("queued command")?;
+            txn.open_table(COMMAND_QUEUE)
+                .map_err(db_err)?
+                .insert(id, bytes.as_slice())
+                .map_err(db_err)?;
+        }
         txn.commit().map_err(db_err)?;
         Ok(new)
+    }
+
+    /// The commands taken and not finished, in id order.
+    pub fn queued_commands(&self) -> Result<Vec<Queued>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(COMMAND_QUEUE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut queued = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (id, bytes) = entry.map_err(db_err)?;
+            match serde_json::from_slice::<Queued>(bytes.value()) {
+                Ok(q) => queued.push(q),
+                Err(error) => {
+                    warn!(id = id.value(), %error, "unreadable queued command skipped")
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Command `id` starts: it is marked running in the commit that
+    /// stores `started` (its `remediation_started`).
+    pub fn start_command(&self, id: &str, started: Event) -> Result<()> {
+        self.commit_with(vec![started], |txn| {
+            let mut table = txn.open_table(COMMAND_QUEUE).map_err(db_err)?;
+            let found = table
+                .get(id)
+                .map_err(db_err)?
+                .map(|v| serde_json::from_slice::<Queued>(v.value()));
+            let Some(Ok(mut queued)) = found else {
+                anyhow::bail!("command {id} is not queued");
+            };
+            queued.state = QueuedState::Running;
+            let bytes = serde_json::to_vec(&queued).context("queued command")?;
+            table.insert(id, bytes.as_slice()).map_err(db_err)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Command `id` is over: `outcome` is stored in the commit that
+    /// removes it from the queue.
+    pub fn finish_command(&self, id: &str, outcome: Event) -> Result<()> {
+        self.commit_with(vec![outcome], |txn| {
+            txn.open_table(COMMAND_QUEUE)
+                .map_err(db_err)?
+                .remove(id)
+                .map_err(db_err)?;
+            Ok(())
+        })?;
+        Ok(())
     }
 
     pub fn push(&self, event: Event) -> Result<Event> {
@@ -168,8 +295,18 @@ impl Outbox {
     /// commit; returns them as stored (possibly followed by an
     /// `events_dropped` event if the bound was reached).
     pub fn push_batch(&self, events: Vec<Event>) -> Result<Vec<Event>> {
+        self.commit_with(events, |_| Ok(()))
+    }
+
+    /// [`Outbox::push_batch`], with `also` written in the same commit.
+    fn commit_with(
+        &self,
+        events: Vec<Event>,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<Vec<Event>> {
         let mut state = self.lock();
         let txn = self.db.begin_write().map_err(db_err)?;
+        also(&txn)?;
         let mut stored = Vec::with_capacity(events.len());
         let (mut next_seq, mut bytes, mut count) = (state.next_seq, state.bytes, state.count);
         {
@@ -353,6 +490,16 @@ impl Outbox {
         Ok(())
     }
 
+    /// Makes every commit so far durable. Acks commit without an fsync
+    /// (a crash can only bring back events the observer already has); a
+    /// clean stop calls this so that what the observer acknowledged stays
+    /// acknowledged, whatever happens to the process after it.
+    pub fn sync(&self) -> Result<()> {
+        let _state = self.lock();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.commit().map_err(db_err).context("sync outbox")
+    }
+
     /// Sends everything not acknowledged again.
     pub fn resend(&self) {
         self.lock().window.resend(Instant::now());
@@ -384,7 +531,7 @@ impl Outbox {
             let Some(from) = window.next_to_send() else {
                 return Ok((window.epoch(), Vec::new()));
             };
-            (window.epoch(), from, window.acked() + SEND_WINDOW)
+            (window.epoch(), from, window.send_limit())
         };
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(EVENTS).map_err(db_err)?;
@@ -392,6 +539,16 @@ impl Outbox {
         for entry in table.range(from..=upto).map_err(db_err)?.take(max) {
             let (seq, bytes) = entry.map_err(db_err)?;
             batch.push((seq.value(), bytes.value().to_vec()));
+        }
+        // The window only ever names a seq the outbox holds (the delivery
+        // model checks it). If that broke, say so loudly: a publisher that
+        // silently found nothing would never send again.
+        if batch.first().is_none_or(|(seq, _)| *seq != from) {
+            warn!(
+                from,
+                found = ?batch.first().map(|(seq, _)| *seq),
+                "outbox does not hold the next seq the send window names"
+            );
         }
         Ok((epoch, batch))
     }
@@ -527,6 +684,61 @@ mod tests {
     }
 
     #[test]
+    fn a_command_is_queued_started_and_finished_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let command = |id: &str, deadline: i64| {
+            homelab_core::Command::from_payload(
+                json!({
+                    "v": 1, "id": id, "action_id": "container-restart-piha-app",
+                    "node": "piha", "type": "container_restart",
+                    "params": {"service": "app"},
+                    "issued_at": t(0), "deadline": t(deadline),
+                })
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let states = |outbox: &Outbox| -> Vec<(String, QueuedState)> {
+            outbox
+                .queued_commands()
+                .unwrap()
+                .into_iter()
+                .map(|q| (q.command.id, q.state))
+                .collect()
+        };
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        assert_eq!(states(&outbox), vec![]);
+        assert!(outbox.take_command(&command("C1", 300), t(0)).unwrap());
+        assert!(!outbox.take_command(&command("C1", 300), t(1)).unwrap());
+        // Past its deadline: taken (so a copy is a duplicate), not queued.
+        assert!(outbox.take_command(&command("C2", 300), t(301)).unwrap());
+        assert_eq!(states(&outbox), vec![("C1".into(), QueuedState::Waiting)]);
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        assert_eq!(states(&outbox), vec![("C1".into(), QueuedState::Waiting)]);
+        outbox.start_command("C1", event("started")).unwrap();
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), node(), DEFAULT_MAX_BYTES).unwrap();
+        assert_eq!(states(&outbox), vec![("C1".into(), QueuedState::Running)]);
+        assert!(
+            outbox.start_command("C9", event("x")).is_err(),
+            "not queued"
+        );
+        outbox.finish_command("C1", event("done")).unwrap();
+        assert_eq!(states(&outbox), vec![]);
+        // The started and finished events went out with them.
+        let messages: Vec<String> = std::iter::from_fn(|| outbox.next_to_send().unwrap())
+            .map(|e| {
+                outbox.mark_sent(e.seq);
+                e.message
+            })
+            .collect();
+        assert_eq!(messages, vec!["started", "done"]);
+    }
+
+    #[test]
     fn bound_drops_oldest_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let size = event("x").to_json().len() as u64;
@@ -566,6 +778,37 @@ mod tests {
             .map(|e| e.data["dropped"].as_u64().unwrap())
             .sum::<u64>();
         assert!(dropped >= 1);
+    }
+
+    /// The numbers: acked at 1, 400 events in a 16 KiB outbox
+    /// while the link is down. The kept events and the notice go out, also
+    /// after a restart.
+    #[test]
+    fn a_drop_wider_than_the_send_window_still_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), node(), 16 * 1024).unwrap();
+        outbox.push(event("first")).unwrap();
+        assert_eq!(drain(&outbox), vec![1]);
+        outbox.ack(1).unwrap();
+        for i in 0..400 {
+            outbox.push(event(&format!("{i:0>200}"))).unwrap();
+        }
+        let notice_seq = |outbox: &Outbox| {
+            let (_, batch) = outbox.next_batch(1).unwrap();
+            let first = Event::from_payload(&batch[0].1).unwrap();
+            assert_eq!(first.kind, "events_dropped");
+            assert_eq!(first.data["first_seq"], 2);
+            first.seq
+        };
+        let slot = notice_seq(&outbox);
+        assert!(slot > 1 + SEND_WINDOW, "the drop is wider than the window");
+        outbox.resend();
+        let sent = drain(&outbox);
+        assert_eq!(sent, (slot..=401).collect::<Vec<_>>());
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), node(), 16 * 1024).unwrap();
+        assert_eq!(notice_seq(&outbox), slot);
+        assert_eq!(drain(&outbox), sent);
     }
 
     #[test]

@@ -24,6 +24,15 @@
 //!   absolute instants, so new events being sent never postpone it.
 //! - A watermark above the last `seq` this node ever gave out means the
 //!   node's own state was lost: the outbox renumbers what it holds.
+//! - The outbox's bound drops the oldest events and puts an
+//!   `events_dropped` notice in the slot of the newest dropped one. The
+//!   seqs between the watermark and that slot are then *gone*: nothing
+//!   holds them, so the window sends from the notice on and counts its
+//!   room from there ([`Window::notice_at`]). A window that counted from
+//!   the watermark would wait, forever, to send a seq the outbox no longer
+//!   has (a drop wider than the window, during an outage); the invariant
+//!   the delivery model checks is that whatever the window sends next,
+//!   the outbox holds.
 
 use std::time::{Duration, Instant};
 
@@ -71,6 +80,10 @@ pub struct Window {
     acked: u64,
     last: u64,
     sent_upto: u64,
+    /// Every `seq` above the watermark up to this one was dropped by the
+    /// outbox's bound (a notice that says so sits just above it): none is
+    /// held, none is sent. At or below `acked` once the watermark passes.
+    gone: u64,
     /// The last time the watermark moved, a resend started, or sending
     /// started with nothing in flight: the stall timer counts from here.
     progress_at: Instant,
@@ -91,6 +104,7 @@ impl Window {
             acked,
             last: last.max(acked),
             sent_upto: acked,
+            gone: 0,
             progress_at: now,
             resent_at: None,
             owed: false,
@@ -131,21 +145,48 @@ impl Window {
         self.last = self.last.max(last);
     }
 
-    /// An `events_dropped` notice took `slot`, which may be below what was
-    /// already sent: send from there.
+    /// The bound dropped the oldest events and an `events_dropped` notice
+    /// took `slot`, the newest dropped one's: every `seq` between the
+    /// watermark and `slot` is gone, and the notice, which may sit below
+    /// what was already sent, goes next.
     pub fn notice_at(&mut self, slot: u64) {
+        self.gone = self.gone.max(slot.saturating_sub(1));
         self.sent_upto = self.sent_upto.min(slot.saturating_sub(1)).max(self.acked);
+    }
+
+    /// Below this every `seq` is acknowledged or gone: the window counts
+    /// its room from here.
+    fn base(&self) -> u64 {
+        self.acked.max(self.gone)
+    }
+
+    /// Something was sent that the watermark does not cover yet.
+    fn in_flight(&self) -> bool {
+        self.sent_upto > self.base()
+    }
+
+    /// The highest `seq` the window lets out now.
+    pub fn send_limit(&self) -> u64 {
+        self.base() + SEND_WINDOW
+    }
+
+    /// After a start: the outbox holds events from `first` on (`None`:
+    /// none). Anything between the watermark and `first` was dropped by
+    /// the bound before the restart.
+    pub fn held_from(&mut self, first: Option<u64>, _now: Instant) {
+        let first = first.unwrap_or(self.last + 1);
+        self.gone = self.gone.max(first.saturating_sub(1));
     }
 
     /// The first `seq` to send, if the window has room and anything waits.
     pub fn next_to_send(&self) -> Option<u64> {
-        (self.sent_upto < self.last && self.sent_upto < self.acked + SEND_WINDOW)
-            .then_some(self.sent_upto + 1)
+        let from = self.sent_upto.max(self.gone);
+        (from < self.last && from < self.send_limit()).then_some(from + 1)
     }
 
     /// Events up to `seq` are handed to the broker.
     pub fn sent(&mut self, seq: u64, now: Instant) {
-        if self.sent_upto == self.acked {
+        if !self.in_flight() {
             // Nothing was in flight: the stall timer starts now, not at the
             // last ack, which may be long ago.
             self.progress_at = now;
@@ -168,7 +209,7 @@ impl Window {
             self.stalls = 0;
             return Ack::Progress;
         }
-        if self.sent_upto <= self.acked {
+        if !self.in_flight() {
             // Nothing in flight: the next send carries on from here anyway.
             return Ack::Repeat { resend: false };
         }
@@ -210,7 +251,8 @@ impl Window {
 
     /// When [`Window::on_timer`] has something to do, if ever.
     pub fn deadline(&self, resend_after: Duration) -> Option<Instant> {
-        let stall = (self.sent_upto > self.acked)
+        let stall = self
+            .in_flight()
             .then(|| self.progress_at + self.stall_after(resend_after));
         let owed = self
             .resent_at
@@ -229,7 +271,7 @@ impl Window {
             && self
                 .resent_at
                 .is_none_or(|at| now.saturating_duration_since(at) >= REPEAT_HOLDOFF);
-        let stalled = self.sent_upto > self.acked
+        let stalled = self.in_flight()
             && now.saturating_duration_since(self.progress_at) >= self.stall_after(resend_after);
         if owed_due || stalled {
             self.resend(now);
@@ -425,6 +467,39 @@ mod tests {
         // 6..10 were taken before the resend and go out after it.
         w.sent_in(epoch, 10, t0);
         assert_eq!(w.next_to_send(), Some(1), "the resend starts over");
+    }
+
+    #[test]
+    fn a_drop_wider_than_the_window_sends_from_the_notice() {
+        let t0 = Instant::now();
+        let mut w = Window::new(1, 1, t0);
+        w.pushed(401);
+        // 2..=100 went out before the link was cut; the bound then dropped
+        // 2..=340 and put its notice at 341.
+        w.sent(100, t0);
+        w.notice_at(341);
+        assert_eq!(w.next_to_send(), Some(341));
+        assert_eq!(w.send_limit(), 340 + SEND_WINDOW);
+        assert_eq!(w.deadline(RESEND), None, "nothing held is in flight");
+        // CONNACK: the resend starts from the notice, not from seq 2.
+        w.resend(t0);
+        assert_eq!(w.next_to_send(), Some(341));
+        w.sent(401, t0);
+        assert_eq!(w.deadline(RESEND), Some(t0 + FIRST_STALL));
+        // The observer still says 1 a second later (it had none of them):
+        // go back to the notice.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(w.on_ack(1, t1), Ack::Repeat { resend: true });
+        assert_eq!(w.next_to_send(), Some(341));
+        assert_eq!(w.on_ack(401, t1), Ack::Progress);
+        assert_eq!(w.next_to_send(), None);
+        // A restart after such a drop: what is held starts at the notice.
+        let mut w = Window::new(1, 401, t0);
+        w.held_from(Some(341), t0);
+        assert_eq!(w.next_to_send(), Some(341));
+        let mut w = Window::new(1, 1, t0);
+        w.held_from(None, t0);
+        assert_eq!(w.next_to_send(), None);
     }
 
     #[test]

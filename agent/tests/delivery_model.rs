@@ -4,11 +4,18 @@
 //! and drops whole flights (a broker restart, an observer that is away),
 //! driven by proptest on a simulated clock.
 //!
+//! The agent's side reads only what its outbox holds, as `Outbox::next_batch`
+//! does, and the outbox has its byte bound: `Overflow` drops the oldest
+//! events and puts an `events_dropped` notice in the slot of the newest
+//! dropped one, as `Outbox::push_batch` does.
+//!
 //! What it proves: the observer's log is the node's events in `seq` order
-//! with no gap and no duplicate at every step; the watermark never covers
-//! an event that is not in the log; the agent never lets go of an event
-//! the watermark does not cover; and once the faults stop, everything the
-//! agent holds arrives within the default resend timeout.
+//! with no gap and no duplicate at every step (a notice stands for the
+//! range it announces); the watermark never covers an event that is not in
+//! the log or announced dropped; the agent never lets go of an event the
+//! watermark does not cover unless it announces it dropped; whatever the
+//! window says to send next, the outbox holds; and once the faults stop,
+//! everything the agent holds arrives within the default resend timeout.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -47,6 +54,9 @@ enum Op {
     BrokerRestart,
     /// The agent restarts: its window is rebuilt from disk.
     AgentRestart,
+    /// The outbox is over its bound: its oldest events (all but one at
+    /// most) go, and a notice takes the slot of the newest dropped.
+    Overflow(u16),
     Wait(u16),
 }
 
@@ -63,43 +73,62 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ObserverUp),
         1 => Just(Op::BrokerRestart),
         1 => Just(Op::AgentRestart),
+        1 => (1u16..400).prop_map(Op::Overflow),
         2 => (1u16..2000).prop_map(Op::Wait),
     ]
+}
+
+/// What a slot of the outbox holds: an event, or a notice that the events
+/// from `first` up to its own slot were dropped.
+#[derive(Debug, Clone, PartialEq)]
+enum Item {
+    Event,
+    Dropped { first: u64 },
 }
 
 struct Model {
     t0: Instant,
     now: Instant,
-    // The agent: its outbox (seq → id) and window.
-    outbox: BTreeMap<u64, String>,
+    // The agent: its outbox (seq → what it holds) and window.
+    outbox: BTreeMap<u64, Item>,
     window: Window,
     emitted: u64,
     // The observer.
     up: bool,
     sequence: Sequence,
-    log: Vec<(u64, String)>,
+    log: Vec<(u64, Item)>,
     // The broker's queues, each way.
-    to_observer: VecDeque<u64>,
+    to_observer: VecDeque<(u64, Item)>,
     to_agent: VecDeque<u64>,
     /// When the observer last published the watermark.
     acked_at: Option<Instant>,
     /// A batch taken to send, with the window's epoch then.
-    taken: Option<(u64, Vec<u64>)>,
+    taken: Option<(u64, Vec<(u64, Item)>)>,
 }
 
-fn event(seq: u64) -> Event {
+fn event(seq: u64, item: &Item) -> Event {
+    let (kind, data) = match item {
+        Item::Event => ("test_event", serde_json::json!({})),
+        Item::Dropped { first } => (
+            "events_dropped",
+            serde_json::json!({"first_seq": first, "through_seq": seq}),
+        ),
+    };
     Event {
         v: 1,
-        id: format!("E{seq}"),
+        id: match item {
+            Item::Event => format!("E{seq}"),
+            Item::Dropped { first } => format!("D{first}-{seq}"),
+        },
         ts: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
         node: Name::parse("edge").unwrap(),
         seq,
         source: "node-agent".into(),
-        kind: "test_event".into(),
+        kind: kind.into(),
         service: None,
         severity: Severity::Info,
         message: String::new(),
-        data: serde_json::json!({}),
+        data,
     }
 }
 
@@ -138,47 +167,45 @@ impl Model {
             Op::Emit(n) => {
                 for _ in 0..n {
                     self.emitted += 1;
-                    self.outbox
-                        .insert(self.emitted, format!("E{}", self.emitted));
+                    self.outbox.insert(self.emitted, Item::Event);
                 }
                 self.window.pushed(self.emitted);
             }
-            Op::Send => {
-                while let Some(seq) = self.window.next_to_send() {
-                    self.window.sent(seq, self.now);
-                    self.to_observer.push_back(seq);
+            Op::Send => loop {
+                // As the publisher does: batches read from the outbox
+                // until one comes back empty.
+                let batch = self.next_batch();
+                if batch.is_empty() {
+                    break;
                 }
-            }
+                for (seq, item) in batch {
+                    self.window.sent(seq, self.now);
+                    self.to_observer.push_back((seq, item));
+                }
+            },
             Op::Take => {
                 if self.taken.is_none() {
-                    let mut seqs = Vec::new();
-                    let mut from = self.window.next_to_send();
-                    let upto = self.window.acked() + homelab_agent::window::SEND_WINDOW;
-                    while let Some(seq) = from.filter(|s| *s <= self.emitted && *s <= upto) {
-                        seqs.push(seq);
-                        from = Some(seq + 1);
-                    }
-                    self.taken = Some((self.window.epoch(), seqs));
+                    self.taken = Some((self.window.epoch(), self.next_batch()));
                 }
             }
             Op::Flush => {
-                if let Some((epoch, seqs)) = self.taken.take() {
-                    for seq in seqs {
-                        self.to_observer.push_back(seq);
+                if let Some((epoch, batch)) = self.taken.take() {
+                    for (seq, item) in batch {
                         self.window.sent_in(epoch, seq, self.now);
+                        self.to_observer.push_back((seq, item));
                     }
                 }
             }
             Op::Deliver { lose, twice } => {
-                let Some(seq) = self.to_observer.pop_front() else {
+                let Some((seq, item)) = self.to_observer.pop_front() else {
                     return;
                 };
                 if lose || !self.up {
                     return;
                 }
-                self.observe(seq);
+                self.observe(seq, &item);
                 if twice {
-                    self.observe(seq);
+                    self.observe(seq, &item);
                 }
             }
             Op::DeliverAck { lose } => {
@@ -208,6 +235,27 @@ impl Model {
                 self.taken = None;
                 let acked = self.window.acked();
                 self.window = Window::new(acked, self.emitted, self.now);
+                // As `Outbox::open` does: what the outbox holds starts here.
+                self.window
+                    .held_from(self.outbox.keys().next().copied(), self.now);
+            }
+            Op::Overflow(n) => {
+                let n = (n as usize).min(self.outbox.len().saturating_sub(1));
+                if n == 0 {
+                    return;
+                }
+                let mut first = u64::MAX;
+                let mut slot = 0;
+                for _ in 0..n {
+                    let (seq, item) = self.outbox.pop_first().unwrap();
+                    first = first.min(match item {
+                        Item::Event => seq,
+                        Item::Dropped { first } => first,
+                    });
+                    slot = seq;
+                }
+                self.outbox.insert(slot, Item::Dropped { first });
+                self.window.notice_at(slot);
             }
             Op::Wait(ms) => {
                 self.now += Duration::from_millis(ms as u64);
@@ -219,16 +267,20 @@ impl Model {
     /// The observer's ingest: dedup by id, then the node's order; the
     /// watermark is published when it moves, and repeated for an event
     /// ahead of a missing one.
-    fn observe(&mut self, seq: u64) {
-        let event = event(seq);
+    fn observe(&mut self, seq: u64, item: &Item) {
+        let event = event(seq, item);
         let before = self.sequence.watermark();
         let mut cue = AckCue::default();
-        if self.log.iter().any(|(_, id)| *id == event.id) {
+        if self
+            .log
+            .iter()
+            .any(|(s, i)| event.id == crate::event(*s, i).id)
+        {
             cue.duplicate = true;
         } else {
             let now = self.ts();
             match self.sequence.admit(&event, now) {
-                Admit::Store => self.log.push((seq, event.id)),
+                Admit::Store => self.log.push((seq, item.clone())),
                 Admit::Behind => cue.duplicate = true,
                 Admit::Early => cue.early = true,
             }
@@ -251,18 +303,59 @@ impl Model {
         }
     }
 
+    /// What the publisher takes next, as `Outbox::next_batch` reads it:
+    /// the held events from the window's next `seq` up to its limit.
+    fn next_batch(&self) -> Vec<(u64, Item)> {
+        let Some(from) = self.window.next_to_send() else {
+            return Vec::new();
+        };
+        self.outbox
+            .range(from..=self.window.send_limit())
+            .map(|(seq, item)| (*seq, item.clone()))
+            .collect()
+    }
+
+    /// The highest `seq` the log accounts for: each event its own, a
+    /// notice its whole range.
+    fn covered(&self) -> u64 {
+        self.log.last().map_or(0, |(seq, _)| *seq)
+    }
+
     fn check(&self) {
-        // The log: 1, 2, 3, … with nothing missing and nothing twice.
-        for (i, (seq, id)) in self.log.iter().enumerate() {
-            assert_eq!(*seq, i as u64 + 1, "log {:?}", self.log);
-            assert_eq!(*id, format!("E{seq}"));
+        // The log: 1, 2, 3, … with nothing missing and nothing twice; a
+        // notice stands for the range it announces, starting at or before
+        // the next one expected.
+        let mut next = 1;
+        for (seq, item) in &self.log {
+            match item {
+                Item::Event => assert_eq!(*seq, next, "log {:?}", self.log),
+                Item::Dropped { first } => {
+                    assert!(*first <= next && *seq >= next, "log {:?}", self.log)
+                }
+            }
+            next = seq + 1;
         }
         // The watermark covers exactly what is logged.
-        assert_eq!(self.sequence.watermark(), self.log.len() as u64);
-        // The agent holds everything the observer may still need.
+        assert_eq!(self.sequence.watermark(), self.covered());
+        // The agent holds everything the observer may still need, or a
+        // notice that announces it dropped.
         assert!(self.window.acked() <= self.sequence.watermark());
         for seq in self.window.acked() + 1..=self.emitted {
-            assert!(self.outbox.contains_key(&seq), "agent gave up seq {seq}");
+            let held = self.outbox.range(seq..).next().is_some_and(|(at, item)| {
+                *at == seq || matches!(item, Item::Dropped { first } if *first <= seq)
+            });
+            assert!(held, "agent gave up seq {seq} without a word");
+        }
+        // Whatever the window would send next is there to be sent: a
+        // window waiting on a seq the outbox no longer holds sends nothing
+        // ever again.
+        if let Some(seq) = self.window.next_to_send() {
+            assert!(
+                self.outbox.contains_key(&seq),
+                "the window waits to send seq {seq}, which the outbox does not hold \
+                 (it holds {:?}…)",
+                self.outbox.keys().take(3).collect::<Vec<_>>()
+            );
         }
     }
 
@@ -286,7 +379,7 @@ impl Model {
     fn heal(&mut self) -> Duration {
         self.up = true;
         let started = self.now;
-        while self.sequence.watermark() < self.emitted || self.window.acked() < self.emitted {
+        while self.covered() < self.emitted || self.window.acked() < self.emitted {
             self.round();
             assert!(
                 self.now - started < Duration::from_secs(600),
@@ -310,7 +403,7 @@ proptest! {
         }
         let took = model.heal();
         prop_assert!(took <= RESEND_AFTER + Duration::from_secs(1), "took {:?}", took);
-        prop_assert_eq!(model.log.len() as u64, model.emitted);
+        prop_assert_eq!(model.covered(), model.emitted);
     }
 }
 
@@ -341,4 +434,39 @@ fn an_observer_back_is_answered_within_a_second() {
             "still missing a second after the observer came back"
         );
     }
+}
+
+/// The issue's case: the watermark is at 1 when the uplink goes; 400
+/// events later the bound has dropped 2 to 340 (more than a send window)
+/// and holds a notice at 341 and the 60 newest. After the reconnect the
+/// notice and every kept event arrive at once, in order, not never.
+#[test]
+fn an_overflow_wider_than_the_window_is_delivered_after_the_reconnect() {
+    let mut m = Model::new();
+    m.apply(&Op::Emit(1));
+    m.round();
+    assert_eq!(m.covered(), 1);
+    m.apply(&Op::ObserverDown);
+    for _ in 0..100 {
+        m.apply(&Op::Emit(4));
+        m.apply(&Op::Send);
+        m.apply(&Op::Wait(100));
+    }
+    m.apply(&Op::Overflow(340));
+    assert_eq!(m.outbox.keys().next(), Some(&341));
+    m.check();
+    // The link is back on a kept session: CONNACK, the agent resends from
+    // the watermark, the observer (back too) says its watermark.
+    m.apply(&Op::ObserverUp);
+    m.apply(&Op::BrokerRestart);
+    let back = m.now;
+    while m.covered() < m.emitted {
+        m.round();
+        assert!(
+            m.now - back <= Duration::from_secs(1),
+            "the kept events did not arrive within a second of the reconnect"
+        );
+    }
+    assert_eq!(m.log[1], (341, Item::Dropped { first: 2 }));
+    assert_eq!(m.log.len(), 1 + 1 + 60);
 }
