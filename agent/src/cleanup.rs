@@ -59,9 +59,54 @@ impl Report {
     }
 }
 
+/// How many images a prune deleted. Docker's answer lists an image and
+/// each of its layers as separate `Deleted` entries (and `Untagged` ones
+/// for names it dropped), so the images are those of the dangling ones
+/// listed before the prune (`dangling`, image ids) that it names deleted.
+pub fn images_deleted(dangling: &[String], deleted: &[String]) -> u64 {
+    let deleted: std::collections::HashSet<&str> = deleted.iter().map(String::as_str).collect();
+    dangling
+        .iter()
+        .filter(|id| deleted.contains(id.as_str()))
+        .count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_counted_not_their_layers() {
+        let ids = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+        for (dangling, deleted, want) in [
+            // One dangling image with one layer: two Deleted entries.
+            (
+                ids(&["sha256:img"]),
+                ids(&["sha256:img", "sha256:layer"]),
+                1,
+            ),
+            (
+                ids(&["sha256:a", "sha256:b"]),
+                ids(&[
+                    "sha256:a",
+                    "sha256:l1",
+                    "sha256:b",
+                    "sha256:l2",
+                    "sha256:l3",
+                ]),
+                2,
+            ),
+            // Dangling, but in use by a container: not deleted.
+            (ids(&["sha256:a"]), ids(&[]), 0),
+            (ids(&[]), ids(&["sha256:layer"]), 0),
+        ] {
+            assert_eq!(
+                images_deleted(&dangling, &deleted),
+                want,
+                "{dangling:?} {deleted:?}"
+            );
+        }
+    }
 
     fn c(name: &str, service: Option<&str>, state: &str, age: i64) -> Candidate {
         Candidate {

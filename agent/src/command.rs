@@ -1,9 +1,16 @@
-//! Whether the agent carries out a command, how long it may take, and when
-//! a restarted service is back: pure, table-tested. The caller
-//! asks the outbox whether the command id is new ([`Outbox::remember_command`],
-//! durable across restarts) only for commands addressed to this node.
+//! Whether the agent carries out a command, when, how long it may take, and
+//! when a restarted service is back: pure, table-tested. The caller asks
+//! the outbox whether the command id is new ([`Outbox::take_command`],
+//! durable across restarts, which also queues it) only for commands
+//! addressed to this node.
 //!
-//! [`Outbox::remember_command`]: crate::outbox::Outbox::remember_command
+//! A command judged [`Verdict::Run`] waits in the queue until Docker is
+//! there ([`next_step`]): one that arrives from the broker's saved session
+//! a few milliseconds after the agent started, before its Docker
+//! connection is up, runs once Docker answers, not never. Only its
+//! deadline ends the wait.
+//!
+//! [`Outbox::take_command`]: crate::outbox::Outbox::take_command
 
 use std::time::Duration;
 
@@ -57,6 +64,45 @@ pub fn judge(
     }
 }
 
+/// What a queued command does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Docker is there: carry it out now.
+    Run,
+    /// Wait for Docker, at most this long (until the deadline).
+    Wait(Duration),
+    /// The deadline passed while it waited: refused as expired.
+    Expired,
+}
+
+/// The next step of a queued command at `now`.
+pub fn next_step(deadline: Timestamp, now: Timestamp, docker_up: bool) -> Step {
+    match (deadline - now).to_std() {
+        Err(_) => Step::Expired,
+        Ok(_) if docker_up => Step::Run,
+        Ok(left) if left.is_zero() => Step::Expired,
+        Ok(left) => Step::Wait(left),
+    }
+}
+
+/// What becomes of a command found in the queue when the agent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// It never started: it goes on waiting (within its deadline).
+    Carry,
+    /// It was being carried out when the agent stopped: it may have partly
+    /// run, and is never run twice, so it is reported failed
+    /// (`data.reason = "interrupted"`) for the operator to decide.
+    Interrupted,
+}
+
+pub fn resume(state: crate::outbox::QueuedState) -> Resume {
+    match state {
+        crate::outbox::QueuedState::Waiting => Resume::Carry,
+        crate::outbox::QueuedState::Running => Resume::Interrupted,
+    }
+}
+
 /// How long a command may take: until its deadline, at most `cap`, at
 /// least a second (a command judged `Run` is still before its deadline).
 pub fn budget(deadline: Timestamp, now: Timestamp, cap: Duration) -> Duration {
@@ -97,6 +143,32 @@ pub fn readiness(service: &Name, containers: &[Container]) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_of_a_queued_command() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let secs = Duration::from_secs;
+        for (deadline, now, docker_up, want) in [
+            (t(300), t(0), true, Step::Run),
+            // Docker not there yet: wait, but only until the deadline.
+            (t(300), t(0), false, Step::Wait(secs(300))),
+            (t(300), t(299), false, Step::Wait(secs(1))),
+            (t(300), t(300), false, Step::Expired),
+            (t(300), t(301), false, Step::Expired),
+            // Past its deadline, Docker or not.
+            (t(300), t(301), true, Step::Expired),
+            (t(300), t(300), true, Step::Run),
+        ] {
+            assert_eq!(
+                next_step(deadline, now, docker_up),
+                want,
+                "{deadline} at {now}, docker {docker_up}"
+            );
+        }
+        use crate::outbox::QueuedState;
+        assert_eq!(resume(QueuedState::Waiting), Resume::Carry);
+        assert_eq!(resume(QueuedState::Running), Resume::Interrupted);
+    }
 
     #[test]
     fn budgets() {

@@ -103,6 +103,62 @@ impl Tracker {
     }
 }
 
+/// The mounts watched: the root, the command line's, the node config's
+/// and Docker's data root, each once, in order.
+pub fn watched(cli: &[PathBuf], config: &[String], data_root: Option<&Path>) -> Vec<PathBuf> {
+    let mut mounts = vec![PathBuf::from("/")];
+    mounts.extend(cli.iter().cloned());
+    mounts.extend(config.iter().map(PathBuf::from));
+    mounts.extend(data_root.map(Path::to_path_buf));
+    mounts.sort();
+    mounts.dedup();
+    mounts
+}
+
+/// The thresholds in force: the repo's (node config) win over the
+/// command line's, each line on its own; a pair that does not make sense
+/// together leaves the command line's.
+pub fn thresholds(cli: Thresholds, high_pct: Option<f64>, low_pct: Option<f64>) -> Thresholds {
+    Thresholds::new(
+        high_pct.unwrap_or(cli.high_pct),
+        low_pct.unwrap_or(cli.low_pct),
+    )
+    .unwrap_or(cli)
+}
+
+/// What a `disk_pressure` event says about a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub warning: bool,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+pub fn alert(change: &Change, thresholds: &Thresholds) -> Alert {
+    let high = change.level == "high";
+    let line = if high {
+        thresholds.high_pct
+    } else {
+        thresholds.low_pct
+    };
+    Alert {
+        warning: high,
+        message: format!(
+            "{} is {:.1}% full ({} MB free; {} {line}%)",
+            change.mount.display(),
+            change.used_pct,
+            change.free_bytes / 1_000_000,
+            if high { "at or above" } else { "back to" },
+        ),
+        data: serde_json::json!({
+            "level": change.level,
+            "mount": change.mount.display().to_string(),
+            "used_pct": change.used_pct,
+            "free_bytes": change.free_bytes,
+        }),
+    }
+}
+
 /// Usage of the filesystem holding `path`, and the bytes used on it.
 pub fn usage(path: &Path) -> std::io::Result<(Usage, u64)> {
     use std::os::unix::ffi::OsStrExt;
@@ -129,6 +185,61 @@ pub fn usage(path: &Path) -> std::io::Result<(Usage, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_watched() {
+        let check = |cli: &[&str], config: &[&str], data: Option<&str>, want: &[&str]| {
+            let cli: Vec<PathBuf> = cli.iter().map(PathBuf::from).collect();
+            let config: Vec<String> = config.iter().map(|s| s.to_string()).collect();
+            let got = watched(&cli, &config, data.map(Path::new));
+            let want: Vec<PathBuf> = want.iter().map(PathBuf::from).collect();
+            assert_eq!(got, want, "{cli:?} {config:?} {data:?}");
+        };
+        check(&[], &[], None, &["/"]);
+        check(
+            &["/srv"],
+            &["/data", "/srv"],
+            Some("/var/lib/docker"),
+            &["/", "/data", "/srv", "/var/lib/docker"],
+        );
+        check(&["/"], &[], Some("/"), &["/"]);
+    }
+
+    #[test]
+    fn the_repos_thresholds_win() {
+        let cli = Thresholds::default();
+        let check = |high, low, want: (f64, f64)| {
+            let t = thresholds(cli, high, low);
+            assert_eq!((t.high_pct, t.low_pct), want, "{high:?} {low:?}");
+        };
+        check(None, None, (90.0, 80.0));
+        check(Some(95.0), None, (95.0, 80.0));
+        check(Some(70.0), Some(60.0), (70.0, 60.0));
+        // Low above high together: the command line's stay.
+        check(Some(70.0), None, (90.0, 80.0));
+    }
+
+    #[test]
+    fn alerts() {
+        let t = Thresholds::default();
+        let change = |level| Change {
+            mount: PathBuf::from("/srv"),
+            level,
+            used_pct: 93.4,
+            free_bytes: 12_500_000,
+        };
+        let high = alert(&change("high"), &t);
+        assert!(high.warning);
+        assert_eq!(
+            high.message,
+            "/srv is 93.4% full (12 MB free; at or above 90%)"
+        );
+        assert_eq!(high.data["level"], "high");
+        assert_eq!(high.data["mount"], "/srv");
+        let low = alert(&change("low"), &t);
+        assert!(!low.warning);
+        assert_eq!(low.message, "/srv is 93.4% full (12 MB free; back to 80%)");
+    }
 
     #[test]
     fn thresholds_are_checked() {

@@ -4,14 +4,20 @@
 //! label, else its container name. Containers in state `created` never ran
 //! and are ignored; containers whose name is not a valid [`Name`] are
 //! skipped with a warning.
+//!
+//! Whose a container is ([`is_ours`]): with `--docker-label`, only the
+//! containers carrying it (Docker's own filter). Without, every container
+//! of the engine except those labelled `homelab.node=<another node>`:
+//! several nodes may share one engine, and no agent reports, restarts or
+//! cleans up another node's containers, whatever its flags.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, ListContainersOptions, PruneBuildOptions,
-    PruneImagesOptions, RemoveContainerOptions, RestartContainerOptions,
+    EventsOptions, InspectContainerOptions, ListContainersOptions, ListImagesOptions,
+    PruneBuildOptions, PruneImagesOptions, RemoveContainerOptions, RestartContainerOptions,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -24,6 +30,19 @@ use tracing::{info, warn};
 use crate::cleanup;
 
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
+/// The label that says which node a container belongs to.
+pub const NODE_LABEL: &str = "homelab.node";
+
+/// Whether a container with `labels` is `node`'s. `scoped`: the engine
+/// already returned only the containers with the agent's `--docker-label`;
+/// they are ours even if their `homelab.node` names another node (the
+/// operator chose the label).
+pub fn is_ours(labels: Option<&HashMap<String, String>>, node: &Name, scoped: bool) -> bool {
+    scoped
+        || labels
+            .and_then(|l| l.get(NODE_LABEL))
+            .is_none_or(|owner| owner.eq_ignore_ascii_case(node.as_str()))
+}
 
 pub trait ContainerRuntime: Send + Sync {
     /// All containers that have run, with their service names.
@@ -52,6 +71,8 @@ pub trait ContainerRuntime: Send + Sync {
 
 pub struct BollardRuntime {
     docker: Docker,
+    /// This node: containers labelled for another are not ours.
+    node: Name,
     /// Only containers with this label (`key` or `key=value`) are this
     /// node's: several nodes on one engine.
     label: Option<String>,
@@ -65,8 +86,12 @@ impl BollardRuntime {
     /// `DOCKER_HOST` or the local Unix socket, and negotiates the API
     /// version, which bollard does not do by itself.
     /// With `label`, only containers carrying it are seen, restarted or
-    /// cleaned up.
-    pub async fn connect(host: Option<&str>, label: Option<&str>) -> Result<Arc<BollardRuntime>> {
+    /// cleaned up; without, all but those labelled for another node.
+    pub async fn connect(
+        host: Option<&str>,
+        label: Option<&str>,
+        node: &Name,
+    ) -> Result<Arc<BollardRuntime>> {
         let docker = match host {
             Some(host) => Docker::connect_with_host(host),
             None => Docker::connect_with_defaults(),
@@ -79,6 +104,7 @@ impl BollardRuntime {
         docker.ping().await.context("ping docker")?;
         Ok(Arc::new(BollardRuntime {
             docker,
+            node: node.clone(),
             label: label.map(str::to_string),
             restarts: Default::default(),
         }))
@@ -86,8 +112,8 @@ impl BollardRuntime {
 }
 
 impl BollardRuntime {
-    /// Every container, stopped ones included; with `size`, their
-    /// writable layers' sizes too (slower).
+    /// Every container of this node ([`is_ours`]), stopped ones included;
+    /// with `size`, their writable layers' sizes too (slower).
     async fn summaries(&self, size: bool) -> Result<Vec<bollard::models::ContainerSummary>> {
         let options = ListContainersOptions {
             all: true,
@@ -95,10 +121,13 @@ impl BollardRuntime {
             filters: self.label_filter(),
             ..Default::default()
         };
-        self.docker
+        let mut all = self
+            .docker
             .list_containers(Some(options))
             .await
-            .context("list containers")
+            .context("list containers")?;
+        all.retain(|c| is_ours(c.labels.as_ref(), &self.node, self.label.is_some()));
+        Ok(all)
     }
 
     fn label_filter(&self) -> Option<HashMap<String, Vec<String>>> {
@@ -186,10 +215,34 @@ impl ContainerRuntime for BollardRuntime {
                         .push(format!("remove container {}: {error}", container.name)),
                 }
             }
-            // Only dangling images (the API's default for a prune).
+            // Only dangling images (the API's default for a prune). Which
+            // ones are dangling now, to count images and not their layers.
+            let dangling: Vec<String> = match self
+                .docker
+                .list_images(Some(ListImagesOptions {
+                    filters: Some(HashMap::from([(
+                        "dangling".to_string(),
+                        vec!["true".to_string()],
+                    )])),
+                    ..Default::default()
+                }))
+                .await
+            {
+                Ok(images) => images.into_iter().map(|i| i.id).collect(),
+                Err(error) => {
+                    report.errors.push(format!("list dangling images: {error}"));
+                    Vec::new()
+                }
+            };
             match self.docker.prune_images(None::<PruneImagesOptions>).await {
                 Ok(pruned) => {
-                    report.images_deleted = pruned.images_deleted.map_or(0, |d| d.len() as u64);
+                    let deleted: Vec<String> = pruned
+                        .images_deleted
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|d| d.deleted)
+                        .collect();
+                    report.images_deleted = cleanup::images_deleted(&dangling, &deleted);
                     report.image_bytes = pruned
                         .space_reclaimed
                         .and_then(|n| u64::try_from(n).ok())
@@ -348,6 +401,33 @@ mod tests {
         for bad in ["", "=piha", "a b=c", "k=v\n"] {
             assert!(check_label(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn containers_labelled_for_another_node_are_left_alone() {
+        let piha = Name::parse("piha").unwrap();
+        let labels = |owner: Option<&str>| -> HashMap<String, String> {
+            owner
+                .map(|o| HashMap::from([(NODE_LABEL.to_string(), o.to_string())]))
+                .unwrap_or_default()
+        };
+        for (owner, scoped, ours) in [
+            (None, false, true),
+            (Some("piha"), false, true),
+            (Some("PIHA"), false, true),
+            (Some("pihb"), false, false),
+            (Some(""), false, false),
+            // The operator's --docker-label chose them.
+            (Some("pihb"), true, true),
+        ] {
+            let labels = labels(owner);
+            assert_eq!(
+                is_ours(Some(&labels), &piha, scoped),
+                ours,
+                "{owner:?} scoped {scoped}"
+            );
+        }
+        assert!(is_ours(None, &piha, false), "no labels at all");
     }
 
     #[test]

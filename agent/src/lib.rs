@@ -25,7 +25,7 @@ pub mod vitals;
 pub mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -113,7 +113,8 @@ impl Config {
 struct Agent {
     config: Config,
     outbox: Outbox,
-    runtime: RwLock<Option<Arc<dyn ContainerRuntime>>>,
+    /// Docker while it is connected; commands wait on it.
+    runtime: tokio::sync::watch::Sender<Option<Arc<dyn ContainerRuntime>>>,
     /// What the control plane gave this node from the repo (health
     /// checks, brokers, disk policy); the last one is kept on disk.
     node_config: tokio::sync::watch::Sender<Arc<NodeConfig>>,
@@ -214,7 +215,29 @@ impl Agent {
         message: &str,
         data: Value,
     ) {
-        let event = Event {
+        let event = self.event(kind, service, severity, message, data);
+        // The commit fsyncs: keep it off the async scheduler (see `blocking`).
+        match blocking(|| self.outbox.push(event)) {
+            Ok(event) => debug!(kind, seq = event.seq, "event queued"),
+            Err(error) => warn!(%error, kind, "event could not be recorded in the outbox"),
+        }
+    }
+
+    fn runtime(&self) -> Option<Arc<dyn ContainerRuntime>> {
+        self.runtime.borrow().clone()
+    }
+
+    /// An event of this node as the agent says it (its `seq` comes from
+    /// the outbox).
+    fn event(
+        &self,
+        kind: &str,
+        service: Option<&Name>,
+        severity: Severity,
+        message: &str,
+        data: Value,
+    ) -> Event {
+        Event {
             v: 1,
             id: homelab_core::event::new_id(),
             ts: Utc::now(),
@@ -226,16 +249,7 @@ impl Agent {
             severity,
             message: message.into(),
             data,
-        };
-        // The commit fsyncs: keep it off the async scheduler (see `blocking`).
-        match blocking(|| self.outbox.push(event)) {
-            Ok(event) => debug!(kind, seq = event.seq, "event queued"),
-            Err(error) => warn!(%error, kind, "event could not be recorded in the outbox"),
         }
-    }
-
-    fn runtime(&self) -> Option<Arc<dyn ContainerRuntime>> {
-        self.runtime.read().expect("runtime lock").clone()
     }
 }
 
@@ -251,7 +265,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let agent = Arc::new(Agent {
         config: config.clone(),
         outbox,
-        runtime: RwLock::new(None),
+        runtime: tokio::sync::watch::Sender::new(None),
         node_config: tokio::sync::watch::Sender::new(Arc::new(stored)),
         disks: Default::default(),
         keys: match &config.identity {
@@ -283,11 +297,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         topics.acks(&node),
         topics.node_config(&node),
     ];
+    // A command is acknowledged to the broker only once it is in the
+    // outbox's queue: until then the broker keeps it for this session.
+    mqtt_config.acked_by_caller = vec![topics.commands(&node)];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     info!(%node, broker = %config.broker, "agent started");
 
     let connected = Arc::new(AtomicBool::new(false));
     let tasks = tokio_util::task::TaskTracker::new();
+    // Commands taken before a stop: carried on, or reported interrupted.
+    match agent.outbox.queued_commands() {
+        Ok(queued) => {
+            for queued in queued {
+                tasks.spawn(resume_command(agent.clone(), queued));
+            }
+        }
+        Err(error) => warn!(error = format!("{error:#}"), "queued commands unreadable"),
+    }
     tasks.spawn(publish_loop(
         agent.clone(),
         mqtt.clone(),
@@ -358,7 +384,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 apply_node_config(&agent, &message.payload);
             }
             Some(Incoming::Message(message)) if message.topic == topics.commands(&node) => {
-                tasks.spawn(handle_command(agent.clone(), message.payload.to_vec()));
+                tasks.spawn(handle_command(
+                    agent.clone(),
+                    mqtt.clone(),
+                    message.payload.to_vec(),
+                    message.ack,
+                ));
             }
             Some(Incoming::Message(message)) => {
                 debug!(topic = %message.topic, "unexpected message")
@@ -377,6 +408,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let _ = mqtt.publish(&status_topic, "offline", true).await;
     }
     mqtt.close().await;
+    // Acks commit without an fsync; a clean stop makes them durable, so
+    // that nothing the observer has is sent again after the next start.
+    if let Err(error) = blocking(|| agent.outbox.sync()) {
+        warn!(
+            error = format!("{error:#}"),
+            "outbox not synced on the way out"
+        );
+    }
     info!(%node, unacked = agent.outbox.unacked(), "agent stopped");
     Ok(())
 }
@@ -524,6 +563,7 @@ async fn docker_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             None => BollardRuntime::connect(
                 agent.config.docker_host.as_deref(),
                 agent.config.docker_label.as_deref(),
+                &agent.config.node,
             )
             .await
             .map(|r| r as Arc<dyn ContainerRuntime>),
@@ -541,9 +581,9 @@ async fn docker_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
                 }
                 reachable = Some(true);
                 delays = docker_backoff();
-                *agent.runtime.write().expect("runtime lock") = Some(runtime.clone());
+                agent.runtime.send_replace(Some(runtime.clone()));
                 let result = watch(&agent, runtime, &mut state, &shutdown).await;
-                *agent.runtime.write().expect("runtime lock") = None;
+                agent.runtime.send_replace(None);
                 result
             }
             Err(error) => Err(error),
@@ -659,17 +699,24 @@ async fn full_sync(
     Ok(())
 }
 
-/// Samples the watched filesystems every `disk_interval` and reports each
-/// crossing of a threshold as `disk_pressure` (`disk::Tracker`).
+/// Samples the watched filesystems every `disk_interval`, and at once when
+/// a new node config arrives (it may name mounts and thresholds), and
+/// reports each crossing of a threshold as `disk_pressure`
+/// (`disk::Tracker`).
 async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
     let mut tracker = disk::Tracker::default();
     let mut data_root: Option<std::path::PathBuf> = None;
     let mut tick = tokio::time::interval(agent.config.disk_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut configs = agent.node_config.subscribe();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            changed = configs.changed() => {
+                if changed.is_err() { return }
+                debug!("node config changed: disks judged again");
+            }
         }
         if data_root.is_none() {
             if let Some(runtime) = agent.runtime() {
@@ -679,25 +726,17 @@ async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
                 }
             }
         }
-        let node_config = agent.node_config.borrow().clone();
-        let mut mounts = vec![std::path::PathBuf::from("/")];
-        mounts.extend(agent.config.disk_mounts.iter().cloned());
-        mounts.extend(node_config.disk.mounts.iter().map(std::path::PathBuf::from));
-        // The repo's thresholds win over the command line's.
-        let thresholds = disk::Thresholds::new(
-            node_config
-                .disk
-                .high_pct
-                .unwrap_or(agent.config.disk_thresholds.high_pct),
-            node_config
-                .disk
-                .low_pct
-                .unwrap_or(agent.config.disk_thresholds.low_pct),
-        )
-        .unwrap_or(agent.config.disk_thresholds);
-        mounts.extend(data_root.clone());
-        mounts.sort();
-        mounts.dedup();
+        let node_config = configs.borrow_and_update().clone();
+        let thresholds = disk::thresholds(
+            agent.config.disk_thresholds,
+            node_config.disk.high_pct,
+            node_config.disk.low_pct,
+        );
+        let mounts = disk::watched(
+            &agent.config.disk_mounts,
+            &node_config.disk.mounts,
+            data_root.as_deref(),
+        );
         for mount in mounts {
             // statvfs can hang on a dead network filesystem: off the
             // runtime, and bounded.
@@ -731,34 +770,18 @@ async fn disk_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             else {
                 continue;
             };
-            let (severity, line) = if change.level == "high" {
-                (Severity::Warning, thresholds.high_pct)
-            } else {
-                (Severity::Info, thresholds.low_pct)
-            };
-            let message = format!(
-                "{} is {:.1}% full ({} MB free; {} {line}%)",
-                change.mount.display(),
-                change.used_pct,
-                change.free_bytes / 1_000_000,
-                if change.level == "high" {
-                    "at or above"
-                } else {
-                    "back to"
-                },
-            );
+            let alert = disk::alert(&change, &thresholds);
             info!(mount = %change.mount.display(), level = change.level, used_pct = change.used_pct, "disk pressure");
+            let severity = match alert.warning {
+                true => Severity::Warning,
+                false => Severity::Info,
+            };
             agent.emit(
                 kinds::DISK_PRESSURE,
                 None,
                 severity,
-                &message,
-                json!({
-                    "level": change.level,
-                    "mount": change.mount.display().to_string(),
-                    "used_pct": change.used_pct,
-                    "free_bytes": change.free_bytes,
-                }),
+                &alert.message,
+                alert.data,
             );
         }
     }
@@ -992,32 +1015,49 @@ async fn watch_broker(agent: Arc<Agent>, broker: homelab_core::nodeconfig::Broke
     .await;
 }
 
-async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
-    let Some(payload) = agent.command_from_control(&payload) else {
-        return;
-    };
+/// A command from the bus: checked, taken by id and queued durably, then
+/// acknowledged to the broker (in every case: a refused command is not
+/// delivered again), then carried out once Docker is there.
+async fn handle_command(
+    agent: Arc<Agent>,
+    mqtt: Mqtt,
+    payload: Vec<u8>,
+    ack: Option<homelab_mqtt::AckToken>,
+) {
+    let taken = take_command(&agent, &payload).await;
+    if let Some(ack) = ack {
+        if let Err(error) = mqtt.ack(ack).await {
+            debug!(%error, "command puback not queued");
+        }
+    }
+    if let Some(command) = taken {
+        carry_out_queued(&agent, command).await;
+    }
+}
+
+/// Checks a command and takes it: `Some` when it is to be carried out
+/// (it is then in the outbox's queue).
+async fn take_command(agent: &Agent, payload: &[u8]) -> Option<Command> {
+    let payload = agent.command_from_control(payload)?;
     let command = match Command::from_payload(&payload) {
         Ok(command) => command,
         Err(error) => {
             warn!(%error, "command rejected");
             metrics::counter!("homelab_agent_commands_rejected_total", "reason" => "malformed")
                 .increment(1);
-            return;
+            return None;
         }
     };
     let now = Utc::now();
-    // Remembered durably before anything runs: at most once per id, also
-    // across restarts. A failure to remember runs nothing.
+    // Taken durably (and queued) before anything runs: at most once per
+    // id, also across restarts. A failure to take it runs nothing, and
+    // the broker sends it again after a reconnect.
     let first_time = command.node == agent.config.node
-        && match blocking(|| {
-            agent
-                .outbox
-                .remember_command(&command.id, command.deadline, now)
-        }) {
+        && match blocking(|| agent.outbox.take_command(&command, now)) {
             Ok(first_time) => first_time,
             Err(error) => {
                 warn!(id = %command.id, error = format!("{error:#}"), "command not recorded; not carried out");
-                return;
+                return None;
             }
         };
     let verdict = command::judge(
@@ -1030,42 +1070,115 @@ async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
     if let Some(reason) = verdict.reason() {
         metrics::counter!("homelab_agent_commands_rejected_total", "reason" => reason).increment(1);
     }
-    let data = json!({"action_id": command.action_id, "command_id": command.id});
-    let service = command.op.service().cloned();
     match verdict {
-        command::Verdict::Run => {}
+        command::Verdict::Run => Some(command),
         command::Verdict::OtherNode => {
             warn!(node = %command.node, "command for another node rejected");
-            return;
+            None
         }
         command::Verdict::Duplicate => {
             info!(id = %command.id, "command already handled; not carried out again");
-            return;
+            None
         }
         command::Verdict::Expired => {
             warn!(id = %command.id, deadline = %command.deadline, "command past its deadline refused");
-            let mut data = data;
+            let mut data = command_data(&command);
             data["reason"] = json!("expired");
             agent.emit(
                 kinds::REMEDIATION_FAILED,
-                service.as_ref(),
+                command.op.service(),
                 Severity::Warning,
                 "command refused: expired (past its deadline)",
                 data,
             );
-            return;
+            None
         }
     }
+}
+
+fn command_data(command: &Command) -> Value {
+    json!({"action_id": command.action_id, "command_id": command.id})
+}
+
+/// A command found in the queue at start.
+async fn resume_command(agent: Arc<Agent>, queued: outbox::Queued) {
+    let command = queued.command;
+    match command::resume(queued.state) {
+        command::Resume::Carry => {
+            info!(id = %command.id, action = %command.action_id, "command taken before the restart carried on");
+            carry_out_queued(&agent, command).await;
+        }
+        command::Resume::Interrupted => {
+            warn!(id = %command.id, action = %command.action_id, "command was being carried out when the agent stopped; reported interrupted, not run again");
+            let mut data = command_data(&command);
+            data["reason"] = json!("interrupted");
+            let outcome = agent.event(
+                kinds::REMEDIATION_FAILED,
+                command.op.service(),
+                Severity::Error,
+                "interrupted: the agent stopped while carrying this out (it may have partly run; it is not run again)",
+                data,
+            );
+            finish(&agent, &command, outcome);
+        }
+    }
+}
+
+/// Stores a queued command's outcome and takes it off the queue.
+fn finish(agent: &Agent, command: &Command, outcome: Event) {
+    if let Err(error) = blocking(|| agent.outbox.finish_command(&command.id, outcome)) {
+        warn!(id = %command.id, error = format!("{error:#}"), "command outcome not recorded");
+    }
+}
+
+/// Waits (within the deadline) until Docker is there, then carries the
+/// queued command out once and stores its outcome.
+async fn carry_out_queued(agent: &Agent, command: Command) {
+    let service = command.op.service().cloned();
+    let mut docker = agent.runtime.subscribe();
+    let mut said_waiting = false;
+    loop {
+        let up = docker.borrow_and_update().is_some();
+        match command::next_step(command.deadline, Utc::now(), up) {
+            command::Step::Run => break,
+            command::Step::Wait(left) => {
+                if !said_waiting {
+                    info!(id = %command.id, action = %command.action_id, "command waits for the docker engine (until its deadline)");
+                    said_waiting = true;
+                }
+                let _ = tokio::time::timeout(left, docker.changed()).await;
+            }
+            command::Step::Expired => {
+                warn!(id = %command.id, "docker engine unreachable until the command's deadline; refused");
+                let mut data = command_data(&command);
+                data["reason"] = json!("expired");
+                let outcome = agent.event(
+                    kinds::REMEDIATION_FAILED,
+                    service.as_ref(),
+                    Severity::Warning,
+                    "command refused: expired while the docker engine was unreachable",
+                    data,
+                );
+                finish(agent, &command, outcome);
+                return;
+            }
+        }
+    }
+    let now = Utc::now();
     info!(id = %command.id, action = %command.action_id, op = command.op.kind().as_str(), "carrying out command");
-    agent.emit(
+    let started = agent.event(
         kinds::REMEDIATION_STARTED,
         service.as_ref(),
         Severity::Info,
         command.op.kind().as_str(),
-        data.clone(),
+        command_data(&command),
     );
-    let (ok, message, extra) = carry_out(&agent, &command, now).await;
-    let mut data = data;
+    if let Err(error) = blocking(|| agent.outbox.start_command(&command.id, started)) {
+        warn!(id = %command.id, error = format!("{error:#}"), "command start not recorded; not carried out");
+        return;
+    }
+    let (ok, message, extra) = carry_out(agent, &command, now).await;
+    let mut data = command_data(&command);
     if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
         data.extend(extra);
     }
@@ -1074,7 +1187,8 @@ async fn handle_command(agent: Arc<Agent>, payload: Vec<u8>) {
         true => (kinds::REMEDIATION_COMPLETED, Severity::Info),
         false => (kinds::REMEDIATION_FAILED, Severity::Error),
     };
-    agent.emit(kind, service.as_ref(), severity, &message, data);
+    let outcome = agent.event(kind, service.as_ref(), severity, &message, data);
+    finish(agent, &command, outcome);
 }
 
 /// How long a restarted service has to be running (and healthy) again.

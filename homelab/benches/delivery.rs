@@ -1248,8 +1248,7 @@ async fn event_to_action(samples_n: usize) {
         agent_node: None,
         ui_token: Some("bench".into()),
         default_grace: Duration::ZERO,
-        sync_interval: Duration::from_secs(30),
-        check_interval: Duration::from_secs(30),
+        agent: Default::default(),
         retention: Default::default(),
         home_assistant: None,
     };

@@ -49,11 +49,19 @@ pub struct AgentArgs {
     /// This node's name (default: the hostname).
     #[arg(long)]
     pub node: Option<String>,
+    #[command(flatten)]
+    pub local: LocalAgentArgs,
+}
+
+/// What an agent does on its host, also for `homelab up`'s local agent.
+#[derive(Args, Clone)]
+pub struct LocalAgentArgs {
     /// The Docker engine, e.g. unix:///var/run/docker.sock (default: DOCKER_HOST or the local socket).
     #[arg(long)]
     pub docker_host: Option<String>,
     /// Only containers with this label (KEY or KEY=VALUE) are this node's:
-    /// for several nodes on one Docker engine.
+    /// for several nodes on one Docker engine. Without it, containers
+    /// labelled `homelab.node=<another node>` are left alone all the same.
     #[arg(long, value_name = "KEY[=VALUE]")]
     pub docker_label: Option<String>,
     /// Bound of the durable outbox; past it the oldest events go (and an events_dropped event says so).
@@ -93,9 +101,85 @@ pub struct AgentArgs {
     pub ha_unavailable_after: Duration,
 }
 
+/// An agent's settings on its host, checked: what [`LocalAgentArgs`] says,
+/// applied to an agent's config by [`AgentSettings::apply`].
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub docker_host: Option<String>,
+    pub docker_label: Option<String>,
+    pub outbox_max_bytes: u64,
+    pub resend_after: Duration,
+    pub disk_mounts: Vec<std::path::PathBuf>,
+    pub disk_thresholds: homelab_agent::disk::Thresholds,
+    pub disk_interval: Duration,
+    pub broker_interval: Duration,
+    pub sync_interval: Duration,
+    pub home_assistant: Option<homelab_agent::hawatch::HaConfig>,
+}
+
+impl Default for AgentSettings {
+    /// The command line's defaults.
+    fn default() -> Self {
+        let defaults = homelab_agent::Config::new(
+            Name::parse("default").expect("a good name"),
+            "",
+            Layout::new(homelab_core::layout::DEFAULT_ROOT),
+        );
+        AgentSettings {
+            docker_host: None,
+            docker_label: None,
+            outbox_max_bytes: defaults.outbox_max_bytes,
+            resend_after: defaults.resend_after,
+            disk_mounts: Vec::new(),
+            disk_thresholds: defaults.disk_thresholds,
+            disk_interval: defaults.disk_interval,
+            broker_interval: defaults.broker_interval,
+            sync_interval: defaults.sync_interval,
+            home_assistant: None,
+        }
+    }
+}
+
+impl LocalAgentArgs {
+    /// Checks the flags; `layout` is where the Home Assistant token may be.
+    pub fn settings(&self, layout: &Layout) -> Result<AgentSettings> {
+        if let Some(label) = &self.docker_label {
+            homelab_agent::docker::check_label(label)?;
+        }
+        Ok(AgentSettings {
+            docker_host: self.docker_host.clone(),
+            docker_label: self.docker_label.clone(),
+            outbox_max_bytes: self.outbox_max_bytes,
+            resend_after: self.resend_after.max(Duration::from_secs(1)),
+            disk_mounts: self.disk_mounts.clone(),
+            disk_thresholds: homelab_agent::disk::Thresholds::new(self.disk_high, self.disk_low)
+                .map_err(|e| anyhow::anyhow!(e))?,
+            disk_interval: self.disk_interval.max(Duration::from_secs(1)),
+            broker_interval: self.broker_interval.max(Duration::from_secs(1)),
+            sync_interval: AgentSettings::default().sync_interval,
+            home_assistant: ha_config(self, layout)?,
+        })
+    }
+}
+
+impl AgentSettings {
+    pub fn apply(&self, config: &mut homelab_agent::Config) {
+        config.docker_host = self.docker_host.clone();
+        config.docker_label = self.docker_label.clone();
+        config.outbox_max_bytes = self.outbox_max_bytes;
+        config.resend_after = self.resend_after;
+        config.disk_mounts = self.disk_mounts.clone();
+        config.disk_thresholds = self.disk_thresholds;
+        config.disk_interval = self.disk_interval;
+        config.broker_interval = self.broker_interval;
+        config.sync_interval = self.sync_interval;
+        config.home_assistant = self.home_assistant.clone();
+    }
+}
+
 /// The Home Assistant watcher's configuration, with its token.
 fn ha_config(
-    args: &AgentArgs,
+    args: &LocalAgentArgs,
     layout: &Layout,
 ) -> Result<Option<homelab_agent::hawatch::HaConfig>> {
     let Some(url) = &args.ha_url else {
@@ -166,7 +250,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let layout = Layout::new(root);
-    let home_assistant = ha_config(&args, &layout)?;
+    let settings = args.local.settings(&layout)?;
     let node = node_name(args.node)?;
     let identity = homelab_agent::secrets::load(&layout, &node, args.enroll.as_deref())?;
     let endpoint = homelab_mqtt::Endpoint::new(&args.broker);
@@ -184,21 +268,9 @@ pub async fn run(
         );
     }
     let mut config = homelab_agent::Config::new(node, &args.broker, layout);
-    config.home_assistant = home_assistant;
+    settings.apply(&mut config);
     config.identity = identity;
     config.topics = Topics::new(prefix);
-    config.docker_host = args.docker_host;
-    if let Some(label) = &args.docker_label {
-        homelab_agent::docker::check_label(label)?;
-    }
-    config.docker_label = args.docker_label;
-    config.outbox_max_bytes = args.outbox_max_bytes;
-    config.resend_after = args.resend_after.max(Duration::from_secs(1));
-    config.disk_thresholds = homelab_agent::disk::Thresholds::new(args.disk_high, args.disk_low)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    config.disk_mounts = args.disk_mounts;
-    config.disk_interval = args.disk_interval.max(Duration::from_secs(1));
-    config.broker_interval = args.broker_interval.max(Duration::from_secs(1));
     homelab_agent::run(config, shutdown).await
 }
 

@@ -32,12 +32,10 @@ pub struct UpConfig {
     pub topics: Topics,
     /// The local agent's node name; `None` runs no local agent.
     pub agent_node: Option<Name>,
+    /// What the local agent does (the same flags as `homelab agent`).
+    pub agent: agent_cli::AgentSettings,
     pub ui_token: Option<String>,
     pub default_grace: Duration,
-    /// How often the agent lists all containers without Docker events.
-    pub sync_interval: Duration,
-    /// How often the local agent samples disks and probes brokers.
-    pub check_interval: Duration,
     /// When old days of the event log are compressed and removed.
     pub retention: homelab_observer::retention::Policy,
     /// Home Assistant MQTT discovery; `None`: off.
@@ -164,11 +162,9 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
     }
     if let Some(node) = config.agent_node.clone() {
         let mut cfg = homelab_agent::Config::new(node, &broker.url, layout.clone());
+        config.agent.apply(&mut cfg);
         cfg.identity = local_identity;
         cfg.topics = config.topics.clone();
-        cfg.sync_interval = config.sync_interval;
-        cfg.disk_interval = config.check_interval;
-        cfg.broker_interval = config.check_interval;
         let token = child();
         tasks.spawn(async move { ("agent", homelab_agent::run(cfg, token).await) });
     }
@@ -254,10 +250,13 @@ fn local_agent_identity(
 
 /// Logs to stderr, filtered by RUST_LOG. rumqttd logs every ordinary client
 /// disconnect as an ERROR, so its logs are off unless asked for
-/// (RUST_LOG=info,rumqttd=warn).
+/// (RUST_LOG=info,rumqttd=warn). Colours only on a terminal: journald,
+/// `docker logs` and log files would show the escape codes raw.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),

@@ -164,6 +164,8 @@ enum Commands {
         /// Run no local agent.
         #[arg(long)]
         no_agent: bool,
+        #[command(flatten)]
+        agent: agent_cli::LocalAgentArgs,
         /// Grace period of services that set none (e.g. 30s, 5m).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace_period: Duration,
@@ -286,10 +288,15 @@ enum Commands {
     /// Lists, shows, approves and rejects actions over the ui's HTTP API.
     Actions {
         /// The ui (of `homelab up` or `homelab ui`).
-        #[arg(long, env = "HOMELAB_URL", default_value = "http://127.0.0.1:18180")]
+        #[arg(
+            long,
+            env = "HOMELAB_URL",
+            default_value = "http://127.0.0.1:18180",
+            global = true
+        )]
         url: String,
         /// The operator token (default: `<root>/config/ui/token` when readable).
-        #[arg(long, env = "HOMELAB_UI_TOKEN", hide_env_values = true)]
+        #[arg(long, env = "HOMELAB_UI_TOKEN", hide_env_values = true, global = true)]
         token: Option<String>,
         #[command(subcommand)]
         command: homelab::actions_cli::ActionsCommand,
@@ -503,6 +510,7 @@ async fn run(cli: Cli) -> Result<()> {
             http,
             node,
             no_agent,
+            agent,
             grace_period,
             retention,
             home_assistant,
@@ -520,10 +528,9 @@ async fn run(cli: Cli) -> Result<()> {
                 http,
                 topics,
                 agent_node,
+                agent: agent.settings(&layout)?,
                 ui_token: std::env::var("HOMELAB_UI_TOKEN").ok(),
                 default_grace: grace_period,
-                sync_interval: Duration::from_secs(30),
-                check_interval: Duration::from_secs(30),
                 retention: retention.policy(),
                 home_assistant: home_assistant.config(fleet.is_some())?,
             };

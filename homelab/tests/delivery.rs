@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,38 +15,14 @@ use std::time::{Duration, Instant};
 use homelab_core::{Event, Layout, Name, Severity};
 use serde_json::{json, Value};
 
-/// Ports for the brokers, which run as child processes and so cannot be
-/// handed a bound socket. Taken from a range below the kernel's ephemeral
-/// ports, one process-wide counter, so two labs running at once never pick
-/// the same port (a port from `bind(0)` is free again once released, and a
-/// parallel test could be handed it before our broker binds it).
-fn free_port() -> u16 {
-    use std::sync::atomic::AtomicU16;
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
-    loop {
-        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % 10_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+mod common;
+use common::{free_port, Proc};
 
 /// A node name of its own for each lab.
 fn node_name() -> String {
     use std::sync::atomic::AtomicU16;
     static NEXT: AtomicU16 = AtomicU16::new(1);
     format!("edge{}", NEXT.fetch_add(1, Ordering::SeqCst))
-}
-
-/// A child process, killed (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A TCP proxy between the agent and the broker: the node's uplink.
@@ -93,8 +69,12 @@ impl Proxy {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Broker {
+    /// `homelab broker`, with `homelab observer` beside it.
     Embedded,
     Mosquitto,
+    /// `homelab up --no-agent`: the embedded broker and the whole control
+    /// plane in one process (the observer is part of it).
+    Up,
 }
 
 struct Lab {
@@ -187,6 +167,21 @@ impl Lab {
                 env!("CARGO_BIN_EXE_homelab"),
                 &["broker".into(), "--listen".into(), listen],
             ),
+            Broker::Up => {
+                let args = vec![
+                    "up".into(),
+                    "--no-agent".into(),
+                    "--mqtt".into(),
+                    listen,
+                    "--http".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                    "--root".into(),
+                    self.path("observer-root").display().to_string(),
+                    "--repo".into(),
+                    self.path("repo").display().to_string(),
+                ];
+                self.spawn("broker", env!("CARGO_BIN_EXE_homelab"), &args)
+            }
             // Debian's Mosquitto with its default configuration.
             Broker::Mosquitto => self.spawn(
                 "broker",
@@ -211,6 +206,9 @@ impl Lab {
     }
 
     fn start_observer(&mut self) {
+        if self.kind == Broker::Up {
+            return; // part of `up`
+        }
         let args = vec![
             "observer".into(),
             "--broker".into(),
@@ -592,11 +590,11 @@ impl Lab {
     }
 }
 
-/// A command delivered twice runs once, also when the second copy comes
-/// after the agent was killed and restarted; one past its deadline is
-/// refused as expired. (No Docker here: a command that runs ends in
-/// `remediation_failed` "docker engine unreachable", after its
-/// `remediation_started`.)
+/// A command delivered twice is taken once, also when the second copy
+/// comes after the agent was killed and restarted; one past its deadline
+/// is refused as expired. (No Docker here: a command that is taken waits
+/// for Docker until its deadline, across the restart, and is then
+/// refused as expired without ever starting.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_runs_at_most_once_and_an_expired_one_is_refused() {
     let Some(mut lab) = Lab::start(Broker::Embedded, &[]).await else {
@@ -605,30 +603,41 @@ async fn a_command_runs_at_most_once_and_an_expired_one_is_refused() {
     lab.wait_agent_status(|s| s.contains("agent:           connected"))
         .await;
     let once = homelab_core::event::new_id();
-    lab.send_command(&once, chrono::TimeDelta::minutes(5));
-    lab.send_command(&once, chrono::TimeDelta::minutes(5));
-    lab.wait_command_event(&once, "remediation_failed").await;
+    lab.send_command(&once, chrono::TimeDelta::seconds(8));
+    lab.send_command(&once, chrono::TimeDelta::seconds(8));
+    lab.wait_agent_log("command waits for the docker engine", 1)
+        .await;
     lab.wait_agent_log("command already handled", 1).await;
 
     drop(lab.agent.take()); // SIGKILL
     lab.start_agent();
     lab.wait_agent_status(|s| s.contains("agent:           connected"))
         .await;
-    let seen = std::fs::read_to_string(lab.path("agent.log"))
-        .unwrap()
-        .matches("command already handled")
-        .count();
-    lab.send_command(&once, chrono::TimeDelta::minutes(5));
+    // Taken before the kill: carried on after it, still waiting.
+    lab.wait_agent_log("command taken before the restart carried on", 1)
+        .await;
+    let seen = lab.agent_log().matches("command already handled").count();
+    lab.send_command(&once, chrono::TimeDelta::seconds(8));
     let expired = homelab_core::event::new_id();
     lab.send_command(&expired, chrono::TimeDelta::seconds(-1));
     lab.wait_agent_log("command already handled", seen + 1)
         .await;
     lab.wait_command_event(&expired, "remediation_failed").await;
+    lab.wait_command_event(&once, "remediation_failed").await;
     lab.quiesce().await;
 
     let ran = lab.command_events(&once);
-    assert_eq!(ran["remediation_started"].len(), 1, "{ran:?}");
-    assert_eq!(ran["remediation_failed"].len(), 1, "{ran:?}");
+    assert!(!ran.contains_key("remediation_started"), "{ran:?}");
+    let failed = &ran["remediation_failed"];
+    assert_eq!(failed.len(), 1, "{ran:?}");
+    assert_eq!(failed[0]["data"]["reason"], "expired");
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("docker engine was unreachable"),
+        "{ran:?}"
+    );
     let refused = lab.command_events(&expired);
     assert!(!refused.contains_key("remediation_started"), "{refused:?}");
     let failed = &refused["remediation_failed"];
@@ -720,6 +729,68 @@ async fn a_filling_filesystem_is_reported_high_then_low() {
         low["data"]["free_bytes"].as_u64().unwrap() > 3_000_000,
         "{low}"
     );
+}
+
+/// A mount the repo names for the node (`capabilities.yaml`) that is
+/// already full is judged as soon as the node config naming it arrives,
+/// not at the next sample (every 30 s by default, the interval this test
+/// runs with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mount_the_repo_names_is_judged_when_its_config_arrives() {
+    let Some(tmpfs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let mount = tmpfs.0.path().display().to_string();
+    std::fs::write(tmpfs.0.path().join("ballast"), vec![1u8; 3_900_000]).unwrap();
+    let Some(lab) = Lab::start(Broker::Up, &[]).await else {
+        return;
+    };
+    // The first sample is taken (the agent's vitals list the root).
+    lab.wait_agent_status(|s| s.contains("connected")).await;
+    let status = lab
+        .agent_root()
+        .join(format!("state/agent/{}/status.json", lab.node));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sampled_root = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .is_some_and(|s| {
+                s["vitals"]["disks"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["mount"] == "/"))
+            })
+    };
+    while !sampled_root(&status) {
+        assert!(Instant::now() < deadline, "no first disk sample");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let applied = lab.agent_log().matches("node config applied").count();
+    let hosts = lab.path("repo/hosts").join(&lab.node);
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(hosts.join("services.yaml"), "services: {}\n").unwrap();
+    std::fs::write(
+        hosts.join("capabilities.yaml"),
+        format!("disk: {{mounts: [{mount}]}}\n"),
+    )
+    .unwrap();
+    lab.wait_agent_log("node config applied", applied + 1).await;
+    let applied_at = Instant::now();
+    let high = |lab: &Lab| {
+        lab.logged().into_iter().any(|e| {
+            e["type"] == "disk_pressure"
+                && e["data"]["mount"] == mount.as_str()
+                && e["data"]["level"] == "high"
+        })
+    };
+    while !high(&lab) {
+        assert!(
+            applied_at.elapsed() < Duration::from_secs(10),
+            "the full mount was not judged when its config arrived; logs in {}",
+            lab.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn broker_restarted(kind: Broker) {
@@ -835,7 +906,116 @@ async fn outbox_bound_drops_the_oldest_and_says_so() {
     // waited for it to cover the last event).
 }
 
+/// The sequence, with every timer at its default: the watermark
+/// stands at the first event when the uplink is cut; 400 events (about
+/// 40 a second) overflow a 16 KiB outbox, which drops far more than a send
+/// window's worth; the link comes back and the agent reconnects on its
+/// kept session. Within the resend timeout (so by the reconnect, not by a
+/// stall timer) the kept events arrive in order, with `events_dropped`
+/// notices that count exactly the ones that went.
+async fn overflow_during_a_cut(kind: Broker) {
+    let Some(mut lab) = Lab::start(kind, &["--outbox-max-bytes", "16384"]).await else {
+        return;
+    };
+    lab.emit(1);
+    until(&lab, 1).await;
+    let first_seq = lab.logged().last().unwrap()["seq"].as_u64().unwrap();
+    lab.wait_ack(first_seq).await;
+    lab.proxy.cut();
+    lab.wait_agent_log("mqtt connection lost", 1).await;
+    let connects = lab.agent_connects();
+    for _ in 0..40 {
+        lab.emit(10);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lab.wait_spool_drained().await;
+    lab.wait_agent_log("outbox full; oldest events dropped", 1)
+        .await;
+    lab.wait_agent_status(|s| s.contains("running, not connected to the broker"))
+        .await;
+    lab.proxy.restore();
+    let back = Instant::now();
+    // The reconnect: on the session the broker kept.
+    let deadline = back + Duration::from_secs(30);
+    while lab.agent_connects() <= connects {
+        assert!(Instant::now() < deadline, "the agent never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = lab.agent_log();
+    let last_connect = log.rfind("mqtt connected").unwrap();
+    assert!(
+        log[last_connect..]
+            .lines()
+            .next()
+            .unwrap()
+            .contains("session_present=true"),
+        "the reconnect was not on a kept session"
+    );
+    // Every default timer: resend_after is 30 s. Delivery must come from
+    // the reconnect itself.
+    let deadline = back + Duration::from_secs(30);
+    while !lab.test_events().contains_key(&400) {
+        assert!(
+            Instant::now() < deadline,
+            "the kept events did not arrive within 30 s of the reconnect; logs in {}",
+            lab.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.quiesce().await;
+    let logged = lab.logged();
+    let notices: Vec<&Value> = logged
+        .iter()
+        .filter(|e| e["type"] == "events_dropped")
+        .collect();
+    assert!(!notices.is_empty(), "no events_dropped notice was logged");
+    let dropped: u64 = notices
+        .iter()
+        .map(|e| e["data"]["dropped"].as_u64().unwrap())
+        .sum();
+    // What went, the notices count: every test event of the cut is logged
+    // once, or counted as dropped.
+    let seen = lab.test_events();
+    assert!(seen.values().all(|n| *n == 1), "stored twice: {seen:?}");
+    let kept_of_the_cut = seen.keys().filter(|i| (1..=400).contains(*i)).count() as u64;
+    assert_eq!(
+        kept_of_the_cut + dropped,
+        400,
+        "{kept_of_the_cut} kept and {dropped} announced dropped, of 400"
+    );
+    assert!(
+        dropped > homelab_agent::outbox::SEND_WINDOW,
+        "the drop ({dropped}) must be wider than a send window to test this"
+    );
+    // The kept ones are the newest, with nothing missing among them.
+    let first_kept = *seen.keys().find(|i| **i >= 1).unwrap();
+    assert!((first_kept..=401).all(|i| seen.contains_key(&i)));
+    lab.assert_emit_order();
+    let seqs: Vec<u64> = logged.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "log not in seq order");
+    // The notice comes right after the last event acknowledged before the
+    // cut, and covers the range from there.
+    let notice = notices[0];
+    assert_eq!(notice["data"]["first_seq"], first_seq + 1, "{notice}");
+    lab.wait_agent_status(|s| s.contains("agent:           connected") && outbox_events(s) == 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_during_a_cut_on_up() {
+    overflow_during_a_cut(Broker::Up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_during_a_cut_on_mosquitto() {
+    overflow_during_a_cut(Broker::Mosquitto).await;
+}
+
 impl Lab {
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
     /// Every event handed over is in the agent's outbox.
     async fn wait_spool_drained(&self) {
         let spool = Layout::new(self.agent_root()).agent_spool(&Name::parse(&self.node).unwrap());

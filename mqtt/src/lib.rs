@@ -163,6 +163,11 @@ pub struct Config {
     /// Capacity of the incoming channel; when the caller falls behind, the
     /// event loop waits, and the broker holds the rest.
     pub incoming_capacity: usize,
+    /// Topics whose QoS 1 messages the caller acknowledges itself
+    /// ([`Mqtt::ack`]), once it has kept them: until then the broker holds
+    /// them for the session and sends them again after a reconnect. Every
+    /// other message is acknowledged as it arrives.
+    pub acked_by_caller: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -196,6 +201,7 @@ impl Config {
             subscriptions: Vec::new(),
             keep_alive: Duration::from_secs(15),
             incoming_capacity: 4096,
+            acked_by_caller: Vec::new(),
         }
     }
 }
@@ -212,7 +218,14 @@ pub struct Message {
     pub topic: String,
     pub payload: Bytes,
     pub retain: bool,
+    /// On a topic of [`Config::acked_by_caller`]: hand it to [`Mqtt::ack`]
+    /// once the message is kept.
+    pub ack: Option<AckToken>,
 }
+
+/// What [`Mqtt::ack`] needs to acknowledge one message.
+#[derive(Debug, Clone)]
+pub struct AckToken(rumqttc::Publish);
 
 #[derive(Debug, Clone)]
 pub enum Incoming {
@@ -273,7 +286,8 @@ pub fn connect(config: Config) -> Result<(Mqtt, mpsc::Receiver<Incoming>)> {
         // burst of publishes can catch up with its own tail). A longer
         // cycle makes that rare; 1,000 costs about 100 kB.
         .set_inflight(INFLIGHT)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_manual_acks(!config.acked_by_caller.is_empty());
     if let Some((user, pass)) = &config.credentials {
         options.set_credentials(user.clone(), pass.clone());
     }
@@ -318,6 +332,12 @@ impl Mqtt {
             .publish(topic, QoS::AtLeastOnce, retain, payload.into())
             .await
             .with_context(|| format!("publish to {topic}"))
+    }
+
+    /// Acknowledges a message of [`Config::acked_by_caller`] (its PUBACK
+    /// is queued; it goes out when connected).
+    pub async fn ack(&self, token: AckToken) -> Result<()> {
+        self.client.ack(&token.0).await.context("queue puback")
     }
 
     /// Sends DISCONNECT and waits (briefly) for the task to end.
@@ -459,6 +479,28 @@ impl Forward {
     }
 }
 
+/// Who acknowledges an incoming PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckBy {
+    /// rumqttc, as it reads it (manual acks off).
+    Rumqttc,
+    /// The caller, through [`Mqtt::ack`], once it has kept it.
+    Caller,
+    /// This loop, at once (manual acks on, another topic; or QoS 0, which
+    /// has nothing to acknowledge).
+    Us,
+}
+
+fn ack_by(config: &Config, publish: &rumqttc::Publish) -> AckBy {
+    if config.acked_by_caller.is_empty() {
+        AckBy::Rumqttc
+    } else if publish.qos != QoS::AtMostOnce && config.acked_by_caller.contains(&publish.topic) {
+        AckBy::Caller
+    } else {
+        AckBy::Us
+    }
+}
+
 /// `homelab_mqtt_subscribed{client, broker}`: 1 while the client is
 /// connected with every subscription confirmed (for operators, and for
 /// tests that must not publish before a component listens).
@@ -538,10 +580,26 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let ack = match ack_by(&config, &publish) {
+                    AckBy::Rumqttc => None,
+                    AckBy::Caller => Some(AckToken(publish.clone())),
+                    AckBy::Us => {
+                        // Manual acks are on for this connection: the rest
+                        // are acknowledged here, without waiting on the
+                        // event loop when rumqttc's request queue is full
+                        // (it drains only while this loop polls).
+                        if client.try_ack(&publish).is_err() {
+                            let (client, publish) = (client.clone(), publish.clone());
+                            tokio::spawn(async move { client.ack(&publish).await });
+                        }
+                        None
+                    }
+                };
                 let message = Message {
                     topic: publish.topic,
                     payload: publish.payload,
                     retain: publish.retain,
+                    ack,
                 };
                 incoming.deliver(Incoming::Message(message));
             }
@@ -608,6 +666,25 @@ mod tests {
         check(&[Success(QoS::AtLeastOnce), Failure], 2, false);
         check(&[Success(QoS::AtLeastOnce)], 2, false);
         check(&[], 1, false);
+    }
+
+    #[test]
+    fn who_acknowledges() {
+        let publish = |topic: &str, qos| rumqttc::Publish::new(topic, qos, "x");
+        let mut config = Config::new("127.0.0.1:1883", "c");
+        let check = |config: &Config, topic, qos, expected| {
+            assert_eq!(
+                ack_by(config, &publish(topic, qos)),
+                expected,
+                "{topic} {qos:?}"
+            );
+        };
+        check(&config, "commands/n", QoS::AtLeastOnce, AckBy::Rumqttc);
+        config.acked_by_caller = vec!["commands/n".into()];
+        check(&config, "commands/n", QoS::AtLeastOnce, AckBy::Caller);
+        check(&config, "commands/n", QoS::AtMostOnce, AckBy::Us);
+        check(&config, "acks/n", QoS::AtLeastOnce, AckBy::Us);
+        check(&config, "commands/n2", QoS::AtLeastOnce, AckBy::Us);
     }
 
     #[test]

@@ -165,8 +165,12 @@ impl System {
                 .map(|n| homelab_core::Name::parse(n).unwrap()),
             ui_token: Some(TOKEN.into()),
             default_grace: Duration::ZERO,
-            sync_interval: options.sync_interval,
-            check_interval: options.check_interval,
+            agent: homelab::agent_cli::AgentSettings {
+                sync_interval: options.sync_interval,
+                disk_interval: options.check_interval,
+                broker_interval: options.check_interval,
+                ..Default::default()
+            },
             retention: Default::default(),
             home_assistant: Some(homelab_observer::HomeAssistant {
                 buttons: options.ha_buttons,

@@ -45,6 +45,17 @@ fn dangling_image() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+fn dangling_images() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["images", "-q", "--no-trunc", "-f", "dangling=true"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn image_exists(id: &str) -> bool {
     std::process::Command::new("docker")
         .args(["image", "inspect", id])
@@ -61,6 +72,9 @@ async fn disk_pressure_is_cleaned_up_after_approval() {
         return;
     };
     let mount = tmpfs.path().display().to_string();
+    // Other dangling images on this engine are pruned too; only when ours
+    // is the only one is the count exact.
+    let others = dangling_images().len();
     let image = dangling_image();
     struct RemoveImage(String);
     impl Drop for RemoveImage {
@@ -137,10 +151,15 @@ async fn disk_pressure_is_cleaned_up_after_approval() {
     let done = approve(&system, id).await;
     let result = &done["result"];
     assert_eq!(result["ok"], true, "{done}");
-    assert!(
-        result["data"]["images_deleted"].as_u64().unwrap() >= 1,
-        "{done}"
-    );
+    // Docker's answer lists the image and its layer as two `Deleted`
+    // entries: one image.
+    let deleted = result["data"]["images_deleted"].as_u64().unwrap();
+    if others == 0 {
+        assert_eq!(deleted, 1, "{done}");
+    } else {
+        eprintln!("{others} other dangling images on this engine: count not exact");
+        assert!(deleted >= 1, "{done}");
+    }
     assert!(
         result["data"]["bytes_reclaimed"].as_u64().unwrap() >= 400_000,
         "{done}"

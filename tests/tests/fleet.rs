@@ -277,8 +277,7 @@ async fn up_off_loopback_without_tls_refuses_and_says_how_to_set_it_up() {
         agent_node: None,
         ui_token: None,
         default_grace: Duration::ZERO,
-        sync_interval: Duration::from_secs(30),
-        check_interval: Duration::from_secs(30),
+        agent: Default::default(),
         retention: Default::default(),
         home_assistant: None,
     };
