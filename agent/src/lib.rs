@@ -21,6 +21,7 @@ pub mod secrets;
 pub mod spool;
 pub mod status;
 pub mod sync;
+pub mod uplink;
 pub mod vitals;
 pub mod window;
 
@@ -83,6 +84,12 @@ pub struct Config {
     pub broker_interval: Duration,
     /// The Home Assistant beside this agent, watched ([`hawatch`]).
     pub home_assistant: Option<hawatch::HaConfig>,
+    /// The `tailscale` program, if the node runs Tailscale ([`uplink`]).
+    pub tailscale: Option<std::path::PathBuf>,
+    /// Tailnet peers this node needs besides the broker's host.
+    pub tailscale_peers: Vec<String>,
+    /// How often `tailscale status --json` is read.
+    pub tailscale_interval: Duration,
 }
 
 impl Config {
@@ -105,6 +112,9 @@ impl Config {
             disk_interval: Duration::from_secs(30),
             broker_interval: Duration::from_secs(30),
             home_assistant: None,
+            tailscale: None,
+            tailscale_peers: Vec::new(),
+            tailscale_interval: Duration::from_secs(30),
         }
     }
 }
@@ -120,6 +130,8 @@ struct Agent {
     node_config: tokio::sync::watch::Sender<Arc<NodeConfig>>,
     /// The watched filesystems as last sampled, for the vitals.
     disks: std::sync::Mutex<std::collections::BTreeMap<String, vitals::DiskUse>>,
+    /// Tailscale as last read, for the status.
+    tailscale: std::sync::Mutex<Option<homelab_core::agentstatus::Tailscale>>,
     /// Fleet mode: this node's signing key and the control plane's pinned
     /// public key.
     keys: Option<Keys>,
@@ -268,6 +280,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         runtime: tokio::sync::watch::Sender::new(None),
         node_config: tokio::sync::watch::Sender::new(Arc::new(stored)),
         disks: Default::default(),
+        tailscale: Default::default(),
         keys: match &config.identity {
             Some(identity) => Some(Keys {
                 node: identity.signing_key().map_err(anyhow::Error::msg)?,
@@ -300,6 +313,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // A command is acknowledged to the broker only once it is in the
     // outbox's queue: until then the broker keeps it for this session.
     mqtt_config.acked_by_caller = vec![topics.commands(&node)];
+    // The link's round trips, late answers and outages, for the status.
+    mqtt_config.track_link = true;
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     info!(%node, broker = %config.broker, "agent started");
 
@@ -323,6 +338,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(disk_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(checks_loop(agent.clone(), shutdown.clone()));
+    if let Some(program) = config.tailscale.clone() {
+        tasks.spawn(tailscale_loop(agent.clone(), program, shutdown.clone()));
+    }
     if let Some(ha) = config.home_assistant.clone() {
         let agent = agent.clone();
         tasks.spawn(hawatch::watch(
@@ -442,7 +460,21 @@ async fn status_loop(
 /// Writes `status.json` and, when connected, publishes it retained.
 async fn report_status(agent: &Agent, mqtt: &Mqtt, connected: bool, running: bool) {
     let outbox = &agent.outbox;
+    let uplink = mqtt.link().map(|link| {
+        let now = Utc::now();
+        let ago = |d: Duration| now - chrono::TimeDelta::from_std(d).unwrap_or_default();
+        homelab_core::agentstatus::Uplink {
+            rtt_ms: link.rtt_ms,
+            rtt_p90_ms: link.rtt_p90_ms,
+            late_pct: link.late_pct,
+            samples: link.samples as u64,
+            last_outage_secs: link.last_outage.map(|(lasted, _)| lasted.as_secs()),
+            last_outage_ended: link.last_outage.map(|(_, since)| ago(since)),
+            tailscale: agent.tailscale.lock().expect("tailscale lock").clone(),
+        }
+    });
     let status = status::AgentStatus {
+        uplink,
         node: agent.config.node.clone(),
         connected,
         outbox_events: outbox.unacked(),
@@ -856,6 +888,72 @@ fn apply_node_config(agent: &Agent, payload: &[u8]) {
         "node config applied"
     );
     agent.node_config.send_replace(Arc::new(config));
+}
+
+/// How long `tailscale status --json` may take.
+const TAILSCALE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of its output read (a large tailnet prints a few hundred kB).
+const TAILSCALE_OUTPUT: usize = 4 << 20;
+
+/// Reads Tailscale's status every `tailscale_interval` and reports what
+/// [`uplink::Rules`] says.
+async fn tailscale_loop(
+    agent: Arc<Agent>,
+    program: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let broker_host = homelab_mqtt::Endpoint::new(&agent.config.broker)
+        .addr()
+        .rsplit_once(':')
+        .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
+        .unwrap_or_default();
+    let mut rules = uplink::Rules::default();
+    let mut tick = tokio::time::interval(agent.config.tailscale_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(program = %program.display(), "watching tailscale");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = read_tailscale(&program).await;
+        let needed = match &status {
+            Ok(s) => uplink::needed(&broker_host, &agent.config.tailscale_peers, s),
+            Err(_) => agent.config.tailscale_peers.clone(),
+        };
+        *agent.tailscale.lock().expect("tailscale lock") = Some(uplink::summary(&status, &needed));
+        for said in rules.look(&status, &needed) {
+            info!(kind = said.kind, message = %said.message, "uplink changed");
+            agent.emit(said.kind, None, said.severity, &said.message, said.data);
+        }
+    }
+}
+
+async fn read_tailscale(program: &std::path::Path) -> Result<uplink::Status, String> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(["status", "--json"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(TAILSCALE_TIMEOUT, command.output()).await {
+        Err(_) => {
+            return Err(format!(
+                "tailscale status did not answer within {TAILSCALE_TIMEOUT:?}"
+            ))
+        }
+        Ok(Err(error)) => return Err(format!("tailscale status: {error}")),
+        Ok(Ok(out)) => out,
+    };
+    // A stopped Tailscale still prints its status (and exits non-zero).
+    let stdout = &out.stdout[..out.stdout.len().min(TAILSCALE_OUTPUT)];
+    uplink::parse(stdout).map_err(|parse_error| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(line) => format!("tailscale status: {}", line.trim()),
+            None if !out.status.success() => format!("tailscale status: {}", out.status),
+            None => parse_error,
+        }
+    })
 }
 
 /// Runs the health checks and broker probes of the current node config,

@@ -6,6 +6,7 @@
 //! reads the file, so it works while the agent is down or cut off.
 
 use chrono::{DateTime, Utc};
+use homelab_core::agentstatus::humanize;
 pub use homelab_core::agentstatus::AgentStatus;
 use homelab_core::time::{self, Timestamp};
 
@@ -57,16 +58,13 @@ pub fn render(status: &AgentStatus, now: DateTime<Utc>) -> String {
             );
         }
     }
-    out
-}
-
-fn humanize(secs: i64) -> String {
-    match secs {
-        s if s < 60 => format!("{s} s"),
-        s if s < 3600 => format!("{} min", s / 60),
-        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    if let Some(u) = &status.uplink {
+        out += &format!("link:            {}\n", u.summary(now));
+        if let Some(t) = &u.tailscale {
+            out += &format!("tailscale:       {}\n", t.summary());
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -98,6 +96,17 @@ mod tests {
                     free_bytes: 2_500_000_000,
                 }],
             }),
+            uplink: Some(homelab_core::agentstatus::Uplink {
+                rtt_ms: Some(310.0),
+                late_pct: Some(4.0),
+                samples: 60,
+                tailscale: Some(homelab_core::agentstatus::Tailscale {
+                    state: "Running".into(),
+                    online: true,
+                    peers: vec![],
+                }),
+                ..Default::default()
+            }),
         };
         let text = render(&status, at("2026-11-22T11:00:00Z"));
         assert!(
@@ -117,6 +126,11 @@ mod tests {
             text.contains("disk:            / 91.5% used, 2.5 GB free"),
             "{text}"
         );
+        assert!(
+            text.contains("link:            310 ms, 4% late; no outage since the agent started"),
+            "{text}"
+        );
+        assert!(text.contains("tailscale:       Running, online"), "{text}");
         let back: AgentStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back, status);

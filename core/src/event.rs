@@ -42,6 +42,14 @@ pub mod kinds {
     /// Project-defined: the agent reaches the Docker engine again.
     pub const DOCKER_RECOVERED: &str = "docker_recovered";
     pub const EVENTS_DROPPED: &str = "events_dropped";
+    /// The node's Tailscale is not running, or the node is offline in its
+    /// tailnet; `tailscale_recovered` when it is back.
+    pub const TAILSCALE_DOWN: &str = "tailscale_down";
+    pub const TAILSCALE_RECOVERED: &str = "tailscale_recovered";
+    /// A tailnet peer the node needs (`data.peer`) is offline or missing;
+    /// `peer_recovered` when it is reachable again.
+    pub const PEER_UNREACHABLE: &str = "peer_unreachable";
+    pub const PEER_RECOVERED: &str = "peer_recovered";
     /// Project-defined: an alert-only outcome the supervisor raised
     /// (unsequenced, `seq` 0).
     pub const ALERT: &str = "alert";

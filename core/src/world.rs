@@ -1,6 +1,8 @@
 //! World state as the observer synthesizes it and writes it to
 //! `world/*.json` (and retained topics); the supervisor and the UI read it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::name::Name;
@@ -35,6 +37,23 @@ pub struct NodeState {
     pub last_seq: u64,
     pub docker: DockerStatus,
     pub containers: usize,
+    /// What is wrong with the node's uplink now (Tailscale down, a peer it
+    /// needs unreachable), by what: `tailscale` or `peer:<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uplink: BTreeMap<String, UplinkProblem>,
+}
+
+/// One thing wrong with a node's uplink, from its agent's
+/// `tailscale_down` or `peer_unreachable` until the recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkProblem {
+    /// `tailscale_down` or `peer_unreachable`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Name>,
+    pub message: String,
+    #[serde(with = "time")]
+    pub since: Timestamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1247,6 +1247,7 @@ async fn event_to_action(samples_n: usize) {
         topics: homelab_core::Topics::default(),
         agent_node: None,
         ui_token: Some("bench".into()),
+        command_timeout: std::time::Duration::from_secs(300),
         default_grace: Duration::ZERO,
         agent: Default::default(),
         retention: Default::default(),

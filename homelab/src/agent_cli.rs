@@ -99,6 +99,31 @@ pub struct LocalAgentArgs {
     /// An entity unavailable this long is reported (ha_entity_unavailable_long).
     #[arg(long, default_value = "30m", value_parser = homelab_core::time::parse_duration)]
     pub ha_unavailable_after: Duration,
+    /// The `tailscale` program (default: `tailscale` on PATH, if there):
+    /// its `status --json` is read for tailscale_down and peer_unreachable.
+    #[arg(long, value_name = "PATH")]
+    pub tailscale: Option<std::path::PathBuf>,
+    /// Do not watch Tailscale even if it is installed.
+    #[arg(long, conflicts_with = "tailscale")]
+    pub no_tailscale: bool,
+    /// A tailnet peer this node needs (repeatable), besides the broker's
+    /// host, which counts when it is a peer.
+    #[arg(long = "tailscale-peer", value_name = "NAME")]
+    pub tailscale_peers: Vec<String>,
+    /// How often Tailscale's status is read.
+    #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
+    pub tailscale_interval: Duration,
+}
+
+/// `name` on `path` (PATH's form: directories split by `:`), if an
+/// executable file is there.
+pub fn on_path(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// An agent's settings on its host, checked: what [`LocalAgentArgs`] says,
@@ -115,6 +140,9 @@ pub struct AgentSettings {
     pub broker_interval: Duration,
     pub sync_interval: Duration,
     pub home_assistant: Option<homelab_agent::hawatch::HaConfig>,
+    pub tailscale: Option<std::path::PathBuf>,
+    pub tailscale_peers: Vec<String>,
+    pub tailscale_interval: Duration,
 }
 
 impl Default for AgentSettings {
@@ -136,6 +164,9 @@ impl Default for AgentSettings {
             broker_interval: defaults.broker_interval,
             sync_interval: defaults.sync_interval,
             home_assistant: None,
+            tailscale: None,
+            tailscale_peers: Vec::new(),
+            tailscale_interval: defaults.tailscale_interval,
         }
     }
 }
@@ -158,7 +189,25 @@ impl LocalAgentArgs {
             broker_interval: self.broker_interval.max(Duration::from_secs(1)),
             sync_interval: AgentSettings::default().sync_interval,
             home_assistant: ha_config(self, layout)?,
+            tailscale: self.tailscale_program()?,
+            tailscale_peers: self.tailscale_peers.clone(),
+            tailscale_interval: self.tailscale_interval.max(Duration::from_secs(1)),
         })
+    }
+
+    fn tailscale_program(&self) -> Result<Option<std::path::PathBuf>> {
+        if self.no_tailscale {
+            return Ok(None);
+        }
+        if let Some(path) = &self.tailscale {
+            anyhow::ensure!(
+                std::fs::metadata(path).is_ok_and(|m| m.is_file()),
+                "--tailscale {}: no such program",
+                path.display()
+            );
+            return Ok(Some(path.clone()));
+        }
+        Ok(std::env::var_os("PATH").and_then(|path| on_path("tailscale", &path)))
     }
 }
 
@@ -174,6 +223,9 @@ impl AgentSettings {
         config.broker_interval = self.broker_interval;
         config.sync_interval = self.sync_interval;
         config.home_assistant = self.home_assistant.clone();
+        config.tailscale = self.tailscale.clone();
+        config.tailscale_peers = self.tailscale_peers.clone();
+        config.tailscale_interval = self.tailscale_interval;
     }
 }
 

@@ -36,6 +36,9 @@ pub struct UpConfig {
     pub agent: agent_cli::AgentSettings,
     pub ui_token: Option<String>,
     pub default_grace: Duration,
+    /// How long an agent has to carry out a command (its deadline): an
+    /// edge node offline longer refuses it as expired when it is back.
+    pub command_timeout: Duration,
     /// When old days of the event log are compressed and removed.
     pub retention: homelab_observer::retention::Policy,
     /// Home Assistant MQTT discovery; `None`: off.
@@ -130,7 +133,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
             broker: broker.clone(),
             layout: layout.clone(),
             topics: config.topics.clone(),
-            command_timeout: Duration::from_secs(300),
+            command_timeout: config.command_timeout,
             interval: Duration::from_secs(2),
             feed: Some(feed.clone()),
             fleet: fleet.clone(),

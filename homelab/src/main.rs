@@ -169,6 +169,11 @@ enum Commands {
         /// Grace period of services that set none (e.g. 30s, 5m).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace_period: Duration,
+        /// How long an agent has to carry out a command (its deadline; an
+        /// approval for a node that is offline waits for it this long); the
+        /// action fails 30 s after it without an outcome.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        command_timeout: Duration,
         #[command(flatten)]
         retention: RetentionArg,
         #[command(flatten)]
@@ -512,6 +517,7 @@ async fn run(cli: Cli) -> Result<()> {
             no_agent,
             agent,
             grace_period,
+            command_timeout,
             retention,
             home_assistant,
         } => {
@@ -531,6 +537,7 @@ async fn run(cli: Cli) -> Result<()> {
                 agent: agent.settings(&layout)?,
                 ui_token: std::env::var("HOMELAB_UI_TOKEN").ok(),
                 default_grace: grace_period,
+                command_timeout,
                 retention: retention.policy(),
                 home_assistant: home_assistant.config(fleet.is_some())?,
             };

@@ -89,6 +89,10 @@ struct Lab {
     agent: Option<Proc>,
     /// `homelab agent`, or the slim `homelab-agent` when true.
     slim_agent: bool,
+    /// The agent's PATH: a folder put before the test's own.
+    agent_path: Option<PathBuf>,
+    /// `homelab up`'s web UI (Broker::Up).
+    http_port: u16,
     next_i: u64,
 }
 
@@ -104,6 +108,15 @@ impl Drop for Lab {
 
 impl Lab {
     async fn start(kind: Broker, agent_args: &[&str]) -> Option<Lab> {
+        Lab::start_with(kind, agent_args, None).await
+    }
+
+    /// [`Lab::start`], with `agent_path` before the agent's PATH.
+    async fn start_with(
+        kind: Broker,
+        agent_args: &[&str],
+        agent_path: Option<PathBuf>,
+    ) -> Option<Lab> {
         if kind == Broker::Mosquitto && Command::new("mosquitto").arg("-h").output().is_err() {
             assert!(std::env::var("CI").is_err(), "mosquitto is not installed");
             eprintln!("\n*** SKIPPED: mosquitto is not installed ***\n");
@@ -130,6 +143,8 @@ impl Lab {
             observer: None,
             agent: None,
             slim_agent: false,
+            agent_path,
+            http_port: free_port(),
             next_i: 0,
         };
         lab.start_broker().await;
@@ -148,7 +163,14 @@ impl Lab {
             .append(true)
             .open(self.path(&format!("{name}.log")))
             .unwrap();
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if let (Some(dir), "agent") = (&self.agent_path, name) {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![dir.clone()];
+            dirs.extend(std::env::split_paths(&path));
+            command.env("PATH", std::env::join_paths(dirs).unwrap());
+        }
+        let child = command
             .args(args)
             .env("RUST_LOG", "info,rumqttd=off")
             .stdout(log.try_clone().unwrap())
@@ -174,7 +196,7 @@ impl Lab {
                     "--mqtt".into(),
                     listen,
                     "--http".into(),
-                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", self.http_port),
                     "--root".into(),
                     self.path("observer-root").display().to_string(),
                     "--repo".into(),
@@ -1152,4 +1174,201 @@ async fn observer_back_10s_after_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observer_back_120s_after_the_agent() {
     observer_back_after_agent(Broker::Embedded, Duration::from_secs(120)).await;
+}
+
+/// A `tailscale` program on the agent's PATH that prints what the test
+/// writes into `status.json` beside it (the shape `tailscale status
+/// --json` documents), and exits with the code in `exit`.
+struct FakeTailscale(PathBuf);
+
+impl FakeTailscale {
+    fn new(dir: &std::path::Path) -> FakeTailscale {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = bin.join("tailscale");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$1 $2\" = \"status --json\" ] || exit 2\ncat '{0}/status.json'\nexit $(cat '{0}/exit' 2>/dev/null || echo 0)\n",
+                bin.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeTailscale(bin)
+    }
+
+    /// Tailscale `state`, this node `online`, and the peer vps.
+    fn set(&self, state: &str, online: bool, vps_online: bool) {
+        let status = json!({
+            "Version": "1.78.1-t1234", "TUN": true, "BackendState": state,
+            "TailscaleIPs": ["100.64.0.1"],
+            "Self": {"ID": "s", "HostName": "edge", "DNSName": "edge.tail1234.ts.net.",
+                     "TailscaleIPs": ["100.64.0.1"], "Online": online, "Relay": "fra"},
+            "Health": [],
+            "MagicDNSSuffix": "tail1234.ts.net",
+            "Peer": {"nodekey:0001": {
+                "ID": "p", "HostName": "vps", "DNSName": "vps.tail1234.ts.net.",
+                "TailscaleIPs": ["100.64.0.2"], "Online": vps_online,
+                "CurAddr": "", "Relay": "fra", "Active": true, "OS": "linux",
+                "LastSeen": "2026-12-06T10:00:00Z", "RxBytes": 1, "TxBytes": 2}},
+            "User": {},
+        });
+        std::fs::write(self.0.join("status.json"), status.to_string()).unwrap();
+        let code = if state == "Running" { "0" } else { "1" };
+        std::fs::write(self.0.join("exit"), code).unwrap();
+    }
+}
+
+impl Lab {
+    fn uplink_events(&self) -> Vec<(String, String)> {
+        self.logged()
+            .into_iter()
+            .filter(|e| {
+                [
+                    "tailscale_down",
+                    "tailscale_recovered",
+                    "peer_unreachable",
+                    "peer_recovered",
+                ]
+                .contains(&e["type"].as_str().unwrap())
+            })
+            .map(|e| {
+                let kind = e["type"].as_str().unwrap().to_string();
+                let peer = e["data"]["peer"].as_str().unwrap_or_default().to_string();
+                (kind, peer)
+            })
+            .collect()
+    }
+
+    async fn wait_uplink_events(&self, n: usize) -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.uplink_events();
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "uplink events: {events:?}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn incident_ids(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("observer-root/world/incidents.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn page(&self, path: &str) -> String {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(&format!("http://127.0.0.1:{}{path}", self.http_port))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The uplink watched: Tailscale (a fake one on the agent's PATH, read
+/// every second here) and a peer the node needs go down and come back,
+/// each said once when it begins and once when it ends; the observer
+/// holds them as incidents meanwhile; the agent's status, its `status`
+/// command and the node's card show the link's round trip and Tailscale's
+/// state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_tailscale_and_a_needed_peer_are_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let tailscale = FakeTailscale::new(dir.path());
+    tailscale.set("Running", true, true);
+    let args = ["--tailscale-peer", "vps", "--tailscale-interval", "1s"];
+    let Some(lab) = Lab::start_with(Broker::Up, &args, Some(tailscale.0.clone())).await else {
+        return;
+    };
+    // Watched, and fine: the status says so (and the link has round trips).
+    lab.wait_agent_status(|s| {
+        s.contains("tailscale:       Running, online; vps relay fra") && s.contains(" ms")
+    })
+    .await;
+    tailscale.set("Running", true, false);
+    assert_eq!(
+        lab.wait_uplink_events(1).await,
+        vec![("peer_unreachable".into(), "vps".into())]
+    );
+    let peer_incident = format!("peer_unreachable:{}:vps", lab.node);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lab.incident_ids().contains(&peer_incident) {
+        assert!(Instant::now() < deadline, "{:?}", lab.incident_ids());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tailscale.set("Stopped", false, false);
+    lab.wait_uplink_events(2).await;
+    tailscale.set("Running", true, true);
+    let events = lab.wait_uplink_events(4).await;
+    assert_eq!(
+        events,
+        vec![
+            ("peer_unreachable".into(), "vps".into()),
+            ("tailscale_down".into(), String::new()),
+            ("tailscale_recovered".into(), String::new()),
+            ("peer_recovered".into(), "vps".into()),
+        ]
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .incident_ids()
+        .iter()
+        .any(|i| i.contains("tailscale_down") || i.contains("peer_unreachable"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", lab.incident_ids());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node's card shows link quality and Tailscale.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = lab.page("/");
+        if page.contains("link: ") && page.contains("tailscale: Running, online; vps relay fra") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the card shows no link: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Said once each: a later event is logged, and nothing more was said.
+    let mut lab = lab;
+    lab.quiesce().await;
+    assert_eq!(lab.uplink_events().len(), 4);
+}
+
+/// With every timer at its default (a look every 30 s), a Tailscale that
+/// is already stopped when the agent starts is said at the first look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_tailscale_is_said_at_start_with_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let tailscale = FakeTailscale::new(dir.path());
+    tailscale.set("Stopped", false, true);
+    let Some(lab) = Lab::start_with(Broker::Up, &[], Some(tailscale.0.clone())).await else {
+        return;
+    };
+    let events = lab.wait_uplink_events(1).await;
+    assert_eq!(events, vec![("tailscale_down".into(), String::new())]);
+    let down = lab
+        .logged()
+        .into_iter()
+        .find(|e| e["type"] == "tailscale_down")
+        .unwrap();
+    assert_eq!(down["message"], "tailscale is Stopped");
+    assert_eq!(down["severity"], "warning");
 }

@@ -21,6 +21,8 @@
 //! All publishes are QoS 1. Stopping is explicit: [`Mqtt::close`] sends a
 //! DISCONNECT (so the Last Will is not fired) and ends the task.
 
+pub mod link;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -168,6 +170,8 @@ pub struct Config {
     /// them for the session and sends them again after a reconnect. Every
     /// other message is acknowledged as it arrives.
     pub acked_by_caller: Vec<String>,
+    /// Time requests and outages on this connection ([`Mqtt::link`]).
+    pub track_link: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -202,6 +206,7 @@ impl Config {
             keep_alive: Duration::from_secs(15),
             incoming_capacity: 4096,
             acked_by_caller: Vec::new(),
+            track_link: false,
         }
     }
 }
@@ -243,6 +248,8 @@ pub enum Incoming {
 #[derive(Clone)]
 pub struct Mqtt {
     client: AsyncClient,
+    /// With [`Config::track_link`]: the link's figures.
+    link: Option<Arc<Mutex<link::LinkStats>>>,
     stop: CancellationToken,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -308,10 +315,19 @@ pub fn connect(config: Config) -> Result<(Mqtt, mpsc::Receiver<Incoming>)> {
     eventloop.set_network_options(network);
     let (tx, rx) = mpsc::channel(config.incoming_capacity.max(1));
     let stop = CancellationToken::new();
-    let task = tokio::spawn(drive(eventloop, client.clone(), config, tx, stop.clone()));
+    let link = config.track_link.then(Arc::default);
+    let task = tokio::spawn(drive(
+        eventloop,
+        client.clone(),
+        config,
+        tx,
+        link.clone(),
+        stop.clone(),
+    ));
     Ok((
         Mqtt {
             client,
+            link,
             stop,
             task: Arc::new(Mutex::new(Some(task))),
         },
@@ -332,6 +348,17 @@ impl Mqtt {
             .publish(topic, QoS::AtLeastOnce, retain, payload.into())
             .await
             .with_context(|| format!("publish to {topic}"))
+    }
+
+    /// How the link to the broker fares (with [`Config::track_link`]).
+    pub fn link(&self) -> Option<link::Link> {
+        let stats = self.link.as_ref()?;
+        Some(
+            stats
+                .lock()
+                .expect("link lock")
+                .link(std::time::Instant::now()),
+        )
     }
 
     /// Acknowledges a message of [`Config::acked_by_caller`] (its PUBACK
@@ -518,8 +545,17 @@ async fn drive(
     client: AsyncClient,
     config: Config,
     tx: mpsc::Sender<Incoming>,
+    link: Option<Arc<Mutex<link::LinkStats>>>,
     stop: CancellationToken,
 ) {
+    let record = |f: &dyn Fn(&mut link::LinkStats, std::time::Instant)| {
+        if let Some(link) = &link {
+            f(
+                &mut link.lock().expect("link lock"),
+                std::time::Instant::now(),
+            );
+        }
+    };
     let mut delays = backoff();
     let mut connected = false;
     // While subscriptions are unconfirmed on this connection: when to ask
@@ -548,6 +584,17 @@ async fn drive(
             }
             event = eventloop.poll() => event,
         };
+        match &event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if *pkid != 0 => {
+                record(&|l, now| l.sent(*pkid, now))
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => record(&|l, now| l.answered(ack.pkid, now)),
+            Ok(Event::Outgoing(Outgoing::PingReq)) => record(&|l, now| l.ping_sent(now)),
+            Ok(Event::Incoming(Packet::PingResp)) => record(&|l, now| l.ping_answered(now)),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => record(&|l, now| l.connected(now)),
+            Err(_) => record(&|l, now| l.disconnected(now)),
+            _ => {}
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delays = backoff();

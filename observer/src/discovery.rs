@@ -161,6 +161,39 @@ pub fn configs(topics: &Topics, prefix: &str, inputs: &Inputs) -> BTreeMap<Strin
                 "device": dev,
             }),
         );
+        // The link to the broker, as the agent measures it on its own
+        // connection (none from an agent older than this field).
+        add(
+            "sensor",
+            object_id(&["homelab", node.as_str(), "uplink_rtt"]),
+            json!({
+                "name": "Uplink round trip",
+                "state_topic": topics.node_agent(reports_as),
+                "value_template": "{{ value_json.uplink.rtt_ms if value_json.uplink is defined and value_json.uplink.rtt_ms is defined else None }}",
+                "unit_of_measurement": "ms",
+                "device_class": "duration",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "icon": "mdi:timer-sand",
+                "availability": availability,
+                "device": dev,
+            }),
+        );
+        add(
+            "sensor",
+            object_id(&["homelab", node.as_str(), "uplink_late"]),
+            json!({
+                "name": "Uplink late or lost",
+                "state_topic": topics.node_agent(reports_as),
+                "value_template": "{{ value_json.uplink.late_pct if value_json.uplink is defined and value_json.uplink.late_pct is defined else None }}",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "icon": "mdi:signal-variant",
+                "availability": availability,
+                "device": dev,
+            }),
+        );
         // Last seen stays available while the node is offline: then it is
         // exactly what the operator wants to read.
         add(
@@ -264,9 +297,9 @@ mod tests {
     fn configs_carry_what_home_assistant_requires() {
         let topics = Topics::default();
         let all = configs(&topics, "homeassistant", &inputs(false));
-        // 2 summary sensors; per node 1 binary sensor and 3 sensors; 1
+        // 2 summary sensors; per node 1 binary sensor and 5 sensors; 1
         // service.
-        assert_eq!(all.len(), 2 + 2 * 4 + 1, "{:#?}", all.keys());
+        assert_eq!(all.len(), 2 + 2 * 6 + 1, "{:#?}", all.keys());
         for (topic, payload) in &all {
             assert!(is_ours("homeassistant", topic), "{topic}");
             let config: Value = serde_json::from_str(payload).unwrap();

@@ -91,6 +91,23 @@ pub fn counts_toward(
     }
 }
 
+/// What an uplink event is about: `tailscale`, or `peer:<name>` with the
+/// peer's name (a valid name, else it is about an unnamed peer).
+fn uplink_key(event: &Event) -> (String, Option<Name>) {
+    match event.kind.as_str() {
+        kinds::TAILSCALE_DOWN | kinds::TAILSCALE_RECOVERED => ("tailscale".into(), None),
+        _ => {
+            let peer = event
+                .data
+                .get("peer")
+                .and_then(|p| p.as_str())
+                .and_then(|p| Name::parse(p).ok());
+            let key = format!("peer:{}", peer.as_ref().map_or("?", |p| p.as_str()));
+            (key, peer)
+        }
+    }
+}
+
 fn counted(kind: &str) -> bool {
     kind == kinds::CONTAINERS_NOT_RUNNING || kind.starts_with("ha_")
 }
@@ -121,6 +138,7 @@ impl World {
                 last_seq: event.seq,
                 docker: DockerStatus::Unknown,
                 containers: 0,
+                uplink: Default::default(),
             });
         node.last_seen = node.last_seen.max(ts);
         node.last_seq = node.last_seq.max(event.seq);
@@ -145,6 +163,20 @@ impl World {
                     warn!(%error, id = %event.id, "node_snapshot with unreadable data ignored")
                 }
             },
+            kinds::TAILSCALE_DOWN | kinds::PEER_UNREACHABLE => {
+                let (key, peer) = uplink_key(event);
+                node.uplink
+                    .entry(key)
+                    .or_insert_with(|| homelab_core::world::UplinkProblem {
+                        kind: event.kind.clone(),
+                        peer,
+                        message: event.message.clone(),
+                        since: ts,
+                    });
+            }
+            kinds::TAILSCALE_RECOVERED | kinds::PEER_RECOVERED => {
+                node.uplink.remove(&uplink_key(event).0);
+            }
             kinds::DOCKER_UNREACHABLE => node.docker = DockerStatus::Unreachable,
             kinds::DOCKER_RECOVERED => node.docker = DockerStatus::Ok,
             kinds::NODE_ONLINE | kinds::NODE_OFFLINE if !from_topic => {
@@ -392,6 +424,7 @@ impl World {
             last_seq: 0,
             docker: DockerStatus::Unknown,
             containers: 0,
+            uplink: Default::default(),
         });
         if state.status != status {
             state.status = status;
@@ -491,6 +524,20 @@ impl World {
                         ));
                     }
                 }
+            }
+            for problem in node.uplink.values() {
+                let mut found = incident(
+                    &problem.kind,
+                    &node.node,
+                    None,
+                    Severity::Warning,
+                    problem.message.clone(),
+                    problem.since,
+                );
+                if let Some(peer) = &problem.peer {
+                    found.id = format!("{}:{}:{peer}", problem.kind, node.node);
+                }
+                out.push(found);
             }
             if node.docker == DockerStatus::Unreachable {
                 out.push(incident(
@@ -807,6 +854,50 @@ mod tests {
         assert!(!ids(&world, later - chrono::TimeDelta::seconds(1))
             .contains(&"no_snapshot:saturn".to_string()));
         assert!(ids(&world, later).contains(&"no_snapshot:saturn".to_string()));
+    }
+
+    /// Tailscale and the peers a node needs open incidents of their own,
+    /// from the event's time until the recovery; a peer name that is not
+    /// a valid name never reaches an id.
+    #[test]
+    fn uplink_problems_are_incidents_until_they_recover() {
+        let start: Timestamp = "2026-11-22T09:00:00Z".parse().unwrap();
+        let mut world = World::default();
+        let ids = |world: &World| -> Vec<(String, Timestamp)> {
+            world
+                .incidents(&Topology::default(), &BTreeMap::new(), start, start)
+                .into_iter()
+                .map(|i| (i.id, i.opened_at))
+                .collect()
+        };
+        let at = |seq: u64, kind: &str, data| Event {
+            ts: start + chrono::TimeDelta::seconds(seq as i64),
+            ..event(seq, kind, None, data)
+        };
+        let t = |s: i64| start + chrono::TimeDelta::seconds(s);
+        world.apply(&at(1, "peer_unreachable", json!({"peer": "vps"})));
+        world.apply(&at(2, "tailscale_down", json!({"reason": "Stopped"})));
+        world.apply(&at(3, "tailscale_down", json!({"reason": "Stopped"})));
+        world.apply(&at(4, "peer_unreachable", json!({"peer": "../etc"})));
+        assert_eq!(
+            ids(&world),
+            vec![
+                ("peer_unreachable:piha".to_string(), t(4)),
+                ("peer_unreachable:piha:vps".to_string(), t(1)),
+                ("tailscale_down:piha".to_string(), t(2)),
+            ]
+        );
+        world.apply(&at(5, "tailscale_recovered", json!({})));
+        world.apply(&at(6, "peer_recovered", json!({"peer": "vps"})));
+        assert_eq!(
+            ids(&world),
+            vec![("peer_unreachable:piha".to_string(), t(4))]
+        );
+        // It survives the world file.
+        let back: NodeState =
+            serde_json::from_str(&serde_json::to_string(&world.nodes[&n("piha")]).unwrap())
+                .unwrap();
+        assert_eq!(back.uplink, world.nodes[&n("piha")].uplink);
     }
 
     fn alert(seq_ts: u64, trigger: &str, service: Option<&str>, count: u64) -> Event {

@@ -72,6 +72,7 @@ fn main() {
             last_seq: 1,
             docker: DockerStatus::Ok,
             containers: services_n,
+            uplink: Default::default(),
         });
     }
     // A realistic number of open actions.

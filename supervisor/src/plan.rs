@@ -879,6 +879,7 @@ mod tests {
             last_seq: 1,
             docker: DockerStatus::Ok,
             containers: 1,
+            uplink: Default::default(),
         }
     }
 

@@ -172,6 +172,7 @@ mod tests {
             last_seq: 1,
             docker: DockerStatus::Ok,
             containers,
+            uplink: Default::default(),
         }
     }
 

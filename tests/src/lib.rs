@@ -164,6 +164,7 @@ impl System {
                 .agent_node
                 .map(|n| homelab_core::Name::parse(n).unwrap()),
             ui_token: Some(TOKEN.into()),
+            command_timeout: std::time::Duration::from_secs(300),
             default_grace: Duration::ZERO,
             agent: homelab::agent_cli::AgentSettings {
                 sync_interval: options.sync_interval,

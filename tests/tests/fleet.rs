@@ -276,6 +276,7 @@ async fn up_off_loopback_without_tls_refuses_and_says_how_to_set_it_up() {
         topics: Default::default(),
         agent_node: None,
         ui_token: None,
+        command_timeout: std::time::Duration::from_secs(300),
         default_grace: Duration::ZERO,
         agent: Default::default(),
         retention: Default::default(),

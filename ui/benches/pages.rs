@@ -40,6 +40,7 @@ fn write_world(layout: &Layout) {
             last_seq: 1_000,
             docker: DockerStatus::Ok,
             containers: 50,
+            uplink: Default::default(),
         });
         for s in 0..50 {
             let service = name(format!("svc-{s}"));

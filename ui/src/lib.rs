@@ -113,6 +113,8 @@ pub struct AgentReport {
     pub updated: Option<homelab_core::time::Timestamp>,
     #[serde(default)]
     pub vitals: Option<homelab_core::agentstatus::Vitals>,
+    #[serde(default)]
+    pub uplink: Option<homelab_core::agentstatus::Uplink>,
 }
 
 /// The inventory as the pages need it.

@@ -350,6 +350,11 @@ pub struct NodeCard {
     pub edge: bool,
     pub backlog: Option<u64>,
     pub oldest_unacked: Option<When>,
+    /// The link to the broker and Tailscale, as its agent last said.
+    pub link: Option<String>,
+    pub tailscale: Option<String>,
+    /// What is wrong with its uplink now (Tailscale down, a peer gone).
+    pub uplink_problems: Vec<String>,
     /// The worst of status and services: ok, warning, bad.
     pub tone: &'static str,
 }
@@ -485,7 +490,15 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     oldest_unacked: agent
                         .and_then(|a| a.oldest_unacked)
                         .map(|t| When::new(&t, now)),
-                    tone: if stale || unhealthy + missing > 0 {
+                    link: agent
+                        .and_then(|a| a.uplink.as_ref())
+                        .map(|u| u.summary(*now)),
+                    tailscale: agent
+                        .and_then(|a| a.uplink.as_ref())
+                        .and_then(|u| u.tailscale.as_ref())
+                        .map(|t| t.summary()),
+                    uplink_problems: n.uplink.values().map(|p| p.message.clone()).collect(),
+                    tone: if stale || unhealthy + missing > 0 || !n.uplink.is_empty() {
                         if stale {
                             "bad"
                         } else {
@@ -521,6 +534,9 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     edge,
                     backlog: None,
                     oldest_unacked: None,
+                    link: None,
+                    tailscale: None,
+                    uplink_problems: Vec::new(),
                     tone: "bad",
                 }
             }
@@ -1360,6 +1376,9 @@ mod tests {
             edge: false,
             backlog: None,
             oldest_unacked: None,
+            link: None,
+            tailscale: None,
+            uplink_problems: Vec::new(),
             tone: "ok",
         }
     }
