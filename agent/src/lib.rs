@@ -438,8 +438,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// How often the agent's own state is written and published.
+/// How often the agent looks whether its own state changed (connection,
+/// outbox): a change is written and published at once.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// Unchanged, it is written and published this often (the node's vitals
+/// with it): an idle agent does little.
+const STATUS_IDLE_EVERY: Duration = Duration::from_secs(30);
+
+/// What makes the status worth reporting before [`STATUS_IDLE_EVERY`]:
+/// cheap to read, unlike the vitals.
+/// Connected, unacknowledged, acknowledged, last seq, config commit.
+type StatusKey = (bool, u64, u64, u64, Option<String>);
+
+fn status_key(agent: &Agent, connected: bool) -> StatusKey {
+    let outbox = &agent.outbox;
+    let commit = agent.node_config.borrow().commit.clone();
+    (
+        connected,
+        outbox.unacked(),
+        outbox.acked(),
+        outbox.last_seq(),
+        commit,
+    )
+}
 
 async fn status_loop(
     agent: Arc<Agent>,
@@ -448,12 +469,21 @@ async fn status_loop(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(STATUS_EVERY);
+    let mut last: Option<(StatusKey, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        report_status(&agent, &mqtt, connected.load(Ordering::SeqCst), true).await;
+        let connected = connected.load(Ordering::SeqCst);
+        let key = status_key(&agent, connected);
+        let due = last
+            .as_ref()
+            .is_none_or(|(before, at)| *before != key || at.elapsed() >= STATUS_IDLE_EVERY);
+        if due {
+            report_status(&agent, &mqtt, connected, true).await;
+            last = Some((key, tokio::time::Instant::now()));
+        }
     }
 }
 
@@ -475,6 +505,7 @@ async fn report_status(agent: &Agent, mqtt: &Mqtt, connected: bool, running: boo
     });
     let status = status::AgentStatus {
         uplink,
+        config_commit: agent.node_config.borrow().commit.clone(),
         node: agent.config.node.clone(),
         connected,
         outbox_events: outbox.unacked(),
@@ -496,7 +527,14 @@ async fn report_status(agent: &Agent, mqtt: &Mqtt, connected: bool, running: boo
     };
     metrics::gauge!("homelab_agent_outbox_events").set(status.outbox_events as f64);
     let path = agent.config.layout.agent_status(&agent.config.node);
-    if let Err(error) = blocking(|| fsutil::write_json_atomic(&path, &status)) {
+    // A progress report every 5 s: replaced, not fsynced (an SD card need
+    // not be written through that often); the last one, on the way out,
+    // is durable.
+    let written = match running {
+        true => fsutil::replace_json(&path, &status),
+        false => blocking(|| fsutil::write_json_atomic(&path, &status)),
+    };
+    if let Err(error) = written {
         warn!(error = format!("{error:#}"), "agent status not written");
     }
     if connected {
@@ -862,6 +900,22 @@ fn apply_node_config(agent: &Agent, payload: &[u8]) {
         }
     };
     if agent.node_config.borrow().revision == config.revision {
+        // The same config from a later commit: only which commit it is at
+        // moves (nothing restarts).
+        if agent.node_config.borrow().commit != config.commit {
+            info!(
+                commit = config.commit.as_deref().unwrap_or("none"),
+                "node config unchanged at a new commit"
+            );
+            let path = agent.config.layout.agent_config(node);
+            if let Ok(bytes) = serde_json::to_vec(&config) {
+                let _ = blocking(|| fsutil::write_atomic(&path, &bytes));
+            }
+            agent.node_config.send_if_modified(|current| {
+                *current = Arc::new(config);
+                false
+            });
+        }
         return;
     }
     // Fleet mode: an older signed config replayed on the topic.
@@ -883,6 +937,7 @@ fn apply_node_config(agent: &Agent, payload: &[u8]) {
     }
     info!(
         revision = %config.revision,
+        commit = config.commit.as_deref().unwrap_or("none"),
         healthchecks = config.healthchecks.len(),
         brokers = config.mqtt_brokers.len(),
         "node config applied"

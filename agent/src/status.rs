@@ -58,6 +58,12 @@ pub fn render(status: &AgentStatus, now: DateTime<Utc>) -> String {
             );
         }
     }
+    if let Some(commit) = &status.config_commit {
+        out += &format!(
+            "config:          from commit {}\n",
+            &commit[..commit.len().min(7)]
+        );
+    }
     if let Some(u) = &status.uplink {
         out += &format!("link:            {}\n", u.summary(now));
         if let Some(t) = &u.tailscale {
@@ -107,6 +113,7 @@ mod tests {
                 }),
                 ..Default::default()
             }),
+            config_commit: Some("3f2a91c0d0a1b2c3d4e5f60718293a4b5c6d7e8f".into()),
         };
         let text = render(&status, at("2026-11-22T11:00:00Z"));
         assert!(
@@ -131,6 +138,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tailscale:       Running, online"), "{text}");
+        assert!(
+            text.contains("config:          from commit 3f2a91c"),
+            "{text}"
+        );
         let back: AgentStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back, status);

@@ -105,6 +105,27 @@ pub enum Risk {
 pub mod cancel_reasons {
     pub const DRIFT_RESOLVED: &str = "drift_resolved_auto";
     pub const REMOVED_FROM_DESIRED: &str = "service_removed_from_desired_state";
+    /// A newer commit changed the files a pending redeploy would deploy: it
+    /// is replaced by a proposal for that commit.
+    pub const SUPERSEDED: &str = "superseded_by_newer_commit";
+}
+
+/// The desired state an action was proposed from: the commit (when the
+/// repo is a git history), and for a redeploy the repo's change to the
+/// service's compose files since what was last deployed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    pub commit: crate::repo::Commit,
+    /// The commit was pinned (`homelab repo pin`), not the branch's head.
+    #[serde(default)]
+    pub pinned: bool,
+    /// The commit the compose files change from (what was deployed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_commit: Option<String>,
+    /// A unified diff of the compose files, old → new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
 }
 
 /// Who approves an action of a `remediation: auto` service, in its history.
@@ -166,6 +187,9 @@ pub struct Action {
     pub command: Option<SentCommand>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ActionResult>,
+    /// The commit it was proposed from, when the repo is a git history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -241,6 +265,7 @@ impl Action {
                 why: format!("{reason}: {message}"),
             }],
             params: None,
+            origin: None,
             command: None,
             result: None,
         }

@@ -34,6 +34,9 @@ pub struct AgentStatus {
     /// How the node's link to the broker fares, and its Tailscale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<Uplink>,
+    /// The commit of the desired state its node config came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_commit: Option<String>,
 }
 
 /// The node's uplink as its agent sees it: measured on its own connection

@@ -90,6 +90,22 @@ pub struct ComposeFile {
     pub content: String,
 }
 
+impl ComposeBundle {
+    /// What the bundle deploys, in one value: the SHA-256 of its files'
+    /// paths and SHA-256s, in order. Two bundles with the same digest
+    /// deploy the same files.
+    pub fn digest(&self) -> String {
+        let mut all = String::new();
+        for file in &self.files {
+            all.push_str(&file.path);
+            all.push('\0');
+            all.push_str(&file.sha256);
+            all.push('\n');
+        }
+        sha256_hex(all.as_bytes())
+    }
+}
+
 impl ComposeFile {
     pub fn new(path: impl Into<String>, content: String) -> ComposeFile {
         ComposeFile {

@@ -178,6 +178,55 @@ pub fn open(payload: &[u8], context: Context, key: &VerifyingKey) -> Result<Vec<
     Ok(unsigned.into_owned())
 }
 
+/// A payload split into its unsigned JSON and its signature.
+type Split<'a> = Result<(Cow<'a, [u8]>, Signature), SigError>;
+
+/// Checks many sealed payloads, each against its key, at once: Ed25519's
+/// batch verification costs about half a signature check per payload
+/// (`ed25519_dalek::verify_batch`). When the batch does not verify as a
+/// whole, each payload is checked alone, so a forged one is refused and
+/// only it. The answers are in the order of `items`.
+///
+/// The batch equation is the cofactored one; a single check is not. They
+/// differ only for signatures made to differ (by the key's holder, with
+/// small-order components), never for a forgery.
+pub fn open_many(
+    items: &[(&[u8], &VerifyingKey)],
+    context: Context,
+) -> Vec<Result<Vec<u8>, SigError>> {
+    let split: Vec<Split<'_>> = items.iter().map(|(payload, _)| split(payload)).collect();
+    let good: Vec<usize> = (0..items.len()).filter(|i| split[*i].is_ok()).collect();
+    let messages: Vec<Vec<u8>> = good
+        .iter()
+        .map(|i| message(context, &split[*i].as_ref().expect("split").0))
+        .collect();
+    let together = good.len() > 1 && {
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let signatures: Vec<Signature> = good
+            .iter()
+            .map(|i| split[*i].as_ref().expect("split").1)
+            .collect();
+        let keys: Vec<VerifyingKey> = good.iter().map(|i| *items[*i].1).collect();
+        ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok()
+    };
+    let mut messages = messages.into_iter();
+    split
+        .into_iter()
+        .enumerate()
+        .map(|(i, split)| {
+            let (unsigned, signature) = split?;
+            let message = messages.next().expect("one message per good split");
+            if !together {
+                items[i]
+                    .1
+                    .verify(&message, &signature)
+                    .map_err(|_| SigError::Forged)?;
+            }
+            Ok(unsigned.into_owned())
+        })
+        .collect()
+}
+
 /// Signs a short text (an ack watermark): `<text> <signature>`.
 pub fn seal_text(text: &str, subject: &str, context: Context, key: &SigningKey) -> String {
     let signature = key.sign(&message(context, format!("{subject}\0{text}").as_bytes()));
@@ -353,6 +402,50 @@ impl AgentSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_at_once_refuse_exactly_the_forged() {
+        let a = SigningKey::from_bytes(&[1u8; 32]);
+        let b = SigningKey::from_bytes(&[2u8; 32]);
+        let (pa, pb) = (a.verifying_key(), b.verifying_key());
+        let event = |i: u32| format!(r#"{{"node":"piha","seq":{i}}}"#).into_bytes();
+        let sealed: Vec<Vec<u8>> = (0..70)
+            .map(|i| seal(&event(i), Context::Event, &a))
+            .collect();
+        let refs: Vec<(&[u8], &VerifyingKey)> = sealed.iter().map(|s| (&s[..], &pa)).collect();
+        let all = open_many(&refs, Context::Event);
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.as_deref() == Ok(&event(i as u32)[..])));
+        // One signed by another key, one not signed, one tampered with.
+        let mut mixed = sealed.clone();
+        mixed[3] = seal(&event(3), Context::Event, &b);
+        mixed[5] = event(5);
+        let tampered = String::from_utf8(mixed[7].clone())
+            .unwrap()
+            .replace("\"seq\":7", "\"seq\":8");
+        mixed[7] = tampered.into_bytes();
+        let refs: Vec<(&[u8], &VerifyingKey)> = mixed.iter().map(|s| (&s[..], &pa)).collect();
+        let results = open_many(&refs, Context::Event);
+        for (i, result) in results.iter().enumerate() {
+            match i {
+                3 | 7 => assert_eq!(result, &Err(SigError::Forged), "{i}"),
+                5 => assert_eq!(result, &Err(SigError::Unsigned), "{i}"),
+                _ => assert_eq!(result.as_deref(), Ok(&event(i as u32)[..]), "{i}"),
+            }
+        }
+        // Keys per item: b's own payload passes with b's key.
+        let own = seal(&event(1), Context::Event, &b);
+        let refs = [(&sealed[0][..], &pa), (&own[..], &pb)];
+        assert!(open_many(&refs, Context::Event).iter().all(|r| r.is_ok()));
+        // The wrong context.
+        let refs = [(&sealed[0][..], &pa), (&sealed[1][..], &pa)];
+        assert!(open_many(&refs, Context::Command)
+            .iter()
+            .all(|r| r.is_err()));
+        assert!(open_many(&[], Context::Event).is_empty());
+    }
 
     #[test]
     fn a_sealed_payload_opens_with_its_key_only() {

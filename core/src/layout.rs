@@ -97,6 +97,11 @@ impl Layout {
     pub fn supervisor_status(&self) -> PathBuf {
         self.state_dir("supervisor").join("status.json")
     }
+    /// `state/supervisor/applied.json`: what is deployed per node and
+    /// service, and whether the repo wants other compose files.
+    pub fn supervisor_applied(&self) -> PathBuf {
+        self.state_dir("supervisor").join("applied.json")
+    }
     pub fn config_dir(&self) -> PathBuf {
         self.root.join("config")
     }
@@ -132,6 +137,44 @@ impl Layout {
     }
     pub fn node_record(&self, node: &Name) -> PathBuf {
         self.nodes_dir().join(format!("{node}.json"))
+    }
+    /// `state/repo/`: the desired state's git history (when `--repo` is a
+    /// git checkout or URL): a bare mirror, one tree per commit, the live
+    /// one, the sync's status. See `core::repo`.
+    pub fn repo_dir(&self) -> PathBuf {
+        self.state_dir("repo")
+    }
+    pub fn repo_mirror(&self) -> PathBuf {
+        self.repo_dir().join("mirror.git")
+    }
+    /// `state/repo/trees/<sha>/`: the files of one commit, written once.
+    pub fn repo_tree(&self, sha: &str) -> PathBuf {
+        self.repo_dir().join("trees").join(sha)
+    }
+    /// `state/repo/commits/<sha>.json`: who made a tree's commit, and when.
+    pub fn repo_commit(&self, sha: &str) -> PathBuf {
+        self.repo_dir().join("commits").join(format!("{sha}.json"))
+    }
+    /// `state/repo/live`: a symlink to the tree of the live commit, replaced
+    /// atomically; what the components read as their repo.
+    pub fn repo_live(&self) -> PathBuf {
+        self.repo_dir().join("live")
+    }
+    pub fn repo_status(&self) -> PathBuf {
+        self.repo_dir().join("status.json")
+    }
+    /// `state/repo/pin.json`: an earlier commit made the desired state.
+    pub fn repo_pin(&self) -> PathBuf {
+        self.repo_dir().join("pin.json")
+    }
+    /// `state/repo/sync.request`: present when a fetch is asked for (a
+    /// push webhook, `homelab repo sync`).
+    pub fn repo_sync_request(&self) -> PathBuf {
+        self.repo_dir().join("sync.request")
+    }
+    /// `config/repo/webhook-secret`: the push webhook's HMAC secret.
+    pub fn repo_webhook_secret(&self) -> PathBuf {
+        self.config_dir().join("repo").join("webhook-secret")
     }
     /// On a node: `config/agent/<node>.json`, the agent's secrets (mode
     /// 0600), written from its enrollment token.

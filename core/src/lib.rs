@@ -3,6 +3,7 @@
 //! the layout of the runtime root. No async code; I/O only through plain file
 //! helpers ([`fsutil`], [`store`], [`desired::load`]).
 
+pub mod acl;
 pub mod action;
 pub mod agentstatus;
 pub mod command;
@@ -17,6 +18,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod name;
 pub mod nodeconfig;
+pub mod repo;
 pub mod sealbox;
 pub mod store;
 pub mod time;

@@ -46,6 +46,11 @@ pub struct NodeConfig {
         with = "crate::time::option"
     )]
     pub issued_at: Option<crate::time::Timestamp>,
+    /// The commit of the desired state it was built from (a git source).
+    /// Not part of the revision: a commit that leaves the node's config as
+    /// it was restarts nothing on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +150,7 @@ impl NodeConfig {
             disk,
             compose: capabilities.and_then(|c| c.docker_compose),
             issued_at: None,
+            commit: None,
         };
         config.revision = config.digest();
         config
@@ -154,6 +160,7 @@ impl NodeConfig {
         let mut copy = self.clone();
         copy.revision.clear();
         copy.issued_at = None;
+        copy.commit = None;
         sha256_hex(&serde_json::to_vec(&copy).expect("config serializes"))
     }
 

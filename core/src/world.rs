@@ -229,10 +229,70 @@ pub struct Summary {
     /// load (`file:line: problem`), each also an incident.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// The commit that is the desired state, when the repo is a git
+    /// history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<crate::repo::DesiredView>,
 }
 
 /// The incident kind of a problem of the system itself (the repo).
 pub const REPO_PROBLEM: &str = "repo_problem";
+/// A commit of a git source that does not validate (never applied).
+pub const REPO_INVALID: &str = "repo_invalid";
+/// A git source that cannot be fetched, a few times in a row.
+pub const REPO_UNREACHABLE: &str = "repo_unreachable";
+
+/// The incidents a git source's status holds (node `repo`): a commit that
+/// does not validate, a remote that cannot be fetched. `now` dates one
+/// that has no time of its own.
+pub fn repo_incidents(status: &crate::repo::RepoStatus, now: Timestamp) -> Vec<Incident> {
+    let node = Name::parse("repo").expect("a valid name");
+    let live = status
+        .live
+        .as_ref()
+        .map(|c| format!("{} ({})", c.short(), c.subject))
+        .unwrap_or_else(|| "no commit".into());
+    let mut out = Vec::new();
+    if let Some(invalid) = &status.invalid {
+        let c = &invalid.commit;
+        out.push(Incident {
+            id: format!("{REPO_INVALID}:repo"),
+            kind: REPO_INVALID.into(),
+            node: node.clone(),
+            service: None,
+            severity: crate::Severity::Error,
+            message: format!(
+                "commit {} ({}) by {} does not validate and is not applied; {live} stays the desired state:\n{}",
+                c.short(),
+                c.subject,
+                c.author,
+                invalid.problems.join("\n")
+            ),
+            opened_at: now,
+            count: Some(invalid.problems.len() as u64),
+            last_seen: None,
+            maintenance: None,
+        });
+    }
+    if let Some(failing) = status.unreachable() {
+        out.push(Incident {
+            id: format!("{REPO_UNREACHABLE}:repo"),
+            kind: REPO_UNREACHABLE.into(),
+            node,
+            service: None,
+            severity: crate::Severity::Warning,
+            message: format!(
+                "fetching {} failed {} times in a row: {}; {live} stays the desired state",
+                status.source, failing.failures, failing.message
+            ),
+            opened_at: failing.since,
+            count: Some(failing.failures as u64),
+            last_seen: None,
+            maintenance: None,
+        });
+    }
+    out
+}
 
 impl Summary {
     pub fn new(
@@ -240,6 +300,7 @@ impl Summary {
         services: &[ServiceState],
         incidents: &[Incident],
         open_actions: &[crate::Action],
+        repo: Option<&crate::repo::RepoStatus>,
     ) -> Summary {
         let count = |items: Vec<String>| {
             let mut counts = Counts {
@@ -268,6 +329,7 @@ impl Summary {
                 .filter(|i| i.kind == REPO_PROBLEM)
                 .flat_map(|i| i.message.lines().map(str::to_string))
                 .collect(),
+            desired: repo.map(crate::repo::DesiredView::of),
         }
     }
 }
@@ -356,4 +418,97 @@ mod tests {
             assert_eq!(exit_code_in_status(status), want, "{status}");
         }
     }
+}
+
+/// One finished redeploy (`world/deployments.json`, oldest first, at most
+/// [`DEPLOYMENTS_KEPT`] a service): written by the executor as it records
+/// the outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub node: Name,
+    pub service: Name,
+    pub action_id: Name,
+    /// The commit whose files it deployed (a git source only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<crate::repo::Commit>,
+    /// That commit was pinned.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Who approved it (an operator, or `policy`).
+    pub approved_by: String,
+    pub ok: bool,
+    pub message: String,
+    #[serde(with = "time")]
+    pub started_at: Timestamp,
+    #[serde(with = "time")]
+    pub finished_at: Timestamp,
+    pub duration_ms: u64,
+    /// What it deployed (`ComposeBundle::digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Deployments kept per node and service.
+pub const DEPLOYMENTS_KEPT: usize = 50;
+
+impl Deployment {
+    /// The record of a finished redeploy `action` (completed or failed),
+    /// or `None` for any other action.
+    pub fn of(action: &crate::Action) -> Option<Deployment> {
+        use crate::action::{ActionKind, ActionState};
+        if action.kind != ActionKind::Redeploy
+            || !matches!(action.state, ActionState::Completed | ActionState::Failed)
+        {
+            return None;
+        }
+        let result = action.result.as_ref()?;
+        let approved = action
+            .history
+            .iter()
+            .rev()
+            .find(|t| t.state == ActionState::Approved);
+        let started = action
+            .history
+            .iter()
+            .find(|t| t.state == ActionState::Running)
+            .map_or(action.updated_at, |t| t.at);
+        Some(Deployment {
+            node: action.node.clone(),
+            service: action.service.clone()?,
+            action_id: action.id.clone(),
+            commit: action.origin.as_ref().map(|o| o.commit.clone()),
+            pinned: action.origin.as_ref().is_some_and(|o| o.pinned),
+            approved_by: approved.map_or_else(|| "unknown".into(), |t| t.by.clone()),
+            ok: result.ok,
+            message: result.message.clone(),
+            started_at: started,
+            finished_at: action.updated_at,
+            duration_ms: (action.updated_at - started).num_milliseconds().max(0) as u64,
+            digest: action
+                .params
+                .as_ref()
+                .and_then(|p| p.compose.as_ref())
+                .map(|b| b.digest()),
+        })
+    }
+}
+
+/// Appends `deployment` to `history`, keeping the newest
+/// [`DEPLOYMENTS_KEPT`] of its node and service.
+pub fn append_deployment(history: &mut Vec<Deployment>, deployment: Deployment) {
+    let (node, service) = (deployment.node.clone(), deployment.service.clone());
+    history.push(deployment);
+    let mine = history
+        .iter()
+        .filter(|d| d.node == node && d.service == service)
+        .count();
+    let mut excess = mine.saturating_sub(DEPLOYMENTS_KEPT);
+    history.retain(|d| {
+        if excess > 0 && d.node == node && d.service == service {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }

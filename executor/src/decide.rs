@@ -185,6 +185,7 @@ mod tests {
                 deadline: t(300),
             }),
             result: None,
+            origin: None,
         }
     }
 

@@ -330,10 +330,33 @@ async fn finish(
         Ok(action) => {
             info!(id = %action.id, state = %to, "action finished");
             metrics::counter!("homelab_actions_finished_total", "state" => to.dir()).increment(1);
+            if let Some(deployment) = homelab_core::world::Deployment::of(&action) {
+                if let Err(error) = record_deployment(&config.layout, deployment) {
+                    warn!(id = %action.id, error = format!("{error:#}"), "deployment not recorded");
+                }
+            }
             publish_action(config, mqtt, &action).await;
         }
         Err(error) => warn!(id = %action.id, error = format!("{error:#}"), "outcome not recorded"),
     }
+}
+
+/// Appends a finished redeploy to `world/deployments.json` (this executor
+/// is its only writer).
+fn record_deployment(
+    layout: &homelab_core::Layout,
+    deployment: homelab_core::world::Deployment,
+) -> anyhow::Result<()> {
+    let path = layout.world_deployments();
+    let mut history: Vec<homelab_core::world::Deployment> = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            warn!(path = %path.display(), %error, "deployment history unreadable; started again");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    homelab_core::world::append_deployment(&mut history, deployment);
+    homelab_core::fsutil::write_json_atomic(&path, &history)
 }
 
 async fn publish_action(config: &Config, mqtt: &Mqtt, action: &Action) {

@@ -14,6 +14,9 @@
 //!   own process passing the same payloads to a counting subscriber;
 //! - replay after a long outage: an agent starts with N events in its
 //!   outbox; time until the observer's watermark covers them;
+//! - replay over an LTE-like link (1 Mbit/s each way, 300 ms round trip,
+//!   emulated in user space): events/s and bytes per event each way, next
+//!   to a plain TCP stream through the same link (`BENCH_ONLY=lte`);
 //! - 100 agents with 1,000-event backlogs reconnecting together: time until
 //!   every watermark covers its backlog (`BENCH_ONLY=fleet`, next to one
 //!   agent replaying the same total);
@@ -392,6 +395,61 @@ async fn observer_ingestion_signed_and_not(n: u64) {
         "signatures checked vs not, same run:                {:>9.2} of the unsigned rate",
         signed / plain
     );
+    signature_levers(plain);
+}
+
+/// What checking a signature costs per event, one at a time, in batches
+/// (as the observer does), and if one signature covered a batch of 100
+/// events (a lever not taken: it changes what `events/<node>` carries),
+/// with the CPU per event the unsigned ingestion left, as a bound.
+fn signature_levers(plain_rate: f64) {
+    use homelab_core::identity::{self, Context};
+    let key = homelab_core::identity::SecretKey::from_bytes(&[9u8; 32]);
+    let public = key.verifying_key();
+    let node = Name::parse("lever").unwrap();
+    let sealed: Vec<Vec<u8>> = (0..2_000)
+        .map(|seq| identity::seal(event(&node, seq).to_json().as_bytes(), Context::Event, &key))
+        .collect();
+    let per_event = |took: Duration| took.as_secs_f64() * 1e6 / sealed.len() as f64;
+    let start = Instant::now();
+    for s in &sealed {
+        identity::open(s, Context::Event, &public).unwrap();
+    }
+    let one = per_event(start.elapsed());
+    let items: Vec<(&[u8], &identity::PublicKey)> =
+        sealed.iter().map(|s| (&s[..], &public)).collect();
+    let start = Instant::now();
+    for chunk in items.chunks(500) {
+        assert!(identity::open_many(chunk, Context::Event)
+            .iter()
+            .all(|r| r.is_ok()));
+    }
+    let batched = per_event(start.elapsed());
+    // One signature over 100 events: hash all, verify once.
+    let blobs: Vec<Vec<u8>> = sealed
+        .chunks(100)
+        .map(|c| {
+            identity::seal(
+                format!("{{\"events\":{}}}", c.len()).as_bytes(),
+                Context::Event,
+                &key,
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    for (blob, chunk) in blobs.iter().zip(sealed.chunks(100)) {
+        let mut hasher = sha2::Sha256::default();
+        for s in chunk {
+            sha2::Digest::update(&mut hasher, s);
+        }
+        std::hint::black_box(sha2::Digest::finalize(hasher));
+        identity::open(blob, Context::Event, &public).unwrap();
+    }
+    let per_batch = per_event(start.elapsed());
+    println!(
+        "checking a signature, one core: {one:.1} us/event alone, {batched:.1} us/event in batches of 500, {per_batch:.2} us/event if one signature covered 100 events (unsigned ingestion: {:.1} us/event of wall time)",
+        1e6 / plain_rate
+    );
 }
 
 /// A child process killed when dropped (also when the bench panics).
@@ -449,8 +507,18 @@ async fn publish_windowed(
 /// agent (at most 5,000 events beyond the watermark), next to `homelab
 /// broker` in its own process passing the same payloads to a counting
 /// subscriber.
+/// Durable ingestion from outside: `homelab up` in its own process, fed by
+/// a publisher that keeps an agent's window, next to `homelab broker` in
+/// its own process passing the same payloads to a counting subscriber.
+/// Both processes run throughout; rounds alternate between them (this
+/// machine is noisy), and the medians and the median of each round's
+/// ratio are printed.
 async fn ingestion_from_outside(n: u64) {
     const WINDOW: u64 = 5_000;
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let bin = env!("CARGO_BIN_EXE_homelab");
     let quiet = |command: &mut std::process::Command| {
         command
@@ -458,37 +526,24 @@ async fn ingestion_from_outside(n: u64) {
             .stderr(std::process::Stdio::null());
     };
     // The anchor: the broker alone.
-    let mqtt = free_addr();
+    let broker_mqtt = free_addr();
     let mut command = std::process::Command::new(bin);
-    command.args(["broker", "--listen", &mqtt.to_string()]);
+    command.args(["broker", "--listen", &broker_mqtt.to_string()]);
     quiet(&mut command);
-    let broker = Child(command.spawn().unwrap());
-    listening(mqtt).await;
-    let node = Name::parse("outside").unwrap();
-    let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
-    let received = count_received(mqtt, "homelab/events/outside", true).await;
-    let start = Instant::now();
-    publish_windowed(
-        mqtt,
-        "homelab/events/outside",
-        payloads.clone(),
-        WINDOW,
-        received.clone(),
-    )
-    .await;
-    all_received(&received, n, start).await;
-    let anchor = n as f64 / start.elapsed().as_secs_f64();
-    drop(broker);
-
+    let _broker = Child(command.spawn().unwrap());
+    listening(broker_mqtt).await;
     // `homelab up`, durable.
     let mqtt = free_addr();
     let http = free_addr();
     let root = tempfile::tempdir().unwrap();
     let repo = root.path().join("repo");
     std::fs::create_dir_all(repo.join("inventory")).unwrap();
+    let nodes: String = (0..rounds)
+        .map(|r| format!("  outside{r}: {{}}\n"))
+        .collect();
     std::fs::write(
         repo.join("inventory/topology.yaml"),
-        "nodes:\n  outside: {}\n",
+        format!("nodes:\n{nodes}"),
     )
     .unwrap();
     let mut command = std::process::Command::new(bin);
@@ -506,26 +561,58 @@ async fn ingestion_from_outside(n: u64) {
         .arg("--root")
         .arg(root.path().join("root"));
     quiet(&mut command);
-    let up = Child(command.spawn().unwrap());
+    let _up = Child(command.spawn().unwrap());
     listening(mqtt).await;
     listening(http).await;
-    let acked = Arc::new(AtomicU64::new(0));
-    let waiter = tokio::spawn(wait_ack(
-        mqtt,
-        "outside",
-        n,
-        Duration::from_secs(300),
-        acked.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start = Instant::now();
-    publish_windowed(mqtt, "homelab/events/outside", payloads, WINDOW, acked).await;
-    waiter.await.unwrap();
-    let durable = n as f64 / start.elapsed().as_secs_f64();
-    drop(up);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (mut anchors, mut durables, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // A node of its own per round: each starts at seq 1.
+        let node = Name::parse(&format!("outside{round}")).unwrap();
+        let topic = format!("homelab/events/{node}");
+        let payloads: Vec<String> = (1..=n).map(|seq| event(&node, seq).to_json()).collect();
+        let received = count_received(broker_mqtt, &topic, true).await;
+        let start = Instant::now();
+        publish_windowed(
+            broker_mqtt,
+            &topic,
+            payloads.clone(),
+            WINDOW,
+            received.clone(),
+        )
+        .await;
+        all_received(&received, n, start).await;
+        let anchor = n as f64 / start.elapsed().as_secs_f64();
+
+        let acked = Arc::new(AtomicU64::new(0));
+        let acked2 = acked.clone();
+        let node_name = node.to_string();
+        let waiter = tokio::spawn(async move {
+            wait_ack(mqtt, &node_name, n, Duration::from_secs(300), acked.clone()).await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        publish_windowed(mqtt, &topic, payloads, WINDOW, acked2).await;
+        waiter.await.unwrap();
+        let durable = n as f64 / start.elapsed().as_secs_f64();
+        anchors.push(anchor);
+        durables.push(durable);
+        ratios.push(durable / anchor);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (lo, hi) = (
+        ratios.iter().copied().fold(f64::MAX, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
     println!(
-        "from outside, {n} events: `homelab up` durable {durable:>9.0} events/s   (anchor, `homelab broker` pass-through: {anchor:>9.0} events/s; ratio {:.2})",
-        durable / anchor
+        "from outside, {rounds} rounds of {n} events: `homelab up` durable {:>9.0} events/s   (anchor, `homelab broker` pass-through: {:>9.0} events/s; ratio {:.2}, rounds {lo:.2}..{hi:.2})",
+        median(&mut durables),
+        median(&mut anchors),
+        median(&mut ratios),
     );
 }
 
@@ -729,6 +816,187 @@ async fn replay_after_outage(n: u64) {
         "replay after an outage ({n} events backlog):   {:>9.0} events/s ({:.2} s until on the observer's disk)",
         n as f64 / took.as_secs_f64(),
         took.as_secs_f64()
+    );
+    shutdown.cancel();
+    plant.shutdown.cancel();
+}
+
+/// A slow link, emulated in user space (this kernel has no netem): each
+/// direction serializes bytes at `rate` (bytes/s) through a queue of at
+/// most `queue` bytes, then delays them by `delay` (propagation). A full
+/// queue stops reading from the sender (its TCP buffers then fill and its
+/// writes wait), as a router's would. Counts the bytes each way: MQTT's
+/// bytes, without TCP/IP headers.
+struct SlowLink {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl SlowLink {
+    async fn start(
+        target: std::net::SocketAddr,
+        rate: f64,
+        delay: Duration,
+        queue: usize,
+    ) -> SlowLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (up2, down2) = (up.clone(), down.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let _ = client.set_nodelay(true);
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = server.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(SlowLink::direction(cr, sw, rate, delay, queue, up2.clone()));
+                tokio::spawn(SlowLink::direction(
+                    sr,
+                    cw,
+                    rate,
+                    delay,
+                    queue,
+                    down2.clone(),
+                ));
+            }
+        });
+        SlowLink { addr, up, down }
+    }
+
+    async fn direction(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        rate: f64,
+        delay: Duration,
+        queue: usize,
+        count: Arc<AtomicU64>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                if to.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut departs = tokio::time::Instant::now();
+        let mut buf = vec![0u8; 1448];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            departs = departs.max(now) + Duration::from_secs_f64(n as f64 / rate);
+            if tx.send((departs + delay, buf[..n].to_vec())).is_err() {
+                break;
+            }
+            // The queue holds what waits to depart: past its size, stop
+            // reading until it has drained to it.
+            let backlog = Duration::from_secs_f64(queue as f64 / rate);
+            if departs > now + backlog {
+                tokio::time::sleep_until(departs - backlog).await;
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+}
+
+/// Bytes a plain TCP stream carries through the same link: the link's
+/// capacity as this emulation gives it, the anchor of the replay's figure.
+async fn slow_link_capacity(rate: f64, delay: Duration, queue: usize, bytes: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let received = tokio::spawn(async move {
+        let (mut stream, _) = sink.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < bytes {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        Instant::now()
+    });
+    let link = SlowLink::start(sink_addr, rate, delay, queue).await;
+    let mut stream = tokio::net::TcpStream::connect(link.addr).await.unwrap();
+    let start = Instant::now();
+    let chunk = vec![7u8; 16384];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        stream.write_all(&chunk[..n]).await.unwrap();
+        sent += n;
+    }
+    let done = received.await.unwrap();
+    bytes as f64 / (done - start).as_secs_f64()
+}
+
+/// Replay after an outage over an LTE-like link (1 Mbit/s each way, 300 ms
+/// round trip, a 64 KiB queue): an agent starts with `n` events in its
+/// outbox; events/s until the observer's watermark covers them, and the
+/// bytes each way per event, next to what a plain TCP stream carries
+/// through the same link in the same run.
+async fn replay_over_a_slow_link(n: u64) {
+    const RATE: f64 = 125_000.0; // 1 Mbit/s
+    const DELAY: Duration = Duration::from_millis(150);
+    const QUEUE: usize = 64 * 1024;
+    let capacity = slow_link_capacity(RATE, DELAY, QUEUE, 1_000_000).await;
+    let plant = plant().await;
+    let link = SlowLink::start(plant.mqtt, RATE, DELAY, QUEUE).await;
+    let node = Name::parse("lte").unwrap();
+    let agent_root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(agent_root.path());
+    let stored: u64 = {
+        let outbox =
+            homelab_agent::outbox::Outbox::open(&layout.agent_dir(&node), node.clone(), u64::MAX)
+                .unwrap();
+        let events: Vec<Event> = (0..n).map(|i| event(&node, i)).collect();
+        let size = events.iter().map(|e| e.to_json().len() as u64).sum::<u64>() / n;
+        outbox.push_batch(events).unwrap();
+        size
+    };
+    let mut config = homelab_agent::Config::new(node.clone(), &link.addr.to_string(), layout);
+    config.docker_host = Some(format!("unix://{}/none.sock", agent_root.path().display()));
+    let shutdown = CancellationToken::new();
+    let waiter = tokio::spawn(wait_ack(
+        plant.mqtt,
+        "lte",
+        n,
+        Duration::from_secs(900),
+        Arc::default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    tokio::spawn(homelab_agent::run(config, shutdown.clone()));
+    waiter.await.unwrap();
+    let took = start.elapsed().as_secs_f64();
+    let (up, down) = (
+        link.up.load(Ordering::Relaxed) as f64,
+        link.down.load(Ordering::Relaxed) as f64,
+    );
+    let rate = n as f64 / took;
+    let per_event = up / n as f64;
+    println!(
+        "replay over a 1 Mbit/s, 300 ms RTT link ({n} events of {stored} bytes): {rate:>6.0} events/s; {per_event:.0} bytes up and {:.0} down per event (MQTT, without TCP/IP); up {:.0} bytes/s",
+        down / n as f64,
+        up / took
+    );
+    println!(
+        "  anchor, a plain TCP stream through the same link: {capacity:>6.0} bytes/s = {:.0} events/s at {per_event:.0} bytes each; ratio {:.2} (goal 0.8)",
+        capacity / per_event,
+        (up / took) / capacity
     );
     shutdown.cancel();
     plant.shutdown.cancel();
@@ -1248,6 +1516,7 @@ async fn event_to_action(samples_n: usize) {
         agent_node: None,
         ui_token: Some("bench".into()),
         command_timeout: std::time::Duration::from_secs(300),
+        repo_sync: None,
         default_grace: Duration::ZERO,
         agent: Default::default(),
         retention: Default::default(),
@@ -1425,6 +1694,18 @@ fn main() {
         runtime.block_on(ingestion_from_outside(n));
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "outside") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(ingestion_from_outside(n));
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "lte") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(replay_over_a_slow_link(2_000));
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "restart") {
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -1456,6 +1737,7 @@ fn main() {
     runtime.block_on(observer_ingestion_signed_and_not(n));
     runtime.block_on(ingestion_from_outside(n));
     runtime.block_on(replay_after_outage(n));
+    runtime.block_on(replay_over_a_slow_link(2_000));
     runtime.block_on(fleet_replay(100, 1_000));
     runtime.block_on(agent_idle_rss());
     runtime.block_on(agent_idle_cpu());

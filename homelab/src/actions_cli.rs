@@ -108,7 +108,12 @@ impl Client {
     }
 
     /// The JSON of a 2xx answer, or the API's `error` as this call's error.
-    fn json(&self, method: &str, path: &str, body: Option<String>) -> Result<serde_json::Value> {
+    pub(crate) fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<serde_json::Value> {
         let (status, text) = self.call(method, path, body)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
@@ -260,6 +265,24 @@ pub fn render_action(a: &Action) -> String {
     if !a.message.is_empty() {
         let _ = writeln!(out, "message:  {}", a.message);
     }
+    if let Some(origin) = &a.origin {
+        let _ = writeln!(
+            out,
+            "commit:   {} {} ({}, {}){}",
+            origin.commit.short(),
+            origin.commit.subject,
+            origin.commit.author,
+            homelab_core::time::format(&origin.commit.time),
+            if origin.pinned { ", pinned" } else { "" }
+        );
+        if let Some(from) = &origin.from_commit {
+            let _ = writeln!(
+                out,
+                "changes:  what {} deployed",
+                &from[..from.len().min(7)]
+            );
+        }
+    }
     if let Some(command) = &a.command {
         let _ = writeln!(
             out,
@@ -275,6 +298,12 @@ pub fn render_action(a: &Action) -> String {
             if result.ok { "ok:" } else { "failed:" },
             result.message
         );
+    }
+    if let Some(diff) = a.origin.as_ref().and_then(|o| o.diff.as_deref()) {
+        let _ = writeln!(out, "compose files, old -> new:");
+        for line in diff.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
     }
     let _ = writeln!(out, "history:");
     for t in &a.history {
@@ -322,6 +351,7 @@ mod tests {
             params: None,
             command: None,
             result: None,
+            origin: None,
         }
     }
 

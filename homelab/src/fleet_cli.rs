@@ -278,7 +278,7 @@ fn node_records(layout: &Layout) -> Result<Vec<NodeRecord>> {
 /// Home Assistant's login to Mosquitto in fleet mode: it may read the
 /// homelab's state and the nodes' status and agent state, and use its own
 /// discovery prefix; nothing else. `@` keeps it apart from node names.
-pub const HA_USER: &str = "@home-assistant";
+pub use homelab_core::acl::HA_USER;
 
 /// Where Home Assistant's Mosquitto password is kept (made on first use).
 pub fn ha_password_file(layout: &Layout) -> std::path::PathBuf {
@@ -310,36 +310,7 @@ pub fn ha_password(layout: &Layout) -> Result<String> {
 /// events, status and agent state, and read only its own commands, acks and
 /// node config.
 pub fn mosquitto_acl(topics: &Topics, nodes: &[Name]) -> String {
-    let mut out = String::from(
-        "# Written by `homelab mosquitto-config`: run it again after `homelab node add|rotate|remove`.\n\n",
-    );
-    out += &format!(
-        "user {}\ntopic readwrite {}/#\ntopic readwrite homeassistant/#\n",
-        identity::CONTROL_USER,
-        topics.prefix()
-    );
-    let prefix = topics.prefix();
-    out += &format!(
-        "\nuser {HA_USER}\ntopic read {prefix}/state/#\ntopic read {prefix}/nodes/+/status\ntopic read {prefix}/nodes/+/agent\ntopic readwrite homeassistant/#\n"
-    );
-    for node in nodes {
-        out += &format!("\nuser {node}\n");
-        for topic in [
-            topics.events(node),
-            topics.node_status(node),
-            topics.node_agent(node),
-        ] {
-            out += &format!("topic write {topic}\n");
-        }
-        for topic in [
-            topics.commands(node),
-            topics.acks(node),
-            topics.node_config(node),
-        ] {
-            out += &format!("topic read {topic}\n");
-        }
-    }
-    out
+    homelab_core::acl::mosquitto_acl(topics, nodes)
 }
 
 /// Mosquitto's configuration for the fleet: no anonymous client, the

@@ -17,11 +17,46 @@ use tracing::{error, info};
 pub mod actions_cli;
 pub mod agent_cli;
 pub mod fleet_cli;
+pub mod repo_cli;
+
+/// What `--repo` makes of the desired state: the folder the components
+/// read, and for a git source the sync that keeps it (its live commit's
+/// tree, `state/repo/live`).
+#[derive(Debug, Clone)]
+pub struct RepoChoice {
+    pub folder: PathBuf,
+    pub sync: Option<homelab_repo::Config>,
+}
+
+pub fn repo_choice(
+    raw: &str,
+    branch: Option<String>,
+    poll: Duration,
+    layout: &Layout,
+) -> RepoChoice {
+    let source = homelab_repo::source::parse(raw);
+    match source {
+        homelab_repo::Source::Folder(folder) => RepoChoice { folder, sync: None },
+        source => RepoChoice {
+            folder: layout.repo_live(),
+            sync: Some(homelab_repo::Config {
+                source,
+                branch,
+                poll,
+                layout: layout.clone(),
+            }),
+        },
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct UpConfig {
     pub root: PathBuf,
+    /// The folder the components read: the repo, or for a git source its
+    /// live tree (`repo_sync` keeps it).
     pub repo: PathBuf,
+    /// The desired state's git history, when `--repo` is a checkout or URL.
+    pub repo_sync: Option<homelab_repo::Config>,
     /// Where the embedded broker listens: plain MQTT, loopback only.
     pub mqtt: SocketAddr,
     /// Where it listens with TLS, for agents on other hosts (fleet mode:
@@ -95,6 +130,11 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
 
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
     let child = || shutdown.child_token();
+    if let Some(mut sync) = config.repo_sync.clone() {
+        sync.layout = layout.clone();
+        let token = child();
+        tasks.spawn(async move { ("repo", homelab_repo::run(sync, token).await) });
+    }
     // Stored events reach the supervisor and the executor in-process, once
     // they are in the log: the broker carries each event once, to the
     // observer.

@@ -137,9 +137,27 @@ enum NodeCommand {
 
 #[derive(Args, Clone)]
 struct RepoArg {
-    /// The desired-state repo (inventory/, hosts/, services/).
+    /// The desired-state repo (inventory/, hosts/, services/): a folder, a
+    /// local git checkout, or a git URL (https://…, ssh://…, git@host:path,
+    /// file://…). A checkout's or a URL's commits are the desired state,
+    /// never a working copy.
     #[arg(long, default_value = ".")]
-    repo: PathBuf,
+    repo: String,
+    /// The branch of a git repo to follow (default: the remote's default
+    /// branch; a checkout's current branch).
+    #[arg(long)]
+    branch: Option<String>,
+    /// How often a git URL is fetched (a local checkout: every 5 s; a push
+    /// webhook or `homelab repo sync` fetches at once).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    repo_poll: Duration,
+}
+
+impl RepoArg {
+    /// The folder components read, and the sync of a git source.
+    fn choice(&self, layout: &Layout) -> homelab::RepoChoice {
+        homelab::repo_choice(&self.repo, self.branch.clone(), self.repo_poll, layout)
+    }
 }
 
 #[derive(Subcommand)]
@@ -267,9 +285,10 @@ enum Commands {
         http: SocketAddr,
         /// The desired-state repo: the overview then shows every node of
         /// the inventory (also those that never reported), their roles and
-        /// the services they should run.
+        /// the services they should run. A git checkout or URL is read from
+        /// `<root>/state/repo/live`, which the supervisor's sync keeps.
         #[arg(long)]
-        repo: Option<std::path::PathBuf>,
+        repo: Option<String>,
     },
     /// Hands an event to this node's agent durably (also while the agent or
     /// the uplink is down) and prints its id.
@@ -306,6 +325,23 @@ enum Commands {
         #[command(subcommand)]
         command: homelab::actions_cli::ActionsCommand,
     },
+    /// The desired state's git history over the ui's HTTP API: status,
+    /// commits, sync, pin, unpin.
+    Repo {
+        /// The ui (of `homelab up` or `homelab ui`).
+        #[arg(
+            long,
+            env = "HOMELAB_URL",
+            default_value = "http://127.0.0.1:18180",
+            global = true
+        )]
+        url: String,
+        /// The operator token (default: `<root>/config/ui/token` when readable).
+        #[arg(long, env = "HOMELAB_UI_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: homelab::repo_cli::RepoCommand,
+    },
     /// Validates the desired-state repo; prints every problem with file and line.
     Check {
         #[command(flatten)]
@@ -321,11 +357,20 @@ fn node_name(raw: Option<String>) -> Result<Name> {
     agent_cli::node_name(raw)
 }
 
+/// mimalloc: under load the control plane spent about 15% of its CPU in
+/// glibc's malloc and free (events parsed, logged and handed on).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     homelab::init_logging();
     let cli = Cli::parse();
     if let Commands::Check { repo } = &cli.command {
-        return check(&repo.repo);
+        if homelab_repo::source::is_url(&repo.repo) {
+            eprintln!("homelab check takes a folder or a checkout (its working tree), not a URL: clone it and check the clone");
+            return ExitCode::FAILURE;
+        }
+        return check(std::path::Path::new(&repo.repo));
     }
     if let Commands::Agent {
         query: Some(AgentQuery::Status { node, json }),
@@ -357,6 +402,24 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("homelab actions: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Commands::Repo {
+        url,
+        token,
+        command,
+    } = &cli.command
+    {
+        let client = homelab::actions_cli::Client::new(url, token.clone(), &cli.globals.root);
+        return match homelab::repo_cli::run(&client, command.clone(), chrono::Utc::now()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab repo: {error:#}");
                 ExitCode::FAILURE
             }
         };
@@ -526,9 +589,11 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 Some(node_name(node)?)
             };
+            let choice = repo.choice(&layout);
             let config = homelab::UpConfig {
                 root: cli.globals.root,
-                repo: repo.repo,
+                repo: choice.folder,
+                repo_sync: choice.sync,
                 mqtt,
                 mqtts,
                 http,
@@ -565,9 +630,9 @@ async fn run(cli: Cli) -> Result<()> {
             homelab_observer::run(
                 homelab_observer::Config {
                     broker: broker.endpoint(&layout, fleet.as_ref())?,
+                    repo: Some(repo.choice(&layout).folder),
                     layout,
                     topics,
-                    repo: Some(repo.repo),
                     retention: retention.policy(),
                     feed: None,
                     fleet: fleet.clone(),
@@ -583,18 +648,31 @@ async fn run(cli: Cli) -> Result<()> {
             grace_period,
             auto_limit,
         } => {
+            // The supervisor owns the desired state: run alone, it also
+            // runs the sync of a git source.
+            let choice = repo.choice(&layout);
             let config = homelab_supervisor::Config {
                 broker: broker.endpoint(&layout, fleet.as_ref())?,
+                repo: choice.folder,
                 layout,
                 topics,
-                repo: repo.repo,
                 default_grace: grace_period,
                 interval: Duration::from_secs(5),
                 auto_limit,
                 feed: None,
                 fleet: fleet.clone(),
             };
-            homelab_supervisor::run(config, shutdown).await
+            match choice.sync {
+                Some(sync) => {
+                    let both = shutdown.clone();
+                    let sync = tokio::spawn(homelab_repo::run(sync, both));
+                    let result = homelab_supervisor::run(config, shutdown.clone()).await;
+                    shutdown.cancel();
+                    let _ = sync.await;
+                    result
+                }
+                None => homelab_supervisor::run(config, shutdown).await,
+            }
         }
         Commands::Executor {
             broker,
@@ -619,6 +697,9 @@ async fn run(cli: Cli) -> Result<()> {
             homelab_notify::run(config, shutdown).await
         }
         Commands::Ui { broker, http, repo } => {
+            let repo = repo.map(|raw| {
+                homelab::repo_choice(&raw, None, Duration::from_secs(60), &layout).folder
+            });
             let config = homelab_ui::Config {
                 listen: http,
                 broker: broker.endpoint(&layout, fleet.as_ref())?,
@@ -634,6 +715,7 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Check { .. }
         | Commands::Emit { .. }
         | Commands::Actions { .. }
+        | Commands::Repo { .. }
         | Commands::Tls { .. }
         | Commands::Node { .. }
         | Commands::MosquittoConfig { .. } => {

@@ -943,6 +943,9 @@ async fn overflow_during_a_cut(kind: Broker) {
     until(&lab, 1).await;
     let first_seq = lab.logged().last().unwrap()["seq"].as_u64().unwrap();
     lab.wait_ack(first_seq).await;
+    // The agent itself has the ack (not only the broker's retained copy).
+    lab.wait_agent_status(|s| s.contains(&format!("{first_seq} acknowledged")))
+        .await;
     lab.proxy.cut();
     lab.wait_agent_log("mqtt connection lost", 1).await;
     let connects = lab.agent_connects();
@@ -995,15 +998,35 @@ async fn overflow_during_a_cut(kind: Broker) {
         .iter()
         .map(|e| e["data"]["dropped"].as_u64().unwrap())
         .sum();
-    // What went, the notices count: every test event of the cut is logged
-    // once, or counted as dropped.
+    // What went, the notices count: every seq the node gave out is in the
+    // log, or inside a notice's range (the agent's own events, such as its
+    // docker_unreachable, may be among the dropped too).
+    let mut covered = std::collections::BTreeSet::new();
+    for e in &logged {
+        let seq = e["seq"].as_u64().unwrap();
+        match e["type"].as_str() {
+            Some("events_dropped") => {
+                let first = e["data"]["first_seq"].as_u64().unwrap();
+                covered.extend(first..=seq);
+            }
+            _ => {
+                covered.insert(seq);
+            }
+        }
+    }
+    let last = *covered.iter().next_back().unwrap();
+    let gaps: Vec<u64> = (1..=last).filter(|s| !covered.contains(s)).collect();
+    assert!(
+        gaps.is_empty(),
+        "seqs neither logged nor announced dropped: {gaps:?}"
+    );
     let seen = lab.test_events();
     assert!(seen.values().all(|n| *n == 1), "stored twice: {seen:?}");
     let kept_of_the_cut = seen.keys().filter(|i| (1..=400).contains(*i)).count() as u64;
-    assert_eq!(
-        kept_of_the_cut + dropped,
-        400,
-        "{kept_of_the_cut} kept and {dropped} announced dropped, of 400"
+    let missing = 400 - kept_of_the_cut;
+    assert!(
+        missing <= dropped && dropped <= missing + 3,
+        "{missing} test events missing, {dropped} announced dropped"
     );
     assert!(
         dropped > homelab_agent::outbox::SEND_WINDOW,

@@ -1,9 +1,10 @@
 //! How the link to the broker fares, measured on the connection itself: no
 //! probe of its own, so nothing extra crosses an LTE uplink and the broker
 //! sees no extra clients. Every QoS 1 PUBLISH the client writes is timed
-//! until its PUBACK, and every PINGREQ until its PINGRESP (an agent
-//! publishes its status every 5 s, so there is a sample at least that
-//! often while connected); one that is not answered within [`LATE`], or
+//! until its PUBACK, and every PINGREQ until its PINGRESP (an idle agent
+//! publishes its status every 30 s and pings when nothing else went out
+//! for its 15 s keepalive, so there are samples while connected); one that
+//! is not answered within [`LATE`], or
 //! never (the connection dropped first), counts against the link. An
 //! outage runs from a lost connection to the next CONNACK.
 //!

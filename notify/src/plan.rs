@@ -117,12 +117,7 @@ pub fn plan(
             subject,
             said: Said::ActionPending,
             title: format!("Approve? {} of {on}", action.kind.as_str()),
-            text: format!(
-                "{}: {} (risk {})",
-                action.reason,
-                action.message,
-                homelab_core::world::json_word(&action.risk)
-            ),
+            text: action_text(action),
             link: format!("{base}/actions/{}", action.id),
         });
     }
@@ -174,6 +169,39 @@ pub fn forget(told: &mut Told, pending: &[Action], limits: &Limits, now: Timesta
     });
 }
 
+/// At most this much of a redeploy's diff goes into a message (Telegram
+/// takes 4,096 characters, ntfy 4 KB); the page has it whole.
+pub const DIFF_IN_MESSAGE: usize = 1_200;
+
+/// What a pending action's message says: why, the risk, and where it
+/// comes from (the commit, and for a changed service its diff).
+pub fn action_text(action: &homelab_core::Action) -> String {
+    let mut text = format!(
+        "{}: {} (risk {})",
+        action.reason,
+        action.message,
+        homelab_core::world::json_word(&action.risk)
+    );
+    if let Some(origin) = &action.origin {
+        text += &format!(
+            "\ncommit {} {} by {}{}",
+            origin.commit.short(),
+            origin.commit.subject,
+            origin.commit.author,
+            if origin.pinned { " (pinned)" } else { "" }
+        );
+        if let Some(diff) = &origin.diff {
+            let cut: String = diff.chars().take(DIFF_IN_MESSAGE).collect();
+            text += "\n";
+            text += &cut;
+            if cut.len() < diff.len() {
+                text += "\n… (the whole diff is on the action's page)";
+            }
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +251,47 @@ mod tests {
             .iter()
             .map(|n| (n.subject.clone(), n.said))
             .collect()
+    }
+
+    #[test]
+    fn a_pending_redeploy_says_its_commit_and_diff() {
+        let mut action = homelab_core::Action::new(
+            homelab_core::ActionKind::Redeploy,
+            Name::parse("piha").unwrap(),
+            Some(Name::parse("app").unwrap()),
+            homelab_core::Risk::Guarded,
+            "desired_changed",
+            "the repo changed the compose files of app since 1111111",
+            chrono::Utc::now(),
+        );
+        assert_eq!(
+            action_text(&action),
+            "desired_changed: the repo changed the compose files of app since 1111111 (risk guarded)"
+        );
+        action.origin = Some(homelab_core::action::Origin {
+            commit: homelab_core::repo::Commit {
+                sha: "3f2a91c".repeat(6)[..40].to_string(),
+                subject: "app: image 2".into(),
+                author: "Ann".into(),
+                time: chrono::Utc::now(),
+            },
+            pinned: false,
+            from_commit: Some("1".repeat(40)),
+            diff: Some(format!(
+                "-image: app:1\n+image: app:2\n{}",
+                "x".repeat(2000)
+            )),
+        });
+        let text = action_text(&action);
+        assert!(
+            text.contains("\ncommit 3f2a91c app: image 2 by Ann\n-image: app:1\n+image: app:2"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("(the whole diff is on the action's page)"),
+            "{text}"
+        );
+        assert!(text.chars().count() < 1_500);
     }
 
     #[test]

@@ -104,6 +104,8 @@ struct Observer {
     last_desired: Option<homelab_core::desired::Desired>,
     /// Problems of the repo as incidents, one per node (or `repo`).
     repo_problems: Vec<homelab_core::world::Incident>,
+    /// The git source's desired commit as last shown (the summary says it).
+    desired_view: Option<homelab_core::repo::DesiredView>,
     maintenance: Vec<homelab_core::maintenance::Window>,
     /// The incidents last written, to notice when time alone changes them
     /// (an alert expires, a maintenance window opens).
@@ -327,6 +329,7 @@ impl Observer {
             desired: Default::default(),
             last_desired: None,
             repo_problems: Vec::new(),
+            desired_view: None,
             maintenance: Vec::new(),
             last_incidents: Vec::new(),
             history: Vec::new(),
@@ -554,18 +557,48 @@ impl Observer {
     /// true if what the observer uses of it changed. A bad file spoils
     /// only what it describes; its problems become incidents.
     fn load_inventory(&mut self) -> bool {
-        let Some(repo) = &self.config.repo else {
+        let Some(configured) = &self.config.repo else {
             return false;
         };
+        // A git source: its live commit's tree (resolved once, so one load
+        // reads one commit), and the sync's own incidents.
+        let git = configured == &self.config.layout.repo_live();
+        let repo = &homelab_core::repo::resolve(configured);
+        let status = git
+            .then(|| homelab_core::repo::RepoStatus::read(&self.config.layout))
+            .flatten();
+        let mut problems = status
+            .as_ref()
+            .map(|status| homelab_core::world::repo_incidents(status, Utc::now()))
+            .unwrap_or_default();
+        // Every look moves `fetched_at`: only what the summary shows of the
+        // commit counts as a change.
+        let view = status.as_ref().map(|s| homelab_core::repo::DesiredView {
+            fetched_at: None,
+            ..homelab_core::repo::DesiredView::of(s)
+        });
+        let moved = view != self.desired_view;
+        self.desired_view = view;
+        if git && !repo.exists() {
+            // Nothing is live yet (the first fetch has not worked).
+            for problem in &mut problems {
+                if let Some(old) = self.repo_problems.iter().find(|o| o.id == problem.id) {
+                    problem.opened_at = old.opened_at;
+                }
+            }
+            let changed = problems != self.repo_problems || moved;
+            self.repo_problems = problems;
+            return changed;
+        }
         let loaded = desired::load_partial(repo);
-        let mut problems = repo_problems(repo, &loaded.problems, Utc::now());
+        problems.extend(repo_problems(repo, &loaded.problems, Utc::now()));
         for problem in &mut problems {
             if let Some(old) = self.repo_problems.iter().find(|o| o.id == problem.id) {
                 problem.opened_at = old.opened_at;
             }
         }
-        let mut changed = problems != self.repo_problems;
-        if changed {
+        let mut changed = problems != self.repo_problems || moved;
+        if problems != self.repo_problems {
             for problem in &loaded.problems {
                 warn!(%problem, "desired state has a problem; what it describes keeps its last good state");
             }
@@ -602,7 +635,7 @@ impl Observer {
         let topics = self.config.topics.clone();
         // Fleet mode: the enrolled nodes' keys, read once per batch.
         let enrolled = self.config.fleet.as_ref().map(|fleet| fleet.nodes());
-        let mut events = Vec::new();
+        let mut arrived = Vec::new();
         let mut changed = false;
         for item in batch {
             match item {
@@ -655,13 +688,19 @@ impl Observer {
                     } else if let Some(node) = topics.parse_node_status(&message.topic) {
                         changed |= self.node_status(node, &message);
                     } else if let Some(node) = topics.parse_events(&message.topic) {
-                        if let Some(event) = validate(node, &message, enrolled.as_deref()) {
-                            events.push(event);
-                        }
+                        metrics::counter!("homelab_events_received_total").increment(1);
+                        arrived.push((node, message));
                     }
                 }
             }
         }
+        // Fleet mode: every signature of the batch checked at once.
+        let opened = blocking(|| open_events(&arrived, enrolled.as_deref()));
+        let events: Vec<Event> = arrived
+            .iter()
+            .zip(opened)
+            .filter_map(|((node, message), payload)| validate(node, message, payload?))
+            .collect();
         if events.is_empty() {
             return Ok(changed);
         }
@@ -954,10 +993,6 @@ impl Observer {
             (layout.world_services(), fsutil::json_bytes(&services)?),
             (layout.world_nodes(), fsutil::json_bytes(&nodes)?),
             (layout.world_incidents(), fsutil::json_bytes(&incidents)?),
-            (
-                layout.world_deployments(),
-                fsutil::json_bytes(&Vec::<()>::new())?,
-            ),
         ];
         if !closed.is_empty() {
             homelab_core::world::append_history(&mut self.history, closed);
@@ -978,7 +1013,8 @@ impl Observer {
         for (path, text) in texts {
             self.written.insert(path, text);
         }
-        let summary = Summary::new(&nodes, &services, &incidents, &open);
+        let repo = homelab_core::repo::RepoStatus::read(&self.config.layout);
+        let summary = Summary::new(&nodes, &services, &incidents, &open, repo.as_ref());
 
         let mut wanted: Vec<(String, String)> = Vec::new();
         for service in &services {
@@ -1085,47 +1121,102 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// An event from the bus, checked: its topic's node, in fleet mode the
-/// signature of that node's key (the bus does not say who published), its
-/// fields, and that it names the topic's node.
-fn validate(
-    node: Result<Name, homelab_core::NameError>,
-    message: &Message,
+/// Below this many signed events a batch is checked on one core.
+const PARALLEL_FROM: usize = 64;
+
+/// The payloads of a batch's event messages as they are to be read: in
+/// open mode as they came; in fleet mode without their signatures, once
+/// those of the topic's node are checked (the bus does not say who
+/// published), all of a batch at once ([`identity::open_many`]) and split
+/// over the cores. `None` for one that is refused (counted).
+fn open_events<'a>(
+    arrived: &'a [(Result<Name, homelab_core::NameError>, Message)],
     enrolled: Option<&BTreeMap<Name, homelab_core::fleet::Enrolled>>,
+) -> Vec<Option<std::borrow::Cow<'a, [u8]>>> {
+    use std::borrow::Cow;
+    let Some(enrolled) = enrolled else {
+        return arrived
+            .iter()
+            .map(|(_, m)| Some(Cow::Borrowed(&m.payload[..])))
+            .collect();
+    };
+    // The key of each one's topic node; unknown nodes are refused here.
+    let keyed: Vec<Option<(&[u8], &identity::PublicKey)>> = arrived
+        .iter()
+        .map(|(node, message)| {
+            let node = match node {
+                Ok(node) => node,
+                Err(error) => {
+                    reject(&message.topic, "bad_name", error);
+                    return None;
+                }
+            };
+            match enrolled.get(node) {
+                Some(enrolled) => Some((&message.payload[..], &enrolled.public_key)),
+                None => {
+                    reject(
+                        &message.topic,
+                        "unknown_node",
+                        &"no enrolled node of that name",
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let items: Vec<(&[u8], &identity::PublicKey)> = keyed.iter().flatten().copied().collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let checked: Vec<Result<Vec<u8>, identity::SigError>> =
+        if items.len() >= PARALLEL_FROM && cores > 1 {
+            let chunk = items.len().div_ceil(cores);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = items
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || identity::open_many(part, identity::Context::Event))
+                    })
+                    .collect();
+                parts
+                    .into_iter()
+                    .flat_map(|p| p.join().expect("signature check"))
+                    .collect()
+            })
+        } else {
+            identity::open_many(&items, identity::Context::Event)
+        };
+    let mut checked = checked.into_iter();
+    arrived
+        .iter()
+        .zip(keyed)
+        .map(|((_, message), keyed)| {
+            keyed?;
+            match checked.next().expect("one answer per keyed payload") {
+                Ok(unsigned) => Some(Cow::Owned(unsigned)),
+                Err(error) => {
+                    reject(&message.topic, error.reason(), &error);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// An event from the bus, checked: its topic's node, its fields (`payload`,
+/// the message as [`open_events`] gave it), and that it names the topic's
+/// node.
+fn validate(
+    node: &Result<Name, homelab_core::NameError>,
+    message: &Message,
+    payload: std::borrow::Cow<'_, [u8]>,
 ) -> Option<Event> {
-    metrics::counter!("homelab_events_received_total").increment(1);
     let topic_node = match node {
-        Ok(node) => node,
+        Ok(node) => node.clone(),
         Err(error) => {
             reject(&message.topic, "bad_name", &error);
             return None;
         }
     };
-    let opened;
-    let payload: &[u8] = match enrolled {
-        None => &message.payload,
-        Some(enrolled) => {
-            let Some(node) = enrolled.get(&topic_node) else {
-                reject(
-                    &message.topic,
-                    "unknown_node",
-                    &"no enrolled node of that name",
-                );
-                return None;
-            };
-            match identity::open(&message.payload, identity::Context::Event, &node.public_key) {
-                Ok(unsigned) => {
-                    opened = unsigned;
-                    &opened
-                }
-                Err(error) => {
-                    reject(&message.topic, error.reason(), &error);
-                    return None;
-                }
-            }
-        }
-    };
-    let event = match Event::from_payload(payload) {
+    let event = match Event::from_payload(&payload) {
         Ok(event) => event,
         Err(error) => {
             reject(&message.topic, error.reason(), &error);

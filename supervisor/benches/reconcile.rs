@@ -116,6 +116,7 @@ fn main() {
         default_grace: Duration::from_secs(30),
         ..Default::default()
     };
+    let no_changes = std::collections::BTreeMap::new();
     let inputs = Inputs {
         desired: &desired,
         nodes: &nodes,
@@ -123,6 +124,7 @@ fn main() {
         open: &open,
         finished: &[],
         events: &events,
+        changes: &no_changes,
     };
     let mut times = Vec::new();
     let mut created = 0;

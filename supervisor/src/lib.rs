@@ -11,6 +11,7 @@
 //! does not load, the last good desired state is kept; if a world or action
 //! file does not parse, the pass is skipped.
 
+pub mod changes;
 pub mod params;
 pub mod plan;
 pub mod recent;
@@ -53,6 +54,10 @@ struct Read {
     finished: Vec<Action>,
 }
 
+fn applied_path(layout: &Layout) -> PathBuf {
+    layout.supervisor_applied()
+}
+
 /// `state/supervisor/status.json`, written after every pass.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Status {
@@ -76,6 +81,21 @@ struct Supervisor {
     actions: ListCache,
     /// Node configs published since the last CONNACK: topic → revision.
     configs: std::collections::BTreeMap<String, String>,
+    /// Where the desired state was last read from: the repo folder, or
+    /// for a git source the live commit's tree (the link resolved once, so
+    /// one load reads one commit); and that commit.
+    tree: PathBuf,
+    commit: Option<homelab_core::repo::Commit>,
+    /// The compose bundle the repo wants per canonical node and service.
+    bundles: std::collections::BTreeMap<
+        (homelab_core::Name, homelab_core::Name),
+        homelab_core::command::ComposeBundle,
+    >,
+    /// What is deployed (`state/supervisor/applied.json`).
+    applied: changes::Applied,
+    /// The services the repo changed since they were deployed, as of the
+    /// last full pass.
+    changes: std::collections::BTreeMap<(homelab_core::Name, homelab_core::Name), changes::Change>,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
@@ -102,6 +122,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         },
         actions: ListCache::default(),
         configs: Default::default(),
+        tree: config.repo.clone(),
+        commit: None,
+        bundles: Default::default(),
+        changes: Default::default(),
+        applied: std::fs::read(applied_path(&config.layout))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default(),
     };
     info!(repo = %config.repo.display(), "supervisor started");
 
@@ -200,7 +228,20 @@ impl Supervisor {
     /// it concerns keep their last good desired state (or are frozen), the
     /// others follow the repo as it is now. Whether it changed.
     fn load_desired(&mut self) -> bool {
-        let loaded = desired::load_partial(&self.config.repo);
+        let tree = homelab_core::repo::resolve(&self.config.repo);
+        let commit = homelab_core::repo::commit_of(&self.config.layout, &tree);
+        if !tree.exists() && self.config.repo.ends_with("state/repo/live") {
+            // A git source before its first commit is live: nothing yet.
+            debug!("desired state: waiting for the repo's first commit");
+            return false;
+        }
+        let moved = commit != self.commit || tree != self.tree;
+        if moved {
+            if let Some(commit) = &commit {
+                info!(sha = %commit.sha, subject = %commit.subject, "desired state at a new commit");
+            }
+        }
+        let loaded = desired::load_partial(&tree);
         let lines: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
         if lines != self.last_problems {
             if lines.is_empty() {
@@ -214,13 +255,207 @@ impl Supervisor {
             }
             self.last_problems = lines;
         }
-        match loaded.or_last_good(self.desired.as_ref()) {
+        let changed = match loaded.or_last_good(self.desired.as_ref()) {
             Some(desired) if self.desired.as_ref() != Some(&desired) => {
                 self.desired = Some(desired);
                 true
             }
             _ => false,
+        };
+        self.tree = tree;
+        self.commit = commit;
+        if changed || moved {
+            self.bundles = self
+                .desired
+                .as_ref()
+                .map(|d| params::bundles(&self.tree, d))
+                .unwrap_or_default();
         }
+        changed || moved
+    }
+
+    /// What the repo changed since it was deployed, brought up to date
+    /// with the redeploys that completed; `applied.json` written when it
+    /// moved.
+    fn track_changes(
+        &mut self,
+        finished: &[Action],
+    ) -> std::collections::BTreeMap<(homelab_core::Name, homelab_core::Name), changes::Change> {
+        let deployed: Vec<changes::Deployed<'_>> = finished
+            .iter()
+            .filter(|a| {
+                a.state == ActionState::Completed && a.kind == homelab_core::ActionKind::Redeploy
+            })
+            .filter_map(|a| {
+                Some(changes::Deployed {
+                    node: &a.node,
+                    service: a.service.as_ref()?,
+                    bundle: a.params.as_ref()?.compose.as_ref()?,
+                    commit: a.origin.as_ref().map(|o| o.commit.sha.as_str()),
+                    at: a.updated_at,
+                })
+            })
+            .collect();
+        let (found, moved) = changes::track(
+            &mut self.applied,
+            &self.bundles,
+            &deployed,
+            self.commit.as_ref().map(|c| c.sha.as_str()),
+            Utc::now(),
+        );
+        if moved {
+            if let Err(error) =
+                fsutil::write_json_atomic(&applied_path(&self.config.layout), &self.applied)
+            {
+                warn!(error = format!("{error:#}"), "applied state not written");
+            }
+        }
+        found
+    }
+
+    /// Where an action comes from: the live commit (pinned or not) and,
+    /// for a redeploy of a changed service, the diff of its compose files.
+    fn origin(
+        &self,
+        action: &Action,
+        found: &std::collections::BTreeMap<
+            (homelab_core::Name, homelab_core::Name),
+            changes::Change,
+        >,
+    ) -> Option<homelab_core::action::Origin> {
+        let commit = self.commit.clone()?;
+        let pinned = homelab_core::repo::RepoStatus::read(&self.config.layout)
+            .and_then(|s| s.pinned)
+            .is_some_and(|p| p.commit.sha == commit.sha);
+        let change = action
+            .service
+            .as_ref()
+            .filter(|_| action.kind == homelab_core::ActionKind::Redeploy)
+            .and_then(|s| found.get(&(action.node.clone(), s.clone())));
+        let new_files: Vec<(String, String)> = action
+            .params
+            .as_ref()
+            .and_then(|p| p.compose.as_ref())
+            .map(|b| {
+                b.files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.content.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(homelab_core::action::Origin {
+            commit,
+            pinned,
+            from_commit: change.and_then(|c| c.from_commit.clone()),
+            diff: change
+                .map(|c| changes::diff(&c.from_files, &new_files))
+                .filter(|d| !d.is_empty()),
+        })
+    }
+
+    /// A pending redeploy whose files a newer commit changed again is
+    /// replaced by a proposal of that commit's files: cancelled (reason
+    /// `superseded_by_newer_commit`), and proposed anew with a history that
+    /// says what it replaces.
+    async fn supersede(
+        &mut self,
+        mqtt: &Mqtt,
+        open: &[Action],
+        found: &std::collections::BTreeMap<
+            (homelab_core::Name, homelab_core::Name),
+            changes::Change,
+        >,
+    ) -> bool {
+        let Some(desired) = self.desired.clone() else {
+            return false;
+        };
+        let mut replaced_any = false;
+        for old in open.iter().filter(|a| a.state == ActionState::Pending) {
+            let (Some(service), Some(bundle)) = (
+                old.service.as_ref(),
+                old.params.as_ref().and_then(|p| p.compose.as_ref()),
+            ) else {
+                continue;
+            };
+            let key = (old.node.clone(), service.clone());
+            let Some(wanted) = self.bundles.get(&key) else {
+                continue;
+            };
+            if wanted.digest() == bundle.digest() {
+                continue;
+            }
+            // A proposal of a change that is gone (a revert, an unpin: the
+            // repo wants what is deployed again) is not replaced: the plan
+            // cancels it as resolved.
+            if old.reason == plan::DESIRED_CHANGED && !found.contains_key(&key) {
+                continue;
+            }
+            let now = Utc::now();
+            let why = format!(
+                "{}: the repo changed {service}'s compose files again{}",
+                homelab_core::action::cancel_reasons::SUPERSEDED,
+                self.commit
+                    .as_ref()
+                    .map(|c| format!(" in {} ({})", c.short(), c.subject))
+                    .unwrap_or_default()
+            );
+            let mv = Move {
+                from: ActionState::Pending,
+                to: ActionState::Cancelled,
+                by: "supervisor",
+                why: &why,
+                at: now,
+                result: None,
+            };
+            let cancelled = match self.store.transition(&old.id, mv) {
+                Ok(action) => action,
+                Err(TransitionError::WrongState { actual, .. }) => {
+                    info!(id = %old.id, %actual, "supersede lost the race");
+                    continue;
+                }
+                Err(error) => {
+                    warn!(id = %old.id, error = format!("{error:#}"), "supersede failed");
+                    continue;
+                }
+            };
+            self.publish(mqtt, &cancelled).await;
+            let mut action = Action::new(
+                old.kind,
+                old.node.clone(),
+                old.service.clone(),
+                old.risk,
+                &old.reason,
+                &old.message,
+                now,
+            );
+            action.target = old.target.clone();
+            action.params = params::for_action(&self.tree, &desired, &action);
+            action.origin = self.origin(&action, found);
+            let replaced = old
+                .origin
+                .as_ref()
+                .map(|o| {
+                    format!(
+                        "the proposal for {} ({})",
+                        o.commit.short(),
+                        o.commit.subject
+                    )
+                })
+                .unwrap_or_else(|| "the earlier proposal".into());
+            action.history[0].why =
+                format!("{}: {} (replaces {replaced})", old.reason, old.message);
+            match self.store.create(&action) {
+                Ok(()) => {
+                    info!(id = %action.id, "pending redeploy replaced by the newer commit's");
+                    self.publish(mqtt, &action).await;
+                }
+                Err(error) => {
+                    warn!(id = %action.id, error = format!("{error:#}"), "replacement not written")
+                }
+            }
+            replaced_any = true;
+        }
+        replaced_any
     }
 
     /// Reads what a pass needs: the world files for a full pass, and the
@@ -262,6 +497,26 @@ impl Supervisor {
                 return;
             }
         };
+        // What the repo changed since it was deployed: on full passes (and
+        // a replaced proposal makes the open actions read again).
+        let mut read = read;
+        if scope == Scope::All {
+            self.changes = self.track_changes(&read.finished);
+            let found = self.changes.clone();
+            if self.supersede(mqtt, &read.open, &found).await {
+                match self.read(&scope) {
+                    Ok(again) => read = again,
+                    Err(error) => {
+                        warn!(
+                            error = format!("{error:#}"),
+                            "reconcile skipped: input unreadable"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        let found = &self.changes;
         let Some(desired) = &self.desired else { return };
         let now = Utc::now();
         self.recent.refresh(&self.config.layout, now);
@@ -285,6 +540,7 @@ impl Supervisor {
             open: &read.open,
             finished: &read.finished,
             events: self.recent.events(),
+            changes: found,
         };
         let plan = plan::plan_for(inputs, &settings, now, &scope);
         for alert in &plan.alerts {
@@ -303,7 +559,8 @@ impl Supervisor {
             self.recent.add(event);
         }
         for mut action in plan.create {
-            action.params = params::for_action(&self.config.repo, desired, &action);
+            action.params = params::for_action(&self.tree, desired, &action);
+            action.origin = self.origin(&action, found);
             match self.store.create(&action) {
                 Ok(()) => {
                     info!(id = %action.id, reason = %action.reason, "action proposed");
@@ -386,9 +643,15 @@ impl Supervisor {
         let Some(desired) = &self.desired else { return };
         let mut wanted = std::collections::BTreeMap::new();
         for (node, spec) in &desired.topology.nodes {
-            let scripts = params::healthcheck_scripts(&self.config.repo, desired, node);
-            let config = homelab_core::nodeconfig::NodeConfig::build(node, desired, &scripts);
-            let revision = config.revision.clone();
+            let scripts = params::healthcheck_scripts(&self.tree, desired, node);
+            let mut config = homelab_core::nodeconfig::NodeConfig::build(node, desired, &scripts);
+            config.commit = self.commit.as_ref().map(|c| c.sha.clone());
+            // Published again when the content or the commit moves.
+            let revision = format!(
+                "{}@{}",
+                config.revision,
+                config.commit.as_deref().unwrap_or("")
+            );
             let payload = self.sign_config(config);
             for name in std::iter::once(node).chain(&spec.aliases) {
                 wanted.insert(

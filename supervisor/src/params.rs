@@ -90,6 +90,23 @@ fn compose_bundle(
     })
 }
 
+/// The compose bundle the repo has for each service of each node (where
+/// the service has compose files that can be carried).
+pub fn bundles(
+    repo: &Path,
+    desired: &Desired,
+) -> std::collections::BTreeMap<(Name, Name), ComposeBundle> {
+    let mut out = std::collections::BTreeMap::new();
+    for (node, services) in &desired.hosts {
+        for service in services.keys() {
+            if let Ok(bundle) = compose_bundle(repo, desired, node, service) {
+                out.insert((node.clone(), service.clone()), bundle);
+            }
+        }
+    }
+    out
+}
+
 /// The text of the health check script of each monitored service of
 /// `node` that has one. A script that cannot be read is left out, with a
 /// warning (the loader already checked that it exists).

@@ -163,7 +163,14 @@ pub struct Inputs<'a> {
     /// Recent events (a day is plenty), in any order; alerts the shell
     /// raised itself included.
     pub events: &'a [Event],
+    /// Services whose compose files the repo changed since they were
+    /// deployed ([`crate::changes`]), under canonical node names.
+    pub changes: &'a BTreeMap<(Name, Name), crate::changes::Change>,
 }
+
+/// The reason of a redeploy proposed because the repo changed a service's
+/// compose files.
+pub const DESIRED_CHANGED: &str = "desired_changed";
 
 /// Whether the rules read events of this type: the shell keeps only these.
 pub fn reads(kind: &str) -> bool {
@@ -388,6 +395,7 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
         open,
         finished,
         events,
+        changes,
     } = inputs;
     let names = scope.names(desired);
     let in_scope = |name: &Name| names.as_ref().is_none_or(|names| names.contains(name));
@@ -585,6 +593,36 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
                         drift,
                         grace,
                         blocked,
+                    );
+                    continue;
+                }
+            }
+            // The repo changed its compose files since they were deployed:
+            // a redeploy, at once (a commit is deliberate; no grace).
+            if drift.is_none() && managed(spec) {
+                if let Some(change) = changes.get(&key) {
+                    let drift = Drift {
+                        kind: ActionKind::Redeploy,
+                        risk: Risk::Guarded,
+                        reason: DESIRED_CHANGED,
+                        message: format!(
+                            "the repo changed the compose files of {service}{}",
+                            change
+                                .from_commit
+                                .as_deref()
+                                .map(|c| format!(" since {}", &c[..c.len().min(7)]))
+                                .unwrap_or_default()
+                        ),
+                        since: change.since,
+                    };
+                    propose(
+                        &mut plan,
+                        &mut drifting,
+                        node,
+                        Some(service),
+                        drift,
+                        Duration::ZERO,
+                        in_window,
                     );
                     continue;
                 }
@@ -928,6 +966,7 @@ mod tests {
                 open,
                 finished: &[],
                 events: &[],
+                changes: &BTreeMap::new(),
             },
             settings,
             now,
@@ -1175,6 +1214,7 @@ mod tests {
                 open: &[],
                 finished: &finished,
                 events: &[],
+                changes: &BTreeMap::new(),
             };
             assert_eq!(
                 ids(&plan(inputs, &settings(), at(now))).0,
@@ -1218,6 +1258,7 @@ mod tests {
         open: Vec<Action>,
         finished: Vec<Action>,
         events: Vec<Event>,
+        changes: BTreeMap<(Name, Name), crate::changes::Change>,
     }
 
     impl Case {
@@ -1237,7 +1278,35 @@ mod tests {
                 open: vec![],
                 finished: vec![],
                 events: vec![],
+                changes: BTreeMap::new(),
             }
+        }
+
+        /// The repo changed `service`'s compose files at `secs`.
+        fn changed(mut self, service: &str, secs: i64) -> Case {
+            self.changes.insert(
+                (n("vps"), n(service)),
+                crate::changes::Change {
+                    since: at(secs),
+                    from_commit: Some("c0ffee0000000000000000000000000000000000".into()),
+                    from_files: vec![],
+                },
+            );
+            self
+        }
+
+        fn clone_with_change(&self, service: &str, secs: i64) -> Case {
+            let mut case = Case {
+                desired: self.desired.clone(),
+                nodes: self.nodes.clone(),
+                services: self.services.clone(),
+                open: self.open.clone(),
+                finished: self.finished.clone(),
+                events: self.events.clone(),
+                changes: self.changes.clone(),
+            };
+            case = case.changed(service, secs);
+            case
         }
 
         fn event(mut self, node: &str, kind: &str, service: Option<&str>, secs: i64) -> Case {
@@ -1280,6 +1349,7 @@ mod tests {
                     open: &self.open,
                     finished: &self.finished,
                     events: &self.events,
+                    changes: &self.changes,
                 },
                 &settings(),
                 at(now),
@@ -1351,6 +1421,63 @@ mod tests {
                 "container-restart-vps-mosquitto".to_string(),
                 "drift_resolved_auto"
             )]
+        );
+    }
+
+    /// A commit that changed a service's compose files proposes a guarded
+    /// redeploy at once; a reverted change cancels it; a service that is
+    /// down is restarted first; a window holds it back; a rejected one is
+    /// not proposed again for the same change, but for the next one.
+    #[test]
+    fn a_changed_compose_file_proposes_a_redeploy() {
+        let id = "redeploy-vps-app";
+        let case = Case::new(&[("app", spec())]).changed("app", 100);
+        assert_eq!(
+            created(&case.plan(100)),
+            vec![(id.to_string(), "desired_changed".to_string(), Risk::Guarded)]
+        );
+        assert!(case.plan(100).create[0].message.contains("since c0ffee0"));
+        // Pending, and the change is gone (reverted, unpinned): cancelled.
+        let mut pending = Case::new(&[("app", spec())]);
+        let mut proposed = case.plan(100).create.remove(0);
+        proposed.state = ActionState::Pending;
+        pending.open.push(proposed.clone());
+        assert_eq!(
+            pending.plan(200).cancel,
+            vec![Cancel {
+                id: Name::parse(id).unwrap(),
+                reason: cancel_reasons::DRIFT_RESOLVED
+            }]
+        );
+        // Still changed: kept.
+        let kept = pending.clone_with_change("app", 100);
+        assert_eq!(kept.plan(200).cancel, vec![]);
+        // Down: the restart comes first.
+        let down = Case::new(&[("app", spec())]).changed("app", 100).status(
+            "app",
+            ServiceStatus::NotRunning,
+            50,
+        );
+        assert_eq!(created(&down.plan(100))[0].1, "containers_not_running");
+        // Rejected after the change began: not again for it; a newer change
+        // (a later commit) is proposed.
+        let mut rejected = proposed.clone();
+        rejected.state = ActionState::Rejected;
+        rejected.updated_at = at(150);
+        let mut after = Case::new(&[("app", spec())]).changed("app", 100);
+        after.finished.push(rejected.clone());
+        assert_eq!(created(&after.plan(200)), vec![]);
+        let mut newer = Case::new(&[("app", spec())]).changed("app", 300);
+        newer.finished.push(rejected);
+        assert_eq!(created(&newer.plan(300)).len(), 1);
+        // Remediation off: nothing.
+        let off = ServiceSpec {
+            remediation: Remediation::Off,
+            ..spec()
+        };
+        assert_eq!(
+            created(&Case::new(&[("app", off)]).changed("app", 100).plan(100)),
+            vec![]
         );
     }
 
@@ -1821,7 +1948,7 @@ mod tests {
                 recent.push(e);
             }
             let run = |open: &[Action], events: &[Event]| plan(
-                Inputs { desired: &d, nodes: &nodes, services: &services, open, finished: &[], events },
+                Inputs { desired: &d, nodes: &nodes, services: &services, open, finished: &[], events, changes: &BTreeMap::new() },
                 &settings(),
                 at(now),
             );
@@ -1831,7 +1958,7 @@ mod tests {
             // whole pass does, and nothing for any other node.
             for node in nodes_names {
                 let scoped = plan_for(
-                    Inputs { desired: &d, nodes: &nodes, services: &services, open: &open, finished: &[], events: &recent },
+                    Inputs { desired: &d, nodes: &nodes, services: &services, open: &open, finished: &[], events: &recent, changes: &BTreeMap::new() },
                     &settings(),
                     at(now),
                     &Scope::Nodes(BTreeSet::from([n(node)])),

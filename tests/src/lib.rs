@@ -97,6 +97,11 @@ pub struct Options {
     pub fleet: bool,
     /// Home Assistant approve/reject buttons (`--ha-buttons`).
     pub ha_buttons: bool,
+    /// `--repo` is this git URL (the sync runs, the components read its
+    /// live tree) instead of the repo folder.
+    pub repo_url: Option<String>,
+    /// The local agent's `--docker-label`.
+    pub docker_label: Option<String>,
 }
 
 impl Default for Options {
@@ -107,6 +112,8 @@ impl Default for Options {
             check_interval: Duration::from_secs(30),
             fleet: false,
             ha_buttons: false,
+            repo_url: None,
+            docker_label: None,
         }
     }
 }
@@ -153,9 +160,17 @@ impl System {
             )
             .expect("tls init");
         }
+        let layout = homelab_core::Layout::new(root.path());
+        let choice = match &options.repo_url {
+            Some(url) => homelab::repo_choice(url, None, Duration::from_secs(60), &layout),
+            None => homelab::RepoChoice {
+                folder: repo.path().to_path_buf(),
+                sync: None,
+            },
+        };
         let config = homelab::UpConfig {
             root: root.path().to_path_buf(),
-            repo: repo.path().to_path_buf(),
+            repo: choice.folder,
             mqtt,
             mqtts,
             http,
@@ -165,11 +180,13 @@ impl System {
                 .map(|n| homelab_core::Name::parse(n).unwrap()),
             ui_token: Some(TOKEN.into()),
             command_timeout: std::time::Duration::from_secs(300),
+            repo_sync: choice.sync,
             default_grace: Duration::ZERO,
             agent: homelab::agent_cli::AgentSettings {
                 sync_interval: options.sync_interval,
                 disk_interval: options.check_interval,
                 broker_interval: options.check_interval,
+                docker_label: options.docker_label.clone(),
                 ..Default::default()
             },
             retention: Default::default(),
@@ -839,4 +856,80 @@ pub async fn mosquitto(port: u16) -> Option<KillOnDrop> {
     })
     .await;
     Some(child)
+}
+
+/// A git remote made for a test: a bare repository and a working clone
+/// that commits and pushes as a user does (real git).
+pub struct GitRemote {
+    pub dir: tempfile::TempDir,
+}
+
+impl GitRemote {
+    pub fn new() -> GitRemote {
+        let remote = GitRemote {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        remote.git_in(
+            remote.dir.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
+        remote.git_in(remote.dir.path(), &["clone", "-q", &remote.url(), "work"]);
+        remote
+    }
+
+    pub fn bare(&self) -> PathBuf {
+        self.dir.path().join("origin.git")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.bare().display())
+    }
+
+    fn git_in(&self, dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "Ann Operator")
+            .env("GIT_AUTHOR_EMAIL", "ann@example.net")
+            .env("GIT_COMMITTER_NAME", "Ann Operator")
+            .env("GIT_COMMITTER_EMAIL", "ann@example.net")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `git args…` in the working clone.
+    pub fn git(&self, args: &[&str]) -> String {
+        self.git_in(&self.work(), args)
+    }
+
+    /// Writes `files` (path, text) in the working clone, commits them with
+    /// `subject` and pushes; the commit's name.
+    pub fn commit(&self, subject: &str, files: &[(&str, &str)]) -> String {
+        for (path, text) in files {
+            let path = self.work().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", subject]);
+        self.git(&["push", "-q", "origin", "HEAD:main"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+impl Default for GitRemote {
+    fn default() -> Self {
+        GitRemote::new()
+    }
 }

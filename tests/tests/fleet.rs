@@ -277,6 +277,7 @@ async fn up_off_loopback_without_tls_refuses_and_says_how_to_set_it_up() {
         agent_node: None,
         ui_token: None,
         command_timeout: std::time::Duration::from_secs(300),
+        repo_sync: None,
         default_grace: Duration::ZERO,
         agent: Default::default(),
         retention: Default::default(),

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod history;
 pub mod pages;
 pub mod present;
+pub mod repo;
 pub mod search;
 pub mod tail;
 pub mod websec;
@@ -454,6 +455,8 @@ pub fn app(state: AppState) -> Router {
         .route("/incidents", get(pages::incidents_page))
         .route("/incidents/{id}", get(pages::incident_page))
         .route("/events", get(pages::events_page))
+        .route("/repo", get(pages::repo_page))
+        .route("/repo/{verb}", post(page_repo))
         .route("/login", post(login))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/summary", get(summary))
@@ -471,6 +474,18 @@ pub fn app(state: AppState) -> Router {
         .route("/static/app.css", get(stylesheet))
         .route("/static/app.js", get(script))
         .route("/api/openapi.json", get(openapi))
+        .route("/api/repo", get(repo::get_status))
+        .route("/api/repo/commits", get(repo::commits))
+        .route("/api/repo/sync", post(repo::sync))
+        .route("/api/repo/pin", post(repo::pin))
+        .route("/api/repo/unpin", post(repo::unpin))
+        .route(
+            "/api/repo/webhook",
+            post(repo::webhook).layer(axum::extract::DefaultBodyLimit::max(
+                repo::WEBHOOK_MAX_BYTES,
+            )),
+        )
+        .route("/api/deployments", get(deployments))
         .fallback(|| async {
             AppError::NotFound("no such page; the API is described at /api/openapi.json".into())
         })
@@ -540,7 +555,7 @@ async fn script() -> Response {
 
 /// The client's address, for the login limit (`None` without a socket,
 /// as in tests that call the router directly).
-type Client = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
+pub(crate) type Client = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
 
 fn client_ip(client: &Client) -> std::net::IpAddr {
     client
@@ -553,6 +568,8 @@ fn client_ip(client: &Client) -> std::net::IpAddr {
 pub enum AppError {
     BadRequest(String),
     Unauthorized,
+    /// A push webhook whose signature is missing or wrong (401).
+    Unsigned(String),
     Forbidden(String),
     /// A GET where only POST changes something (or the other way round).
     MethodNotAllowed,
@@ -572,6 +589,7 @@ impl AppError {
             | AppError::Conflict(m)
             | AppError::Unavailable(m) => m.clone(),
             AppError::Unauthorized => "operator token required (Authorization: Bearer …)".into(),
+            AppError::Unsigned(m) => m.clone(),
             AppError::Forbidden(m) => m.clone(),
             AppError::MethodNotAllowed => {
                 "method not allowed: reading is GET, every change is POST".into()
@@ -589,7 +607,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Unauthorized | AppError::Unsigned(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -631,7 +649,11 @@ pub(crate) fn authed(state: &AppState, headers: &HeaderMap) -> bool {
 
 /// [`authed`], under the login limit: a wrong token or cookie counts as a
 /// failed login of the client's address.
-fn authorize(state: &AppState, headers: &HeaderMap, client: &Client) -> Result<(), AppError> {
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &Client,
+) -> Result<(), AppError> {
     let ip = client_ip(client);
     let now = std::time::Instant::now();
     let mut limiter = state.limiter.lock().expect("limiter lock");
@@ -766,14 +788,54 @@ pub(crate) fn incident_history(
     cache.history.get(&path)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentQuery {
+    node: Option<String>,
+    service: Option<String>,
+}
+
+/// `GET /api/deployments?node=&service=`: finished redeploys, newest first.
+async fn deployments(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<DeploymentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<homelab_core::world::Deployment>>, AppError> {
+    let axum::extract::Query(query) = query.map_err(|e| rejected("query", e))?;
+    let name = |raw: &Option<String>, what: &str| {
+        raw.as_deref()
+            .map(|r| {
+                Name::parse(r).map_err(|e| AppError::BadRequest(format!("bad {what} {r:?}: {e}")))
+            })
+            .transpose()
+    };
+    let (node, service) = (name(&query.node, "node")?, name(&query.service, "service")?);
+    let mut all = read_deployments(&state);
+    all.retain(|d| {
+        node.as_ref().is_none_or(|n| &d.node == n)
+            && service.as_ref().is_none_or(|s| &d.service == s)
+    });
+    all.reverse();
+    Ok(Json(all))
+}
+
+/// `world/deployments.json`, oldest first (empty when there is none yet).
+pub(crate) fn read_deployments(state: &AppState) -> Vec<homelab_core::world::Deployment> {
+    std::fs::read(state.layout.world_deployments())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, AppError> {
     let world = world(&state)?;
     let open = state.store.open()?;
+    let repo = homelab_core::repo::RepoStatus::read(&state.layout);
     Ok(Json(Summary::new(
         &world.nodes,
         &world.services,
         &world.incidents,
         &open,
+        repo.as_ref(),
     )))
 }
 
@@ -938,6 +1000,39 @@ async fn page_decision(
         }
     }
     decide(&state, &id, to, "ui", note).await?;
+    Ok(Redirect::to(back_to(&form.back)).into_response())
+}
+
+#[derive(Deserialize)]
+struct RepoForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    commit: String,
+    #[serde(default)]
+    back: String,
+}
+
+/// The page's pin and unpin buttons: a form post with the login cookie.
+async fn page_repo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Client,
+    Path(verb): Path<String>,
+    form: Result<axum::Form<RepoForm>, FormRejection>,
+) -> Result<Response, AppError> {
+    let axum::Form(form) = form.map_err(|e| rejected("form", e))?;
+    if !websec::csrf_ok(&headers, &form.csrf) {
+        return Err(csrf_refused());
+    }
+    authorize(&state, &headers, &client)?;
+    match verb.as_str() {
+        "pin" => {
+            repo::write_pin(&state, &form.commit, "ui")?;
+        }
+        "unpin" => repo::remove_pin(&state, "ui")?,
+        _ => return Err(AppError::NotFound("no such page".into())),
+    }
     Ok(Redirect::to(back_to(&form.back)).into_response())
 }
 

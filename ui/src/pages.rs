@@ -40,6 +40,82 @@ pub struct Frame {
     pub incidents: usize,
     /// The page's own path and query, where its forms come back to.
     pub back: String,
+    /// The commit that is the desired state (a git source only).
+    pub desired: Option<DesiredLine>,
+}
+
+/// What every page says of the desired state of a git source, at its top.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredLine {
+    pub short: String,
+    pub subject: String,
+    pub author: String,
+    pub when: When,
+    pub fetched: Option<When>,
+    /// Pinned: by whom, since when, and the branch's head meanwhile.
+    pub pinned: Option<(String, When)>,
+    pub head: Option<String>,
+    /// A commit that does not validate: short, subject, author, problems.
+    pub invalid: Option<(String, String, String, Vec<String>)>,
+    /// A force-push: when, and the commits it dropped (short and subject).
+    pub rewritten: Option<(When, Vec<String>)>,
+    /// Fetching fails: why.
+    pub failing: Option<String>,
+}
+
+impl DesiredLine {
+    pub fn of(
+        status: &homelab_core::repo::RepoStatus,
+        now: &chrono::DateTime<Utc>,
+    ) -> Option<DesiredLine> {
+        let live = status.live.as_ref()?;
+        Some(DesiredLine {
+            short: live.short().to_string(),
+            subject: live.subject.clone(),
+            author: live.author.clone(),
+            when: When::new(&live.time, now),
+            fetched: status.fetched_at.as_ref().map(|t| When::new(t, now)),
+            pinned: status
+                .pinned
+                .as_ref()
+                .map(|p| (p.by.clone(), When::new(&p.at, now))),
+            head: status
+                .head
+                .as_ref()
+                .filter(|h| h.sha != live.sha)
+                .map(|h| format!("{} ({})", h.short(), h.subject)),
+            invalid: status.invalid.as_ref().map(|i| {
+                (
+                    i.commit.short().to_string(),
+                    i.commit.subject.clone(),
+                    i.commit.author.clone(),
+                    i.problems.clone(),
+                )
+            }),
+            rewritten: status
+                .rewritten
+                .as_ref()
+                .filter(|r| {
+                    !r.dropped.is_empty()
+                        && now.signed_duration_since(r.at) < chrono::TimeDelta::days(1)
+                })
+                .map(|r| {
+                    (
+                        When::new(&r.at, now),
+                        r.dropped
+                            .iter()
+                            .map(|c| format!("{} {}", c.short(), c.subject))
+                            .collect(),
+                    )
+                }),
+            failing: status.failing.as_ref().map(|f| {
+                format!(
+                    "fetching failed {} times in a row: {}",
+                    f.failures, f.message
+                )
+            }),
+        })
+    }
 }
 
 /// The frame of a page, and the CSRF cookie to set if the browser has
@@ -94,6 +170,8 @@ fn frame_counted(
             pending,
             incidents: world.incidents.len(),
             back,
+            desired: homelab_core::repo::RepoStatus::read(&state.layout)
+                .and_then(|status| DesiredLine::of(&status, &Utc::now())),
         },
         set_csrf,
     ))
@@ -202,6 +280,13 @@ pub struct ActionView {
     /// The result's message, once finished.
     pub result: String,
     pub ok: bool,
+    /// The commit it was proposed from: `3f2a91c (subject) by author`,
+    /// pinned or not.
+    pub commit: String,
+    /// For a redeploy of a changed service: the commit it changes from, and
+    /// the diff of its compose files.
+    pub from_commit: String,
+    pub diff: String,
 }
 
 impl ActionView {
@@ -241,6 +326,30 @@ impl ActionView {
                 .map(|r| r.message.clone())
                 .unwrap_or_default(),
             ok: a.result.as_ref().is_some_and(|r| r.ok),
+            commit: a
+                .origin
+                .as_ref()
+                .map(|o| {
+                    format!(
+                        "{} ({}) by {}{}",
+                        o.commit.short(),
+                        o.commit.subject,
+                        o.commit.author,
+                        if o.pinned { ", pinned" } else { "" }
+                    )
+                })
+                .unwrap_or_default(),
+            from_commit: a
+                .origin
+                .as_ref()
+                .and_then(|o| o.from_commit.as_deref())
+                .map(|c| c[..c.len().min(7)].to_string())
+                .unwrap_or_default(),
+            diff: a
+                .origin
+                .as_ref()
+                .and_then(|o| o.diff.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -650,6 +759,10 @@ pub struct Cell {
     pub since: Option<When>,
     pub last: String,
     pub title: String,
+    /// The commit its compose files were deployed (or adopted) from, short
+    /// (a git source only), and whether the repo wants other ones now.
+    pub deployed: String,
+    pub behind: bool,
 }
 
 pub struct MatrixRow {
@@ -698,6 +811,9 @@ pub async fn services(
     let back = format!("/services?q={}&show={}", query.q, query.show);
     let (frame, set_csrf) = frame(&state, &headers, "services", back)?;
     let world = world(&state)?;
+    let applied = homelab_core::repo::RepoStatus::read(&state.layout)
+        .and_then(|_| homelab_core::repo::Applied::read(&state.layout))
+        .unwrap_or_default();
     let tail = state.tail.lock().expect("tail lock");
     let shown: Vec<&ServiceState> = world
         .services
@@ -724,12 +840,18 @@ pub async fn services(
                             .and_then(|of_node| of_node.get(&s.service))
                             .map(|l| format!("{} {}", l.kind, present::ago(&l.ts, &now)))
                             .unwrap_or_default();
+                        let entry = applied.entry(s.node.as_str(), s.service.as_str());
                         Cell {
                             icon: present::icon(&status),
                             title: s.message.clone(),
                             status,
                             since: Some(When::new(&s.since, &now)),
                             last,
+                            deployed: entry
+                                .and_then(|e| e.commit.as_deref())
+                                .map(|c| c[..c.len().min(7)].to_string())
+                                .unwrap_or_default(),
+                            behind: entry.is_some_and(|e| e.wanted.is_some()),
                         }
                     }
                     None => Cell {
@@ -738,6 +860,8 @@ pub async fn services(
                         since: None,
                         last: String::new(),
                         title: "not on this node".into(),
+                        deployed: String::new(),
+                        behind: false,
                     },
                 })
                 .collect(),
@@ -1070,6 +1194,86 @@ pub async fn incidents_page(
     Ok(respond(render(page)?, set_csrf))
 }
 
+/// One of the recent commits on the repo page.
+pub struct CommitRow {
+    pub sha: String,
+    pub short: String,
+    pub subject: String,
+    pub author: String,
+    pub when: When,
+    /// What it changed: nodes, services, the inventory.
+    pub changed: String,
+    pub live: bool,
+    pub head: bool,
+}
+
+#[derive(Template)]
+#[template(path = "repo.html")]
+struct RepoPage {
+    frame: Frame,
+    source: String,
+    branch: String,
+    pinned: bool,
+    commits: Vec<CommitRow>,
+}
+
+/// What a commit changed, in words.
+pub fn changed_words(change: &homelab_core::repo::CommitChange) -> String {
+    let mut parts = Vec::new();
+    if change.inventory {
+        parts.push("inventory".to_string());
+    }
+    if !change.nodes.is_empty() {
+        parts.push(format!("nodes {}", change.nodes.join(", ")));
+    }
+    if !change.services.is_empty() {
+        parts.push(format!("services {}", change.services.join(", ")));
+    }
+    if parts.is_empty() {
+        format!("{} other files", change.files)
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// `GET /repo`: the desired state's recent history, a pin button beside
+/// each commit.
+pub async fn repo_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let Some(status) = homelab_core::repo::RepoStatus::read(&state.layout) else {
+        return Err(AppError::NotFound(
+            "the desired state is a folder, not a git repo (--repo)".into(),
+        ));
+    };
+    let (frame, set_csrf) = frame(&state, &headers, "repo", "/repo".into())?;
+    let live = status.live.as_ref().map(|c| c.sha.clone());
+    let head = status.head.as_ref().map(|c| c.sha.clone());
+    let commits = crate::repo::recent(&state)
+        .iter()
+        .map(|c| CommitRow {
+            sha: c.commit.sha.clone(),
+            short: c.commit.short().to_string(),
+            subject: c.commit.subject.clone(),
+            author: c.commit.author.clone(),
+            when: When::new(&c.commit.time, &now),
+            changed: changed_words(c),
+            live: live.as_deref() == Some(c.commit.sha.as_str()),
+            head: head.as_deref() == Some(c.commit.sha.as_str()),
+        })
+        .collect();
+    let page = RepoPage {
+        frame,
+        source: status.source.clone(),
+        branch: status.branch.clone(),
+        pinned: status.pinned.is_some(),
+        commits,
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
 pub struct Occurrence {
     pub incident: IncidentView,
     pub events: Vec<EventView>,
@@ -1381,6 +1585,116 @@ mod tests {
             uplink_problems: Vec::new(),
             tone: "ok",
         }
+    }
+
+    #[test]
+    fn the_desired_state_line() {
+        use homelab_core::repo::{Commit, Failing, Invalid, Pin, RepoStatus, Rewrite};
+        let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let commit = |c: char, subject: &str, secs: i64| Commit {
+            sha: c.to_string().repeat(40),
+            subject: subject.into(),
+            author: "Ann".into(),
+            time: at(secs),
+        };
+        let mut status = RepoStatus {
+            source: "https://git.example.net/lab.git".into(),
+            branch: "main".into(),
+            live: None,
+            head: None,
+            pinned: None,
+            invalid: None,
+            rewritten: None,
+            failing: None,
+            fetched_at: Some(at(7180)),
+            updated: at(7180),
+        };
+        assert_eq!(
+            DesiredLine::of(&status, &at(7200)),
+            None,
+            "nothing live yet"
+        );
+        status.live = Some(commit('3', "zigbee2mqtt: pin 1.40", 0));
+        status.head = status.live.clone();
+        let line = DesiredLine::of(&status, &at(7200)).unwrap();
+        assert_eq!(
+            (
+                line.short.as_str(),
+                line.subject.as_str(),
+                line.when.ago.as_str()
+            ),
+            ("3333333", "zigbee2mqtt: pin 1.40", "2 h ago")
+        );
+        assert_eq!(line.fetched.unwrap().ago, "20 s ago");
+        assert_eq!(
+            (
+                line.head,
+                line.pinned,
+                line.invalid,
+                line.rewritten,
+                line.failing
+            ),
+            (None, None, None, None, None)
+        );
+        // Pinned, a newer head that does not validate, a force-push, and a
+        // remote that fails.
+        status.pinned = Some(Pin {
+            commit: commit('3', "zigbee2mqtt: pin 1.40", 0),
+            by: "ann".into(),
+            at: at(7000),
+        });
+        status.head = Some(commit('5', "typo", 7100));
+        status.invalid = Some(Invalid {
+            commit: commit('5', "typo", 7100),
+            problems: vec!["hosts/n1/services.yaml:2: unknown field `monitr`".into()],
+        });
+        status.rewritten = Some(Rewrite {
+            at: at(7150),
+            from: "4".repeat(40),
+            to: "5".repeat(40),
+            dropped: vec![commit('4', "dropped one", 6000)],
+        });
+        status.failing = Some(Failing {
+            since: at(7190),
+            failures: 1,
+            message: "Could not resolve host".into(),
+        });
+        let line = DesiredLine::of(&status, &at(7200)).unwrap();
+        assert_eq!(
+            line.pinned
+                .as_ref()
+                .map(|(by, w)| (by.as_str(), w.ago.as_str())),
+            Some(("ann", "3 min ago"))
+        );
+        assert_eq!(line.head.as_deref(), Some("5555555 (typo)"));
+        assert_eq!(line.invalid.unwrap().3.len(), 1);
+        assert_eq!(line.rewritten.unwrap().1, vec!["4444444 dropped one"]);
+        assert_eq!(
+            line.failing.as_deref(),
+            Some("fetching failed 1 times in a row: Could not resolve host")
+        );
+    }
+
+    #[test]
+    fn what_a_commit_changed_in_words() {
+        use homelab_core::repo::{Commit, CommitChange};
+        let change = |nodes: &[&str], services: &[&str], inventory| CommitChange {
+            commit: Commit {
+                sha: "a".repeat(40),
+                subject: String::new(),
+                author: String::new(),
+                time: Utc::now(),
+            },
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            inventory,
+            files: 2,
+        };
+        assert_eq!(
+            changed_words(&change(&["piha"], &["app", "db"], true)),
+            "inventory; nodes piha; services app, db"
+        );
+        assert_eq!(changed_words(&change(&[], &[], false)), "2 other files");
     }
 
     #[test]

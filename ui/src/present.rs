@@ -5,6 +5,7 @@
 use homelab_core::time::Timestamp;
 
 /// A moment as the page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct When {
     /// RFC 3339, for `datetime` and the hover title.
     pub exact: String,

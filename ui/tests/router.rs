@@ -414,7 +414,14 @@ async fn the_openapi_document_describes_the_router() {
             let concrete = path
                 .replace("{id}", "container-restart-n1-app")
                 .replace("{node}", "n1")
-                .replace("{verb}", "approve");
+                .replace(
+                    "{verb}",
+                    if path.starts_with("/repo") {
+                        "pin"
+                    } else {
+                        "approve"
+                    },
+                );
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, _, body) = if concrete == "/api/stream" {
                 // A stream does not end: its headers say it is one.
@@ -461,6 +468,15 @@ async fn the_openapi_document_describes_the_router() {
         "GET /static/app.css",
         "GET /static/app.js",
         "GET /api/openapi.json",
+        "GET /api/repo",
+        "GET /api/repo/commits",
+        "POST /api/repo/sync",
+        "POST /api/repo/pin",
+        "POST /api/repo/unpin",
+        "POST /api/repo/webhook",
+        "GET /api/deployments",
+        "GET /repo",
+        "POST /repo/{verb}",
     ];
     routed.sort();
     assert_eq!(described, routed);
