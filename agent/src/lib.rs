@@ -46,6 +46,23 @@ pub use docker::{BollardRuntime, ContainerRuntime};
 use homelab_core::identity;
 use outbox::Outbox;
 
+/// What an agent logs when the broker refuses its login: in fleet mode the
+/// likely cause is `homelab node remove` (or a rotated password), and the way
+/// back is a new enrolment.
+fn refused_hint(node: &str, enrolled: bool) -> String {
+    if enrolled {
+        format!(
+            "was node {node} removed from the fleet, or its password rotated? \
+             enrol it again: run `homelab node add {node}` on the control host \
+             and start this agent with the HOMELAB_ENROLL it prints"
+        )
+    } else {
+        "this agent has no login: in fleet mode enrol it with `homelab node add` on the \
+         control host"
+            .to_string()
+    }
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub node: Name,
@@ -172,6 +189,20 @@ impl Agent {
     /// node ([`homelab_core::sealbox`]); then it is checked like
     /// [`Agent::signed_by_control`].
     fn command_from_control(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        self.sealed_by_control(payload, identity::Context::Command, "command")
+    }
+
+    /// A node config from the bus, sealed and signed like a command.
+    fn config_from_control(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        self.sealed_by_control(payload, identity::Context::NodeConfig, "config")
+    }
+
+    fn sealed_by_control(
+        &self,
+        payload: &[u8],
+        context: identity::Context,
+        what: &'static str,
+    ) -> Option<Vec<u8>> {
         let opened;
         let payload = match &self.keys {
             None => payload,
@@ -182,15 +213,15 @@ impl Agent {
                         &opened[..]
                     }
                     Err(error) => {
-                        warn!(%error, "command refused: not sealed for this node");
-                        metrics::counter!("homelab_agent_refused_total", "what" => "command", "reason" => error.reason())
+                        warn!(what, %error, "refused: not sealed for this node");
+                        metrics::counter!("homelab_agent_refused_total", "what" => what, "reason" => error.reason())
                             .increment(1);
                         return None;
                     }
                 }
             }
         };
-        self.signed_by_control(payload, identity::Context::Command, "command")
+        self.signed_by_control(payload, context, what)
             .map(|p| p.into_owned())
     }
 
@@ -315,6 +346,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     mqtt_config.acked_by_caller = vec![topics.commands(&node)];
     // The link's round trips, late answers and outages, for the status.
     mqtt_config.track_link = true;
+    mqtt_config.refused_hint = Some(refused_hint(node.as_str(), config.identity.is_some()));
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     info!(%node, broker = %config.broker, "agent started");
 
@@ -880,10 +912,10 @@ fn load_node_config(layout: &Layout, node: &Name) -> NodeConfig {
 /// inventory) stops every check.
 fn apply_node_config(agent: &Agent, payload: &[u8]) {
     let node = &agent.config.node;
-    // Fleet mode: signed by the control plane, also an empty one (a node
-    // that left the inventory gets a signed empty config).
-    let Some(payload) = agent.signed_by_control(payload, identity::Context::NodeConfig, "config")
-    else {
+    // Fleet mode: sealed for this node and signed by the control plane,
+    // also an empty one (a node that left the inventory gets a signed
+    // empty config).
+    let Some(payload) = agent.config_from_control(payload) else {
         return;
     };
     let payload: &[u8] = &payload;

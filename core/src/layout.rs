@@ -172,6 +172,11 @@ impl Layout {
     pub fn repo_sync_request(&self) -> PathBuf {
         self.repo_dir().join("sync.request")
     }
+    /// `config/ha/mqtt-password`: Home Assistant's MQTT login
+    /// (`@home-assistant`) in fleet mode (mode 0600).
+    pub fn ha_mqtt_password(&self) -> PathBuf {
+        self.config_dir().join("ha").join("mqtt-password")
+    }
     /// `config/repo/webhook-secret`: the push webhook's HMAC secret.
     pub fn repo_webhook_secret(&self) -> PathBuf {
         self.config_dir().join("repo").join("webhook-secret")

@@ -1517,6 +1517,7 @@ async fn event_to_action(samples_n: usize) {
         ui_token: Some("bench".into()),
         command_timeout: std::time::Duration::from_secs(300),
         repo_sync: None,
+        internal_mqtt: None,
         default_grace: Duration::ZERO,
         agent: Default::default(),
         retention: Default::default(),

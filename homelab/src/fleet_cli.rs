@@ -104,7 +104,7 @@ pub fn tls_init(layout: &Layout, names: &[String], port: u16, force: bool) -> Re
         ));
     }
     out.push_str(&format!(
-        "agents will dial {url}; start the control plane with `homelab up --mqtt 0.0.0.0:{port}`, \
+        "agents will dial {url}; start the control plane with `homelab up --mqtts 0.0.0.0:{port}`, \
          then enroll each node with `homelab node add <node>`\n"
     ));
     Ok(out)
@@ -282,7 +282,7 @@ pub use homelab_core::acl::HA_USER;
 
 /// Where Home Assistant's Mosquitto password is kept (made on first use).
 pub fn ha_password_file(layout: &Layout) -> std::path::PathBuf {
-    layout.config_dir().join("ha").join("mqtt-password")
+    layout.ha_mqtt_password()
 }
 
 /// Home Assistant's Mosquitto password, made (random) the first time.

@@ -64,6 +64,9 @@ pub struct UpConfig {
     pub mqtts: Option<SocketAddr>,
     /// Where the UI listens.
     pub http: SocketAddr,
+    /// rumqttd's internal listener (past the broker's front), where `up`'s
+    /// own components connect; `None`: a free port (tests name it).
+    pub internal_mqtt: Option<SocketAddr>,
     pub topics: Topics,
     /// The local agent's node name; `None` runs no local agent.
     pub agent_node: Option<Name>,
@@ -122,10 +125,20 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
         (Some(_), Some(node)) => Some(local_agent_identity(&layout, node)?),
         _ => None,
     };
-    tokio::task::spawn_blocking(move || homelab_broker::start(&broker_config))
+    broker_config.topics = config.topics.clone();
+    broker_config.internal = config.internal_mqtt;
+    let started = tokio::task::spawn_blocking(move || homelab_broker::start(&broker_config))
         .await
         .context("broker start")??;
-    let broker = control_endpoint(&layout, fleet.as_ref(), &config.mqtt.to_string())?;
+    // The control plane's own components reach rumqttd past the front
+    // (trusted, in this process); the local agent goes through it like any
+    // node.
+    let broker = control_endpoint(&layout, fleet.as_ref(), &started.internal.to_string())?;
+    let front = control_endpoint(&layout, fleet.as_ref(), &config.mqtt.to_string())?;
+    if fleet.is_some() {
+        // Home Assistant's login, for its setup form (`config/ha/mqtt-password`).
+        fleet_cli::ha_password(&layout)?;
+    }
     info!(root = %config.root.display(), repo = %config.repo.display(), mqtt = %config.mqtt, mqtts = ?config.mqtts, fleet = fleet.is_some(), http = %config.http, "homelab up");
 
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
@@ -204,7 +217,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
         tasks.spawn(async move { ("notify", homelab_notify::run(cfg, token).await) });
     }
     if let Some(node) = config.agent_node.clone() {
-        let mut cfg = homelab_agent::Config::new(node, &broker.url, layout.clone());
+        let mut cfg = homelab_agent::Config::new(node, &front.url, layout.clone());
         config.agent.apply(&mut cfg);
         cfg.identity = local_identity;
         cfg.topics = config.topics.clone();

@@ -594,6 +594,7 @@ async fn run(cli: Cli) -> Result<()> {
                 root: cli.globals.root,
                 repo: choice.folder,
                 repo_sync: choice.sync,
+                internal_mqtt: None,
                 mqtt,
                 mqtts,
                 http,
@@ -611,6 +612,7 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Broker { listen, tls_listen } => {
             let mut config = homelab_broker::Config::new(listen);
             config.fleet = fleet.clone();
+            config.topics = topics.clone();
             config.tls = tls_listen.map(|listen| homelab_broker::TlsListener {
                 listen,
                 cert: layout.tls_server_cert(),

@@ -535,4 +535,45 @@ fn two_agents_in_containers_join_over_tls_and_the_loop_runs_across_hosts() {
             "a node's secret is logged"
         );
     }
+
+    // Removed, edge's agent is cut off and says why and what to do, once,
+    // instead of retrying in silence.
+    let edge_agent = format!("homelab-{tag}-edge-agent");
+    let removed = Instant::now();
+    homelab(&["node", "remove", "edge"]);
+    let refused = "the broker refused this client's login: was node edge removed from the \
+                   fleet, or its password rotated? enrol it again: run `homelab node add edge`";
+    let agent_log = || {
+        let (out, err, _) = docker(&["logs", &edge_agent]);
+        out + &err
+    };
+    wait_for(
+        "edge's agent says it was refused",
+        Duration::from_secs(30),
+        || agent_log().contains(refused),
+    );
+    eprintln!(
+        "edge's agent refused {:?} after its removal",
+        removed.elapsed()
+    );
+    wait_for("edge offline on the page", Duration::from_secs(30), || {
+        get_json(http_addr, "/api/nodes").is_some_and(|nodes| {
+            nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["node"] == "edge" && n["status"] != "online")
+        })
+    });
+    assert_eq!(
+        agent_log().matches(refused).count(),
+        1,
+        "said once, not on every attempt:\n{}",
+        agent_log()
+    );
+    // piha, still enrolled, is not affected.
+    assert_eq!(
+        service_status(http_addr, "piha", "web").as_deref(),
+        Some("running")
+    );
 }

@@ -34,7 +34,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Pa
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Largest packet we send or accept. Components bound what they parse
 /// themselves (events to 64 KiB); this only keeps one oversize message from
@@ -172,6 +172,9 @@ pub struct Config {
     pub acked_by_caller: Vec<String>,
     /// Time requests and outages on this connection ([`Mqtt::link`]).
     pub track_link: bool,
+    /// Logged when the broker refuses the login: what the operator can do
+    /// about it (an agent's says how to enrol again).
+    pub refused_hint: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -207,6 +210,7 @@ impl Config {
             incoming_capacity: 4096,
             acked_by_caller: Vec::new(),
             track_link: false,
+            refused_hint: None,
         }
     }
 }
@@ -438,6 +442,37 @@ fn request_subscribe(client: &AsyncClient, config: &Config) -> JoinHandle<()> {
     })
 }
 
+/// Why a connection attempt failed, as far as what to do next goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The network, TLS or the broker going away: try again soon.
+    Transient,
+    /// The broker answered and refused this login: it will refuse the next
+    /// attempt too until an operator acts, so say so once and ask rarely.
+    Refused,
+}
+
+fn failure(error: &rumqttc::ConnectionError) -> Failure {
+    use rumqttc::ConnectReturnCode::{BadUserNamePassword, NotAuthorized};
+    match error {
+        rumqttc::ConnectionError::ConnectionRefused(BadUserNamePassword | NotAuthorized) => {
+            Failure::Refused
+        }
+        _ => Failure::Transient,
+    }
+}
+
+/// The wait after a refused login: between this and 5 min, doubling.
+const REFUSED_MIN: Duration = Duration::from_secs(15);
+const REFUSED_MAX: Duration = Duration::from_secs(300);
+
+/// The next wait after `refusals` refused logins in a row (the first is 1).
+fn refused_delay(refusals: u32) -> Duration {
+    REFUSED_MIN
+        .saturating_mul(1 << refusals.saturating_sub(1).min(8))
+        .min(REFUSED_MAX)
+}
+
 fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -557,6 +592,7 @@ async fn drive(
         }
     };
     let mut delays = backoff();
+    let mut refusals = 0u32;
     let mut connected = false;
     // While subscriptions are unconfirmed on this connection: when to ask
     // again, and the request still waiting for room in the queue.
@@ -598,6 +634,10 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delays = backoff();
+                if refusals > 0 {
+                    info!(client = %config.client_id, broker = %config.broker, "mqtt login accepted again");
+                }
+                refusals = 0;
                 connected = true;
                 info!(client = %config.client_id, broker = %config.broker, session_present = ack.session_present, "mqtt connected");
                 if config.subscriptions.is_empty() {
@@ -661,15 +701,34 @@ async fn drive(
             Ok(_) => {}
             Err(error) => {
                 resubscribe_at = None;
+                let was_connected = connected;
                 if connected {
                     warn!(client = %config.client_id, %error, "mqtt connection lost");
                     connected = false;
                     subscribed(&config, false);
                     incoming.deliver(Incoming::Disconnected);
-                } else {
-                    debug!(client = %config.client_id, %error, "mqtt connect failed");
                 }
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                let delay = match failure(&error) {
+                    Failure::Refused => {
+                        refusals += 1;
+                        metrics::counter!("homelab_mqtt_login_refused_total").increment(1);
+                        let delay = refused_delay(refusals);
+                        if refusals == 1 {
+                            let hint = config.refused_hint.as_deref().unwrap_or("check its login");
+                            error!(client = %config.client_id, broker = %config.broker, %error,
+                                "the broker refused this client's login: {hint}; asking again, at most every 5 min");
+                        } else {
+                            debug!(client = %config.client_id, %error, refusals, "mqtt login refused again");
+                        }
+                        delay
+                    }
+                    Failure::Transient => {
+                        if !was_connected {
+                            debug!(client = %config.client_id, %error, "mqtt connect failed");
+                        }
+                        delays.next().unwrap_or(Duration::from_secs(30))
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
@@ -732,6 +791,33 @@ mod tests {
         check(&config, "commands/n", QoS::AtMostOnce, AckBy::Us);
         check(&config, "acks/n", QoS::AtLeastOnce, AckBy::Us);
         check(&config, "commands/n2", QoS::AtLeastOnce, AckBy::Us);
+    }
+
+    #[test]
+    fn a_refused_login_is_asked_again_rarely() {
+        use rumqttc::{ConnectReturnCode as Code, ConnectionError as E};
+        let cases = [
+            (E::ConnectionRefused(Code::NotAuthorized), Failure::Refused),
+            (
+                E::ConnectionRefused(Code::BadUserNamePassword),
+                Failure::Refused,
+            ),
+            (
+                E::ConnectionRefused(Code::ServiceUnavailable),
+                Failure::Transient,
+            ),
+            (E::NetworkTimeout, Failure::Transient),
+            (
+                E::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+                Failure::Transient,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(failure(&error), want, "{error}");
+        }
+        let delays: Vec<u64> = (1..=8).map(|n| refused_delay(n).as_secs()).collect();
+        assert_eq!(delays, [15, 30, 60, 120, 240, 300, 300, 300]);
+        assert_eq!(refused_delay(u32::MAX), REFUSED_MAX);
     }
 
     #[test]

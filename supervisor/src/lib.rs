@@ -619,26 +619,40 @@ impl Supervisor {
         }
     }
 
-    /// A node config's payload: in fleet mode signed by the control plane,
-    /// whose key every agent pins (a config carries scripts the agent runs).
-    /// A node config's payload: in fleet mode with its issue time, signed.
-    fn sign_config(&self, mut config: homelab_core::nodeconfig::NodeConfig) -> Vec<u8> {
-        match &self.config.fleet {
-            Some(fleet) => {
-                config.issued_at = Some(Utc::now());
-                homelab_core::identity::seal(
-                    &serde_json::to_vec(&config).expect("config serializes"),
-                    homelab_core::identity::Context::NodeConfig,
-                    fleet.signing_key(),
-                )
-            }
-            None => serde_json::to_vec(&config).expect("config serializes"),
-        }
+    /// A node config's payload for the topic of `name` (the node or one of
+    /// its aliases), and what, besides its content, makes it new. In
+    /// fleet mode it carries its issue time, is signed by the control
+    /// plane (whose key every agent pins: a config carries scripts the
+    /// agent runs) and is sealed for `name`'s box key, so no other node
+    /// reads it on any broker; `None` while `name` is not enrolled (no one
+    /// could open it).
+    fn config_payload(
+        &self,
+        name: &homelab_core::Name,
+        mut config: homelab_core::nodeconfig::NodeConfig,
+    ) -> Option<(String, Vec<u8>)> {
+        let Some(fleet) = &self.config.fleet else {
+            let payload = serde_json::to_vec(&config).expect("config serializes");
+            return Some((String::new(), payload));
+        };
+        let enrolled = fleet.node(name)?;
+        config.issued_at = Some(Utc::now());
+        let signed = homelab_core::identity::seal(
+            &serde_json::to_vec(&config).expect("config serializes"),
+            homelab_core::identity::Context::NodeConfig,
+            fleet.signing_key(),
+        );
+        let sealed = homelab_core::sealbox::seal(&signed, name, &enrolled.box_key);
+        Some((
+            homelab_core::sealbox::encode_public(&enrolled.box_key),
+            sealed,
+        ))
     }
 
     /// Publishes each node's config (retained) when its revision changed,
     /// under its name and its aliases; clears the config of a node that
-    /// left the inventory.
+    /// left the inventory. In fleet mode also when the name is enrolled,
+    /// or enrolled again (checked on every full pass).
     async fn publish_configs(&mut self, mqtt: &Mqtt) {
         let Some(desired) = &self.desired else { return };
         let mut wanted = std::collections::BTreeMap::new();
@@ -646,18 +660,18 @@ impl Supervisor {
             let scripts = params::healthcheck_scripts(&self.tree, desired, node);
             let mut config = homelab_core::nodeconfig::NodeConfig::build(node, desired, &scripts);
             config.commit = self.commit.as_ref().map(|c| c.sha.clone());
-            // Published again when the content or the commit moves.
-            let revision = format!(
-                "{}@{}",
-                config.revision,
-                config.commit.as_deref().unwrap_or("")
-            );
-            let payload = self.sign_config(config);
             for name in std::iter::once(node).chain(&spec.aliases) {
-                wanted.insert(
-                    self.config.topics.node_config(name),
-                    (revision.clone(), payload.clone()),
+                let Some((key, payload)) = self.config_payload(name, config.clone()) else {
+                    continue;
+                };
+                // Published again when the content, the commit or the
+                // recipient's key moves.
+                let revision = format!(
+                    "{}@{}@{key}",
+                    config.revision,
+                    config.commit.as_deref().unwrap_or("")
                 );
+                wanted.insert(self.config.topics.node_config(name), (revision, payload));
             }
         }
         let gone: Vec<String> = self
@@ -668,14 +682,13 @@ impl Supervisor {
             .collect();
         for topic in gone {
             // Fleet mode: agents take only signed configs, so a node that
-            // left gets a signed empty one rather than a cleared topic.
-            let payload = match (
-                &self.config.fleet,
-                topic.rsplit('/').next().map(homelab_core::Name::parse),
-            ) {
-                (Some(_), Some(Ok(node))) => {
-                    self.sign_config(homelab_core::nodeconfig::NodeConfig::empty(&node))
-                }
+            // left gets a signed (and sealed) empty one rather than a
+            // cleared topic; one no longer enrolled gets the topic cleared.
+            let payload = match topic.rsplit('/').next().map(homelab_core::Name::parse) {
+                Some(Ok(node)) if self.config.fleet.is_some() => self
+                    .config_payload(&node, homelab_core::nodeconfig::NodeConfig::empty(&node))
+                    .map(|(_, payload)| payload)
+                    .unwrap_or_default(),
                 _ => Vec::new(),
             };
             match mqtt.publish(&topic, payload, true).await {
@@ -691,7 +704,7 @@ impl Supervisor {
             }
             match mqtt.publish(&topic, payload, true).await {
                 Ok(()) => {
-                    info!(%topic, %revision, "node config published");
+                    info!(%topic, revision = revision.split('@').next().unwrap_or(""), "node config published");
                     self.configs.insert(topic, revision);
                 }
                 Err(error) => warn!(%error, %topic, "node config not published"),

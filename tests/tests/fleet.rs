@@ -13,16 +13,24 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Transport};
 /// A connected client kept open: `closed` ends when the broker drops it.
 async fn stay_connected(
     port: u16,
-    ca: &str,
+    ca: Option<&str>,
     user: &str,
     password: &str,
 ) -> tokio::sync::oneshot::Receiver<()> {
-    let mut options = MqttOptions::new(format!("{user}:watch"), "localhost", port);
+    let host = if ca.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    let id = if ca.is_some() { "tls" } else { "plain" };
+    let mut options = MqttOptions::new(format!("{user}:watch-{id}"), host, port);
     options.set_keep_alive(Duration::from_secs(10));
     options.set_credentials(user, password);
-    options.set_transport(Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
-    ));
+    if let Some(ca) = ca {
+        options.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
+        ));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
@@ -239,19 +247,33 @@ async fn only_enrolled_nodes_get_on_the_bus_over_tls_and_a_removed_node_is_cut_o
     })
     .await;
 
-    // Removed: a connected client of piha is cut off at once, and piha
-    // cannot log in again.
-    let closed = stay_connected(port, ca, "piha", &secrets.password).await;
+    // Removed: piha's connections are cut off at once, over TLS and on the
+    // plain loopback listener alike, and piha cannot log in again on
+    // either.
+    let over_tls = stay_connected(port, Some(ca), "piha", &secrets.password).await;
+    let on_loopback = stay_connected(plain.port(), None, "piha", &secrets.password).await;
+    let removed = std::time::Instant::now();
     let out = fleet_cli::node_remove(&layout, &piha).unwrap();
     assert!(out.contains("removed piha"), "{out}");
-    tokio::time::timeout(Duration::from_secs(10), closed)
-        .await
-        .expect("a removed node's connection is closed within seconds")
-        .ok();
+    for (listener, closed) in [("TLS", over_tls), ("loopback", on_loopback)] {
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .unwrap_or_else(|_| panic!("a removed node's {listener} connection stays open"))
+            .ok();
+        eprintln!(
+            "{listener} connection closed {:?} after the removal",
+            removed.elapsed()
+        );
+    }
     assert_ne!(
         try_connect("localhost", port, right(Some(ca), "homelab-agent-piha")).await,
         Outcome::Accepted,
         "a removed node"
+    );
+    assert_ne!(
+        try_connect("127.0.0.1", plain.port(), right(None, "homelab-agent-piha")).await,
+        Outcome::Accepted,
+        "a removed node on loopback"
     );
     let (_, metrics) = system.get("/metrics").await;
     assert!(
@@ -278,6 +300,7 @@ async fn up_off_loopback_without_tls_refuses_and_says_how_to_set_it_up() {
         ui_token: None,
         command_timeout: std::time::Duration::from_secs(300),
         repo_sync: None,
+        internal_mqtt: None,
         default_grace: Duration::ZERO,
         agent: Default::default(),
         retention: Default::default(),
@@ -360,16 +383,187 @@ fn node_commands_refuse_what_makes_no_sense() {
 
 /// An enrolled node's login, over TLS, used the way an attacker on that
 /// node would: publishing and reading whatever the broker lets it.
-async fn attacker(port: u16, ca: &str, user: &str, password: &str) -> Probe {
+/// A client with `user`'s login on rumqttd's internal port: past the
+/// embedded broker's front, as on a broker with no per-topic rules, so
+/// the signatures and seals are what stop it.
+async fn attacker(system: &System, user: &str, password: &str) -> Probe {
+    let inner = system.internal_mqtt().await;
     Probe::connect_with(
-        "localhost",
-        port,
+        "127.0.0.1",
+        inner.port(),
         &format!("{user}:attacker"),
         Some((user, password)),
-        Some(ca),
+        None,
         &["homelab/commands/#"],
     )
     .await
+}
+
+/// Through the front (the TLS listener), `piha`'s login may write only
+/// its own topics and read only its own: each refusal is counted, and the
+/// same thing on its own topic (the positive control) passes.
+async fn the_front_holds_a_node_to_its_topics(
+    system: &System,
+    port: u16,
+    ca: &str,
+    password: &str,
+) {
+    let refused = r#"homelab_broker_acl_refused_total{what="publish"}"#;
+    let front = Probe::connect_with(
+        "localhost",
+        port,
+        "piha:front",
+        Some(("piha", password)),
+        Some(ca),
+        &[],
+    )
+    .await;
+    for topic in [
+        "homelab/events/pihb",
+        "homelab/nodes/pihb/agent",
+        "homelab/nodes/pihb/status",
+        "homelab/commands/pihb",
+        "homelab/acks/pihb",
+        "homelab/config/pihb",
+        "homelab/state/services/pihb/ghost",
+        "homelab/actions/redeploy-pihb-ghost/approve",
+    ] {
+        let before = metric(&system.get("/metrics").await.1, refused);
+        front.publish(topic, "{}").await;
+        counted(system, refused, before).await;
+    }
+    // The positive control: its own agent state passes the front and is
+    // what the page shows for piha.
+    front
+        .publish_retained(
+            "homelab/nodes/piha/agent",
+            r#"{"node":"piha","outbox_events":4711}"#,
+        )
+        .await;
+    wait_for(
+        "piha's own agent state taken",
+        Duration::from_secs(20),
+        || async {
+            system
+                .get("/metrics")
+                .await
+                .1
+                .contains(r#"homelab_node_outbox_events{node="piha"} 4711"#)
+        },
+    )
+    .await;
+    // Reading another node's commands is refused; its own is granted.
+    let (client, mut eventloop) = {
+        let mut options = rumqttc::MqttOptions::new("piha:reader", "localhost", port);
+        options.set_credentials("piha", password);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(homelab_mqtt::tls_client(ca).unwrap()),
+        ));
+        rumqttc::AsyncClient::new(options, 10)
+    };
+    client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new(
+                "homelab/commands/pihb".into(),
+                rumqttc::QoS::AtLeastOnce,
+            ),
+            rumqttc::SubscribeFilter::new("homelab/config/pihb".into(), rumqttc::QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                "homelab/commands/piha".into(),
+                rumqttc::QoS::AtLeastOnce,
+            ),
+        ])
+        .await
+        .unwrap();
+    let codes = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack))) =
+                eventloop.poll().await
+            {
+                return ack.return_codes;
+            }
+        }
+    })
+    .await
+    .expect("a suback");
+    assert_eq!(
+        codes,
+        vec![
+            rumqttc::SubscribeReasonCode::Failure,
+            rumqttc::SubscribeReasonCode::Failure,
+            rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)
+        ]
+    );
+}
+
+/// Through the front, Home Assistant's login reads the homelab's state and
+/// the nodes' status and agent state, and writes only under its discovery
+/// prefix: an event or a command from it is refused, and so is reading
+/// commands.
+async fn the_front_holds_home_assistant_to_its_topics(system: &System, port: u16, ca: &str) {
+    let password =
+        std::fs::read_to_string(fleet_cli::ha_password_file(&Layout::new(system.root())))
+            .expect("fleet mode made Home Assistant's password");
+    let refused = r#"homelab_broker_acl_refused_total{what="publish"}"#;
+    let mut ha = Probe::connect_with(
+        "localhost",
+        port,
+        "3Jt1cGk4vKf0Yw8sXqR2aB",
+        Some((fleet_cli::HA_USER, password.trim())),
+        Some(ca),
+        &["homelab/state/#", "homelab/nodes/+/status"],
+    )
+    .await;
+    ha.latest_until(Duration::from_secs(30), |m| {
+        m.contains_key("homelab/state/summary") && m.contains_key("homelab/nodes/piha/status")
+    })
+    .await;
+    for topic in [
+        "homelab/events/piha",
+        "homelab/commands/piha",
+        "homelab/nodes/piha/agent",
+    ] {
+        let before = metric(&system.get("/metrics").await.1, refused);
+        ha.publish(topic, "{}").await;
+        counted(system, refused, before).await;
+    }
+    // Its own prefix passes (the positive control): the birth message the
+    // observer listens for, seen behind the front.
+    let (user, password_control) = homelab_core::fleet::Fleet::load(&Layout::new(system.root()))
+        .unwrap()
+        .expect("fleet mode")
+        .control_credentials();
+    let inner = system.internal_mqtt().await;
+    let mut behind = Probe::connect_with(
+        "127.0.0.1",
+        inner.port(),
+        "homelab-test-behind",
+        Some((&user, &password_control)),
+        None,
+        &["homeassistant/status"],
+    )
+    .await;
+    ha.publish("homeassistant/status", "online").await;
+    behind
+        .expect("homeassistant/status", Duration::from_secs(20), |p| {
+            p == b"online"
+        })
+        .await;
+    // Nor may it take a node's session.
+    assert_ne!(
+        try_connect(
+            "localhost",
+            port,
+            Login {
+                tls_ca: Some(ca),
+                credentials: Some((fleet_cli::HA_USER, password.trim())),
+                client_id: "homelab-agent-piha",
+            }
+        )
+        .await,
+        Outcome::Accepted,
+        "Home Assistant as piha's client id"
+    );
 }
 
 /// Waits until the counter `line` (a full metric name with labels) has
@@ -450,7 +644,9 @@ async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
     let piha = homelab_core::identity::AgentSecrets::from_token(&piha_token).unwrap();
     let (_a_root, a_stop) = start_agent(&system, port, &piha_token, "piha").await;
     let (b_root, b_stop) = start_agent(&system, port, &pihb_token, "pihb").await;
-    let mut evil = attacker(port, &piha.ca_pem, "piha", &piha.password).await;
+    the_front_holds_a_node_to_its_topics(&system, port, &piha.ca_pem, &piha.password).await;
+    the_front_holds_home_assistant_to_its_topics(&system, port, &piha.ca_pem).await;
+    let mut evil = attacker(&system, "piha", &piha.password).await;
     let piha_key = piha.signing_key().unwrap();
 
     // 1. Events as pihb: unsigned, and signed with piha's own key.
@@ -609,60 +805,82 @@ async fn a_node_cannot_pose_as_another_command_an_agent_or_approve() {
     counted(&system, &other, before).await;
 
     // 4. Acks and node config for pihb, retained, as piha (who reads
-    // pihb's signed config first, to replay it later).
+    // pihb's config first, to replay it later). What it reads is a box
+    // sealed for pihb: nothing of pihb's health checks or brokers.
+    let inner = system.internal_mqtt().await;
     let mut configs = Probe::connect_with(
-        "localhost",
-        port,
+        "127.0.0.1",
+        inner.port(),
         "piha:configs",
         Some(("piha", &piha.password)),
-        Some(&piha.ca_pem),
+        None,
         &["homelab/config/pihb"],
     )
     .await;
-    let signed = |p: &[u8]| String::from_utf8_lossy(p).contains(r#","sig":""#);
+    let sealed_for_pihb = |p: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(p)
+            .is_ok_and(|v| v["to"] == "pihb" && v["box"].is_string() && v.get("revision").is_none())
+    };
     let old = configs
-        .expect("homelab/config/pihb", Duration::from_secs(30), signed)
+        .expect(
+            "homelab/config/pihb",
+            Duration::from_secs(30),
+            sealed_for_pihb,
+        )
         .await;
     let line = r#"homelab_agent_refused_total{what="ack",reason="unsigned"}"#;
     let before = metric(&system.get("/metrics").await.1, line);
     evil.publish_retained("homelab/acks/pihb", "999999").await;
     counted(&system, line, before).await;
-    let line = r#"homelab_agent_refused_total{what="config",reason="unsigned"}"#;
-    let before = metric(&system.get("/metrics").await.1, line);
-    evil.publish_retained(
-        "homelab/config/pihb",
-        r#"{"v":1,"node":"pihb","revision":"evil","healthchecks":[]}"#,
-    )
-    .await;
-    counted(&system, line, before).await;
+    let forged_config = r#"{"v":1,"node":"pihb","revision":"evil","healthchecks":[]}"#;
+    for (payload, reason) in [
+        (forged_config.as_bytes().to_vec(), "not_sealed"),
+        (for_pihb(forged_config.as_bytes()), "unsigned"),
+        (
+            for_pihb(&homelab_core::identity::seal(
+                forged_config.as_bytes(),
+                homelab_core::identity::Context::NodeConfig,
+                &piha_key,
+            )),
+            "bad_signature",
+        ),
+    ] {
+        let line = format!(r#"homelab_agent_refused_total{{what="config",reason="{reason}"}}"#);
+        let before = metric(&system.get("/metrics").await.1, &line);
+        evil.publish_retained("homelab/config/pihb", payload).await;
+        counted(&system, &line, before).await;
+    }
 
     // A newer config for pihb (a broker to probe), applied; then the old
-    // signed one replayed: refused as stale, the newer one stays.
+    // sealed one replayed: refused as stale, the newer one stays.
+    let stored = Layout::new(b_root.path()).agent_config(&Name::parse("pihb").unwrap());
+    let stored_revision =
+        || read_json(&stored).map(|c| c["revision"].as_str().unwrap_or("").to_string());
+    // (None yet when pihb's first config said nothing new: no file.)
+    let first = stored_revision().ok();
     std::fs::write(
         system.repo.path().join("hosts/pihb/services.yaml"),
         "services:\n  ghost: {grace_period: 0s, mqtt_broker: \"127.0.0.1:9\"}\n",
     )
     .unwrap();
-    let newer = configs
+    configs
         .expect("homelab/config/pihb", Duration::from_secs(30), |p| {
-            signed(p) && p != old.as_slice()
+            sealed_for_pihb(p) && p != old.as_slice()
         })
         .await;
-    let revision = |p: &[u8]| -> String {
-        let value: serde_json::Value = serde_json::from_slice(p).unwrap();
-        value["revision"].as_str().unwrap().to_string()
-    };
-    let newer = revision(&newer);
-    assert_ne!(newer, revision(&old));
-    let stored = Layout::new(b_root.path()).agent_config(&Name::parse("pihb").unwrap());
-    let stored_revision =
-        || read_json(&stored).map(|c| c["revision"].as_str().unwrap_or("").to_string());
     wait_for(
         "pihb applied the newer config",
         Duration::from_secs(30),
-        || async { stored_revision().is_ok_and(|r| r == newer) },
+        || async { stored_revision().is_ok_and(|r| Some(&r) != first.as_ref()) },
     )
     .await;
+    let newer = stored_revision().unwrap();
+    assert!(
+        read_json(&stored).unwrap()["mqtt_brokers"]
+            .to_string()
+            .contains("127.0.0.1:9"),
+        "the config pihb opened is the one the repo says"
+    );
     let line = r#"homelab_agent_refused_total{what="config",reason="stale"}"#;
     let before = metric(&system.get("/metrics").await.1, line);
     evil.publish_retained("homelab/config/pihb", old).await;

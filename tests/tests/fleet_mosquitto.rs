@@ -288,6 +288,8 @@ async fn mosquitto_with_the_generated_config_carries_the_fleet_and_stops_what_a_
         ("homelab/config/piha", true),
         ("homelab/commands/piha", false),
         ("homelab/state/nodes/piha", true),
+        ("homelab/nodes/piha/agent", true),
+        ("homelab/nodes/piha/status", true),
     ];
     for (topic, retained) in forbidden {
         let payload = format!(r#"{{"v":1,"id":"{forged}","by":"pihb"}}"#);

@@ -600,9 +600,15 @@ async fn problems_of_the_system_show_as_a_banner_with_file_and_line() {
     std::fs::write(site.layout.world_services(), "[{\"node\": oops}]").unwrap();
     let day = Utc::now().date_naive();
     let log = site.layout.event_log(day, &name("piha"));
-    let mut text = std::fs::read_to_string(&log).unwrap();
-    text += "{torn\n";
-    std::fs::write(&log, text).unwrap();
+    // Today's log (just after midnight the fixture's events are all in
+    // yesterday's, and today's is new).
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{torn\n").unwrap();
     site.state.tail.lock().unwrap().poll(&site.layout).unwrap();
     let page = site.page("/").await;
     let banner = element(&page, "system-problems", "</div>");
