@@ -53,6 +53,17 @@ struct HomeAssistantArg {
     /// Home Assistant approves over HTTP with the operator token).
     #[arg(long)]
     ha_buttons: bool,
+    /// `device`: one discovery config per device (Home Assistant 2024.11
+    /// and later); `per-component`: one per entity, for older versions.
+    /// Moving from per-component to device migrates the entities.
+    #[arg(long, value_enum, default_value_t = DiscoveryForm::Device)]
+    ha_discovery_form: DiscoveryForm,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DiscoveryForm {
+    Device,
+    PerComponent,
 }
 
 impl HomeAssistantArg {
@@ -74,6 +85,10 @@ impl HomeAssistantArg {
         Ok(Some(homelab_observer::HomeAssistant {
             prefix: prefix.to_string(),
             buttons: self.ha_buttons,
+            form: match self.ha_discovery_form {
+                DiscoveryForm::Device => homelab_observer::discovery::Form::Device,
+                DiscoveryForm::PerComponent => homelab_observer::discovery::Form::PerComponent,
+            },
         }))
     }
 }

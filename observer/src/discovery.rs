@@ -1,16 +1,30 @@
 //! Home Assistant MQTT discovery: what the observer publishes, retained,
-//! under `<discovery prefix>/<component>/homelab/<object_id>/config` so
-//! Home Assistant shows the homelab as devices and entities. Pure: the
+//! so Home Assistant shows the homelab as devices and entities. Pure: the
 //! configs follow from the inventory, the desired services, the nodes seen
 //! and the pending actions; publishing, clearing what is gone and
 //! republishing when Home Assistant comes back are the caller's (through
 //! `retained_sends`).
 //!
-//! Per component rather than device-based discovery
-//! (`homeassistant/device/<id>/config`): the device-based form exists only
-//! since Home Assistant 2024.11, and the per-component one works with every
-//! version in use; the node id level `homelab` keeps our configs apart, so
-//! the observer can find and clear the ones it no longer wants.
+//! Two forms ([`Form`]):
+//! - **device** (the default; Home Assistant 2024.11 and later): one
+//!   config per device, `<prefix>/device/homelab/<device id>/config`, with
+//!   `dev`, the origin `o` and every entity under `cmps`. Home Assistant
+//!   does about a third less work per device than for one config per
+//!   entity. An entity that goes (a decided action's buttons) stays in the
+//!   next config as `{"p": <platform>}`, which is how Home Assistant is told
+//!   to remove it ([`with_removals`]).
+//! - **per component** (`--ha-discovery-form per-component`, for Home
+//!   Assistant before 2024.11): `<prefix>/<component>/homelab/<object
+//!   id>/config`, one per entity, each with its device.
+//!
+//! Every entity carries `unique_id`, `default_entity_id` (Home Assistant
+//! 2025.10 and later take the entity id from it: `sensor.homelab_vps_disk_use`)
+//! and `object_id` (what older versions take it from), so the entity ids
+//! are the documented ones on every version. The node id level `homelab`
+//! keeps our configs apart, so the observer finds and clears the ones it no
+//! longer wants; moving from the per-component form to the device form
+//! goes through Home Assistant's migration ([`migration_order`]), so the
+//! entities keep their ids, history and settings and no ghost is left.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +33,16 @@ use serde_json::{json, Value};
 
 /// The node id level of every config topic: ours.
 pub const NODE_ID: &str = "homelab";
+
+/// Which discovery form is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Form {
+    /// One config per device (Home Assistant 2024.11 and later).
+    #[default]
+    Device,
+    /// One config per entity (every version).
+    PerComponent,
+}
 
 /// What the configs are made from.
 #[derive(Debug, Clone, Default)]
@@ -69,16 +93,80 @@ fn device(id: &str, name: &str, model: &str, version: &str) -> Value {
     })
 }
 
-/// Every config, topic → JSON payload, for the inputs.
-pub fn configs(topics: &Topics, prefix: &str, inputs: &Inputs) -> BTreeMap<String, String> {
+/// One entity: its component, object id, the device it belongs to and its
+/// own config (without the device).
+struct Entity {
+    component: &'static str,
+    object_id: String,
+    device: String,
+    config: Value,
+}
+
+/// Every config, topic → JSON payload, for the inputs, in `form`.
+pub fn configs(
+    topics: &Topics,
+    prefix: &str,
+    inputs: &Inputs,
+    form: Form,
+) -> BTreeMap<String, String> {
+    let (devices, entities) = entities(topics, inputs);
     let mut out = BTreeMap::new();
-    let mut add = |component: &str, object_id: String, mut config: Value| {
+    match form {
+        Form::PerComponent => {
+            for entity in entities {
+                let mut config = entity.config;
+                config["device"] = devices[&entity.device].clone();
+                out.insert(
+                    config_topic(prefix, entity.component, &entity.object_id),
+                    config.to_string(),
+                );
+            }
+        }
+        Form::Device => {
+            let mut cmps: BTreeMap<&str, serde_json::Map<String, Value>> = BTreeMap::new();
+            for entity in &entities {
+                let mut config = entity.config.clone();
+                config["p"] = Value::String(entity.component.into());
+                cmps.entry(entity.device.as_str())
+                    .or_default()
+                    .insert(entity.object_id.clone(), config);
+            }
+            for (device, components) in cmps {
+                let payload = json!({
+                    "dev": devices[device],
+                    "o": {"name": "homelab", "sw": inputs.version},
+                    "cmps": components,
+                });
+                out.insert(config_topic(prefix, "device", device), payload.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The devices (id → `dev`) and every entity.
+fn entities(topics: &Topics, inputs: &Inputs) -> (BTreeMap<String, Value>, Vec<Entity>) {
+    let mut devices: BTreeMap<String, Value> = BTreeMap::new();
+    let mut entities: Vec<Entity> = Vec::new();
+    let mut add = |component: &'static str, object_id: String, mut config: Value| {
+        let dev = config
+            .as_object_mut()
+            .and_then(|c| c.remove("device"))
+            .expect("every entity has its device");
+        let device = dev["identifiers"][0]
+            .as_str()
+            .expect("a device identifier")
+            .to_string();
+        devices.entry(device.clone()).or_insert(dev);
         config["unique_id"] = Value::String(object_id.clone());
         config["object_id"] = Value::String(object_id.clone());
-        out.insert(
-            config_topic(prefix, component, &object_id),
-            config.to_string(),
-        );
+        config["default_entity_id"] = Value::String(format!("{component}.{object_id}"));
+        entities.push(Entity {
+            component,
+            object_id,
+            device,
+            config,
+        });
     };
     let plane = device(
         "homelab_control_plane",
@@ -248,6 +336,90 @@ pub fn configs(topics: &Topics, prefix: &str, inputs: &Inputs) -> BTreeMap<Strin
             }
         }
     }
+    (devices, entities)
+}
+
+/// A device config to publish over the one published before (if any):
+/// each entity the previous one had and this one has not is kept as
+/// `{"p": <platform>}`, Home Assistant's sign to remove it. Such a sign
+/// itself is not carried further: one publication tells Home Assistant.
+pub fn with_removals(previous: Option<&str>, next: &str) -> String {
+    let Some(previous) = previous.and_then(|p| serde_json::from_str::<Value>(p).ok()) else {
+        return next.to_string();
+    };
+    let Ok(mut next_value) = serde_json::from_str::<Value>(next) else {
+        return next.to_string();
+    };
+    let Some(old) = previous["cmps"].as_object() else {
+        return next.to_string();
+    };
+    let Some(new) = next_value["cmps"].as_object_mut() else {
+        return next.to_string();
+    };
+    let mut changed = false;
+    for (id, config) in old {
+        let removal_sign = config.as_object().is_some_and(|c| c.len() == 1);
+        if !removal_sign && !new.contains_key(id) {
+            if let Some(platform) = config.get("p") {
+                new.insert(id.clone(), json!({ "p": platform }));
+                changed = true;
+            }
+        }
+    }
+    match changed {
+        true => next_value.to_string(),
+        false => next.to_string(),
+    }
+}
+
+/// Whether `topic` is one of our device configs.
+pub fn is_device_config(prefix: &str, topic: &str) -> bool {
+    is_ours(prefix, topic)
+        && topic
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with("/device/"))
+}
+
+/// What Home Assistant is asked to migrate: the payload that moves a
+/// per-component entity to a device config.
+pub const MIGRATE: &[u8] = br#"{"migrate_discovery":true}"#;
+
+/// Orders retained sends (clearings first, as `retained_sends` makes
+/// them) for Home Assistant's migration from the per-component form to
+/// the device form. `devices` are the device configs now published (none
+/// in the per-component form). When per-component configs of ours are
+/// being cleared while there are device configs, each of them is first
+/// marked [`MIGRATE`], then every device config goes (again: Home
+/// Assistant may have refused one whose entities an old config still
+/// held), then the rest, and the clearings come last. Home Assistant then
+/// moves each entity (its id, history and settings) to the device config
+/// with the same `unique_id` instead of removing it and making it anew.
+/// Otherwise the sends stay as they are.
+pub fn migration_order(
+    prefix: &str,
+    sends: Vec<(String, Vec<u8>)>,
+    devices: &[(String, Vec<u8>)],
+) -> Vec<(String, Vec<u8>)> {
+    let (old, rest): (Vec<_>, Vec<_>) = sends.into_iter().partition(|(topic, payload)| {
+        payload.is_empty() && is_ours(prefix, topic) && !is_device_config(prefix, topic)
+    });
+    if old.is_empty() || devices.is_empty() {
+        let mut out = old;
+        out.extend(rest);
+        return out;
+    }
+    let mut out: Vec<(String, Vec<u8>)> = old
+        .iter()
+        .map(|(topic, _)| (topic.clone(), MIGRATE.to_vec()))
+        .collect();
+    out.extend(
+        devices
+            .iter()
+            .filter(|(topic, _)| !rest.iter().any(|(t, _)| t == topic))
+            .cloned(),
+    );
+    out.extend(rest);
+    out.extend(old);
     out
 }
 
@@ -296,7 +468,7 @@ mod tests {
     #[test]
     fn configs_carry_what_home_assistant_requires() {
         let topics = Topics::default();
-        let all = configs(&topics, "homeassistant", &inputs(false));
+        let all = configs(&topics, "homeassistant", &inputs(false), Form::PerComponent);
         // 2 summary sensors; per node 1 binary sensor and 5 sensors; 1
         // service.
         assert_eq!(all.len(), 2 + 2 * 6 + 1, "{:#?}", all.keys());
@@ -306,6 +478,12 @@ mod tests {
             let component = topic.split('/').nth(1).unwrap();
             let object_id = topic.split('/').nth(3).unwrap();
             assert_eq!(config["unique_id"], object_id, "{topic}");
+            assert_eq!(config["object_id"], object_id, "{topic}");
+            assert_eq!(
+                config["default_entity_id"],
+                format!("{component}.{object_id}"),
+                "{topic}"
+            );
             assert!(config["name"].is_string(), "{topic}");
             assert!(config["device"]["identifiers"][0].is_string(), "{topic}");
             assert!(object_id
@@ -356,7 +534,12 @@ mod tests {
 
     #[test]
     fn buttons_for_each_pending_action_when_asked() {
-        let all = configs(&Topics::default(), "homeassistant", &inputs(true));
+        let all = configs(
+            &Topics::default(),
+            "homeassistant",
+            &inputs(true),
+            Form::PerComponent,
+        );
         let approve: Value = serde_json::from_str(
             &all["homeassistant/button/homelab/homelab_container-restart-vps-caddy_approve/config"],
         )
@@ -374,8 +557,124 @@ mod tests {
         // caller as gone).
         let mut none = inputs(true);
         none.pending.clear();
-        assert!(!configs(&Topics::default(), "homeassistant", &none)
-            .keys()
-            .any(|t| t.contains("/button/")));
+        assert!(!configs(
+            &Topics::default(),
+            "homeassistant",
+            &none,
+            Form::PerComponent
+        )
+        .keys()
+        .any(|t| t.contains("/button/")));
+    }
+    /// The device form holds the same entities as the per-component form,
+    /// grouped by device, each with its platform, and one origin.
+    #[test]
+    fn the_device_form_groups_the_same_entities_per_device() {
+        let topics = Topics::default();
+        let single = configs(&topics, "homeassistant", &inputs(true), Form::PerComponent);
+        let devices = configs(&topics, "homeassistant", &inputs(true), Form::Device);
+        assert_eq!(
+            devices.keys().collect::<Vec<_>>(),
+            [
+                "homeassistant/device/homelab/homelab_control_plane/config",
+                "homeassistant/device/homelab/homelab_node_pi_ha/config",
+                "homeassistant/device/homelab/homelab_node_vps/config",
+            ]
+        );
+        let mut seen = 0;
+        for (topic, payload) in &devices {
+            assert!(is_ours("homeassistant", topic) && is_device_config("homeassistant", topic));
+            let device: Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(device["o"]["name"], "homelab");
+            assert_eq!(device["o"]["sw"], "0.1.0");
+            let id = topic.split('/').nth(3).unwrap();
+            assert_eq!(device["dev"]["identifiers"][0], id);
+            for (object_id, config) in device["cmps"].as_object().unwrap() {
+                let component = config["p"].as_str().unwrap();
+                // The same config as the per-component form's, without
+                // its device, with its platform.
+                let topic = format!("homeassistant/{component}/homelab/{object_id}/config");
+                let mut alone: Value = serde_json::from_str(&single[&topic]).unwrap();
+                assert_eq!(alone["device"], device["dev"], "{topic}");
+                alone.as_object_mut().unwrap().remove("device");
+                alone["p"] = Value::String(component.into());
+                assert_eq!(&alone, config, "{topic}");
+                assert_eq!(
+                    config["default_entity_id"],
+                    format!("{component}.{object_id}")
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, single.len());
+        let vps: Value =
+            serde_json::from_str(&devices["homeassistant/device/homelab/homelab_node_vps/config"])
+                .unwrap();
+        assert_eq!(
+            vps["cmps"]["homelab_vps_connectivity"]["default_entity_id"],
+            "binary_sensor.homelab_vps_connectivity"
+        );
+        assert_eq!(
+            vps["cmps"]["homelab_container-restart-vps-caddy_approve"]["p"],
+            "button"
+        );
+    }
+
+    #[test]
+    fn an_entity_that_goes_is_removed_once() {
+        let before = r#"{"dev":{"identifiers":["d"]},"o":{"name":"homelab"},"cmps":{"a":{"p":"sensor","name":"A"},"b":{"p":"button","name":"B"},"c":{"p":"button"}}}"#;
+        let next = r#"{"dev":{"identifiers":["d"]},"o":{"name":"homelab"},"cmps":{"a":{"p":"sensor","name":"A"}}}"#;
+        let sent: Value = serde_json::from_str(&with_removals(Some(before), next)).unwrap();
+        // b went: told to remove it; c was a removal already: not again.
+        assert_eq!(
+            sent["cmps"],
+            json!({"a": {"p": "sensor", "name": "A"}, "b": {"p": "button"}})
+        );
+        let after = with_removals(Some(&sent.to_string()), next);
+        assert_eq!(after, next, "the removal is told once");
+        for previous in [None, Some("not json"), Some(r#"{"x":1}"#)] {
+            assert_eq!(with_removals(previous, next), next);
+        }
+    }
+
+    #[test]
+    fn moving_to_the_device_form_migrates_each_entity() {
+        let p = "homeassistant";
+        let old = "homeassistant/sensor/homelab/homelab_vps_disk_use/config";
+        let theirs_cleared = "homelab/state/nodes/gone";
+        let vps = "homeassistant/device/homelab/homelab_node_vps/config";
+        let plane = "homeassistant/device/homelab/homelab_control_plane/config";
+        let devices = vec![
+            (vps.to_string(), b"{}".to_vec()),
+            (plane.to_string(), b"{1}".to_vec()),
+        ];
+        let sends = vec![
+            (old.to_string(), Vec::new()),
+            (theirs_cleared.to_string(), Vec::new()),
+            (vps.to_string(), b"{}".to_vec()),
+            ("homelab/state/summary".to_string(), b"{}".to_vec()),
+        ];
+        let ordered = migration_order(p, sends.clone(), &devices);
+        let order: Vec<(&str, &[u8])> = ordered
+            .iter()
+            .map(|(t, b)| (t.as_str(), b.as_slice()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (old, MIGRATE),
+                // The device config not among the sends goes again.
+                (plane, &b"{1}"[..]),
+                (theirs_cleared, &b""[..]),
+                (vps, &b"{}"[..]),
+                ("homelab/state/summary", &b"{}"[..]),
+                (old, &b""[..]),
+            ]
+        );
+        // The per-component form (no device configs), or nothing of the
+        // old form cleared: as they were.
+        assert_eq!(migration_order(p, sends.clone(), &[]), sends);
+        let plain: Vec<_> = sends.into_iter().filter(|(t, _)| t != old).collect();
+        assert_eq!(migration_order(p, plain.clone(), &devices), plain);
     }
 }

@@ -72,6 +72,8 @@ pub struct HomeAssistant {
     /// Approve and reject buttons for pending actions: only where approvals
     /// over MQTT are taken (open mode), and only when asked.
     pub buttons: bool,
+    /// The discovery form (device configs unless asked otherwise).
+    pub form: discovery::Form,
 }
 
 impl Default for HomeAssistant {
@@ -79,6 +81,7 @@ impl Default for HomeAssistant {
         HomeAssistant {
             prefix: "homeassistant".into(),
             buttons: false,
+            form: discovery::Form::Device,
         }
     }
 }
@@ -1028,13 +1031,37 @@ impl Observer {
         }
         wanted.push((topics.state_summary(), serde_json::to_string(&summary)?));
         if let Some(ha) = &self.config.home_assistant {
-            wanted.extend(discovery::configs(
+            let configs = discovery::configs(
                 topics,
                 &ha.prefix,
                 &self.discovery_inputs(&open, ha),
-            ));
+                ha.form,
+            );
+            for (topic, payload) in configs {
+                // A device config tells Home Assistant which entities went.
+                let payload = match discovery::is_device_config(&ha.prefix, &topic) {
+                    true => discovery::with_removals(
+                        self.published.get(&topic).map(String::as_str),
+                        &payload,
+                    ),
+                    false => payload,
+                };
+                wanted.push((topic, payload));
+            }
         }
         let (sends, keep) = retained_sends(&self.published, wanted);
+        let sends = match &self.config.home_assistant {
+            Some(ha) => {
+                let mut devices: Vec<Retained> = keep
+                    .iter()
+                    .filter(|(topic, _)| discovery::is_device_config(&ha.prefix, topic))
+                    .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
+                    .collect();
+                devices.sort();
+                discovery::migration_order(&ha.prefix, sends, &devices)
+            }
+            None => sends,
+        };
         for (topic, payload) in sends {
             let ha_config = self
                 .config

@@ -99,6 +99,8 @@ pub struct Options {
     pub fleet: bool,
     /// Home Assistant approve/reject buttons (`--ha-buttons`).
     pub ha_buttons: bool,
+    /// Home Assistant discovery's form (device configs by default).
+    pub ha_form: homelab_observer::discovery::Form,
     /// `--repo` is this git URL (the sync runs, the components read its
     /// live tree) instead of the repo folder.
     pub repo_url: Option<String>,
@@ -114,6 +116,7 @@ impl Default for Options {
             check_interval: Duration::from_secs(30),
             fleet: false,
             ha_buttons: false,
+            ha_form: Default::default(),
             repo_url: None,
             docker_label: None,
         }
@@ -196,6 +199,7 @@ impl System {
             retention: Default::default(),
             home_assistant: Some(homelab_observer::HomeAssistant {
                 buttons: options.ha_buttons,
+                form: options.ha_form,
                 ..Default::default()
             }),
         };
