@@ -149,17 +149,24 @@ impl Connection {
     }
 
     /// Everything [`rules::Watch::look`] needs. The recorder and the
-    /// automation traces are optional (an installation without them
-    /// answers with an error, which is not a problem of its health).
+    /// automation traces are optional: asked for only when Home Assistant
+    /// has them loaded (it logs every command it does not know), and an
+    /// error answer is not a problem of its health.
     pub async fn look(&mut self) -> Result<rules::Look> {
         let config = self.call(json!({"type": "get_config"})).await?;
         let entries = self.call(json!({"type": "config_entries/get"})).await?;
         let states = self.call(json!({"type": "get_states"})).await?;
-        let recorder = self.call(json!({"type": "recorder/info"})).await.ok();
-        let traces = self
-            .call(json!({"type": "trace/list", "domain": "automation"}))
-            .await
-            .ok();
+        let recorder = match loaded(&config, "recorder") {
+            true => self.call(json!({"type": "recorder/info"})).await.ok(),
+            false => None,
+        };
+        let traces = match loaded(&config, "trace") && loaded(&config, "automation") {
+            true => self
+                .call(json!({"type": "trace/list", "domain": "automation"}))
+                .await
+                .ok(),
+            false => None,
+        };
         Ok(parse_look(
             &config,
             &entries,
@@ -168,6 +175,13 @@ impl Connection {
             traces.as_ref(),
         ))
     }
+}
+
+/// Whether `get_config`'s answer lists `component` as loaded.
+fn loaded(config: &Value, component: &str) -> bool {
+    config["components"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c == component))
 }
 
 fn timestamp(value: &Value) -> Option<homelab_core::time::Timestamp> {
@@ -349,6 +363,11 @@ mod tests {
         assert_eq!(look.recorder.as_ref().unwrap().backlog, 12);
         assert_eq!(look.failed_runs.len(), 1);
         assert_eq!(look.failed_runs[0].automation, "automation.lights");
+        // What is asked for: only what is loaded.
+        let components = json!({"components": ["mqtt", "recorder", "automation"]});
+        assert!(loaded(&components, "recorder") && loaded(&components, "automation"));
+        assert!(!loaded(&components, "trace"));
+        assert!(!loaded(&config, "recorder"), "no components listed");
         let none = parse_look(&json!({}), &json!(null), &json!("x"), None, None);
         assert_eq!(none, rules::Look::default());
     }

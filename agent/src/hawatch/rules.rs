@@ -106,6 +106,29 @@ pub struct Watch {
     runs: BTreeMap<String, Timestamp>,
 }
 
+/// What stays told after a look: what is true now, and what was told and
+/// has not been seen well since. Something is forgotten (so told again if
+/// it comes back) only when Home Assistant runs and shows it well
+/// (`fine(id)` is `Some(true)`) or no longer has it (`None`). While Home
+/// Assistant starts (or restarts), its entries are not loaded yet and its
+/// entities are restored as unavailable, which says nothing new: a
+/// restart does not repeat what was told before it.
+fn remembered<'a>(
+    told: &BTreeSet<String>,
+    now: impl Iterator<Item = &'a str>,
+    running: bool,
+    fine: impl Fn(&str) -> Option<bool>,
+) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = now.map(str::to_string).collect();
+    for id in told {
+        let forget = running && fine(id).is_none_or(|fine| fine);
+        if !forget {
+            out.insert(id.clone());
+        }
+    }
+    out
+}
+
 const FAILED_STATES: [&str; 4] = [
     "setup_error",
     "setup_retry",
@@ -168,7 +191,17 @@ impl Watch {
                 });
             }
         }
-        self.entries = failed.keys().map(|k| k.to_string()).collect();
+        self.entries = remembered(
+            &self.entries,
+            failed.keys().copied(),
+            look.core_state == "RUNNING",
+            |id| {
+                look.entries
+                    .iter()
+                    .find(|e| e.entry_id == id)
+                    .map(|e| e.state == "loaded")
+            },
+        );
 
         // Entities unavailable for long.
         let long: BTreeMap<&str, &State> = look
@@ -190,7 +223,17 @@ impl Watch {
                 });
             }
         }
-        self.unavailable = long.keys().map(|k| k.to_string()).collect();
+        self.unavailable = remembered(
+            &self.unavailable,
+            long.keys().copied(),
+            look.core_state == "RUNNING",
+            |id| {
+                look.states
+                    .iter()
+                    .find(|s| s.entity_id == id)
+                    .map(|s| s.state != "unavailable")
+            },
+        );
 
         // Updates available (`update.*` on), once per version.
         let updates: BTreeMap<String, &State> = look
@@ -479,5 +522,85 @@ mod tests {
         let said = watch.look(&next, now, &s);
         assert_eq!(kinds(&said), ["ha_automation_failing"]);
         assert_eq!(said[0].data["run_id"], "r2");
+    }
+    /// Home Assistant restarts (the websocket goes, it comes back starting,
+    /// its entries not loaded yet and its entities restored unavailable,
+    /// then it runs with the same failures): nothing told before is told
+    /// again. What recovers while it runs is forgotten, and told again
+    /// when it fails again.
+    #[test]
+    fn a_restart_does_not_repeat_what_was_told() {
+        let s = Settings::default();
+        let t0 = at("2026-11-24T10:00:00Z");
+        let entry = |state: &str| Entry {
+            entry_id: "e1".into(),
+            domain: "broken".into(),
+            title: "Broken".into(),
+            state: state.into(),
+            reason: None,
+        };
+        let entity = |state: &str, since: Timestamp| State {
+            entity_id: "sensor.x".into(),
+            state: state.into(),
+            last_changed: since,
+            attributes: json!({}),
+        };
+        let look = |core: &str, e: &str, x: &str, since: Timestamp| Look {
+            core_state: core.into(),
+            entries: vec![entry(e)],
+            states: vec![entity(x, since)],
+            ..Default::default()
+        };
+        let mut watch = Watch::default();
+        let later = t0 + s.unavailable_after;
+        let told = watch.look(
+            &look("RUNNING", "setup_retry", "unavailable", t0),
+            later,
+            &s,
+        );
+        assert_eq!(
+            kinds(&told),
+            ["ha_integration_failed", "ha_entity_unavailable_long"]
+        );
+        // The restart.
+        assert_eq!(kinds(&watch.lost("closed")), ["ha_websocket_dead"]);
+        let t1 = later + Duration::minutes(1);
+        let starting = look("NOT_RUNNING", "not_loaded", "unavailable", t1);
+        assert_eq!(
+            kinds(&watch.look(&starting, t1, &s)),
+            ["ha_websocket_recovered"]
+        );
+        let t2 = t1 + Duration::seconds(30);
+        let no_entity = Look {
+            states: Vec::new(),
+            ..look("STARTING", "setup_in_progress", "unavailable", t1)
+        };
+        assert!(watch.look(&no_entity, t2, &s).is_empty());
+        let t3 = t1 + s.unavailable_after + Duration::minutes(1);
+        let running = look("RUNNING", "setup_retry", "unavailable", t1);
+        assert!(watch.look(&running, t3, &s).is_empty(), "said again");
+
+        // Both recover while it runs: forgotten; failing again is told.
+        let t4 = t3 + Duration::minutes(1);
+        assert!(watch
+            .look(&look("RUNNING", "loaded", "on", t4), t4, &s)
+            .is_empty());
+        let t5 = t4 + s.unavailable_after + Duration::minutes(1);
+        assert_eq!(
+            kinds(&watch.look(&look("RUNNING", "setup_error", "unavailable", t4), t5, &s)),
+            ["ha_integration_failed", "ha_entity_unavailable_long"]
+        );
+        // Gone while it runs (the entry deleted, the entity removed):
+        // forgotten too.
+        let t6 = t5 + Duration::minutes(1);
+        let empty = Look {
+            core_state: "RUNNING".into(),
+            ..Default::default()
+        };
+        assert!(watch.look(&empty, t6, &s).is_empty());
+        assert_eq!(
+            kinds(&watch.look(&look("RUNNING", "setup_error", "unavailable", t4), t6, &s)),
+            ["ha_integration_failed", "ha_entity_unavailable_long"]
+        );
     }
 }
