@@ -136,7 +136,14 @@ impl System {
     /// and HTTP address. The embedded broker cannot be stopped (rumqttd has
     /// no stop API): the new one listens on new ports and starts empty, as
     /// after a crash.
-    pub async fn restart(mut self) -> System {
+    pub async fn restart(self) -> System {
+        let options = self.options.clone();
+        self.restart_with(options).await
+    }
+
+    /// [`System::restart`] with other options (an upgrade that changes a
+    /// setting).
+    pub async fn restart_with(mut self, options: Options) -> System {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("up task").expect("up stops cleanly");
@@ -144,7 +151,7 @@ impl System {
         let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
         let repo = std::mem::replace(&mut self.repo, tempfile::tempdir().unwrap());
         let addresses = (free_addr(), self.mqtts.map(|_| free_addr()), self.http);
-        System::start_in(root, repo, self.options.clone(), addresses).await
+        System::start_in(root, repo, options, addresses).await
     }
 
     async fn start_in(
