@@ -365,3 +365,168 @@ async fn in_fleet_mode_v5_clients_get_reason_codes_for_what_is_refused() {
     assert_eq!(own.puback().await, PubAckReason::Success);
     system.stop().await.unwrap();
 }
+
+/// The same with Mosquitto and what `homelab mosquitto-config` writes: a
+/// v5 client gets its reason codes there too (Mosquitto's own), and a
+/// node's own topics pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_with_the_generated_config_answers_v5_clients() {
+    init_logs();
+    if std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var("CI").is_err(), "mosquitto is not installed");
+        eprintln!("\n*** SKIPPED: mosquitto is not installed ***\n");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(root.path());
+    let port = free_addr().port();
+    fleet_cli::tls_init(&layout, &["localhost".to_string()], port, false).unwrap();
+    let out = fleet_cli::node_add(&layout, &Name::parse("piha").unwrap(), None).unwrap();
+    fleet_cli::node_add(&layout, &Name::parse("pihb").unwrap(), None).unwrap();
+    let token = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("HOMELAB_ENROLL="))
+        .unwrap();
+    let piha = homelab_core::identity::AgentSecrets::from_token(token).unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    fleet_cli::mosquitto_config(
+        &layout,
+        conf.path(),
+        &homelab_core::Topics::default(),
+        listen,
+        None,
+    )
+    .unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        let chown = std::process::Command::new("chown")
+            .arg("-R")
+            .arg("mosquitto")
+            .arg(conf.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+    }
+    let log = std::fs::File::create(root.path().join("mosquitto.log")).unwrap();
+    let _mosquitto = KillOnDrop(
+        std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf.path().join("homelab.conf"))
+            .arg("-v")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("mosquitto listens", T, || async {
+        tokio::net::TcpStream::connect(listen).await.is_ok()
+    })
+    .await;
+    let ca = piha.ca_pem.as_str();
+
+    // Mosquitto 2 answers a wrong password with "not authorized".
+    let mut wrong = V5::start(V5::options(
+        "piha:v5",
+        port,
+        Some(ca),
+        Some(("piha", "guessed")),
+    ));
+    let outcome = wrong.connect_outcome().await;
+    assert!(
+        [
+            ConnectReturnCode::BadUserNamePassword,
+            ConnectReturnCode::NotAuthorized
+        ]
+        .iter()
+        .any(|code| outcome == Err(format!("refused {code:?}"))),
+        "{outcome:?}"
+    );
+    let mut own = V5::start(V5::options(
+        "piha:v5",
+        port,
+        Some(ca),
+        Some(("piha", &piha.password)),
+    ));
+    own.connected().await;
+    own.client
+        .subscribe_many([
+            Filter::new("homelab/commands/pihb", QoS::AtLeastOnce),
+            Filter::new("homelab/commands/piha", QoS::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    let codes = own.suback().await;
+    assert_eq!(
+        codes[1],
+        SubscribeReasonCode::Success(QoS::AtLeastOnce),
+        "{codes:?}"
+    );
+    own.client
+        .publish(
+            "homelab/nodes/pihb/agent",
+            QoS::AtLeastOnce,
+            true,
+            r#"{"node":"pihb","outbox_events":424242}"#,
+        )
+        .await
+        .unwrap();
+    let refused = own.puback().await;
+    own.client
+        .publish(
+            "homelab/nodes/piha/status",
+            QoS::AtLeastOnce,
+            true,
+            "online",
+        )
+        .await
+        .unwrap();
+    // Accepted (Mosquitto says no one reads it yet: still a success).
+    let accepted = own.puback().await;
+    assert!(
+        matches!(
+            accepted,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        ),
+        "{accepted:?}"
+    );
+    // What Mosquitto says of the refused publish, and that it was not
+    // passed on: a reader of pihb's agent state (the control plane's
+    // login) gets nothing retained from piha.
+    let control: homelab_core::identity::ControlSecrets =
+        serde_json::from_slice(&std::fs::read(layout.control_secrets()).unwrap()).unwrap();
+    let mut reader = V5::start(V5::options(
+        "homelab-v5-reader",
+        port,
+        Some(ca),
+        Some((homelab_core::identity::CONTROL_USER, &control.password)),
+    ));
+    reader.connected().await;
+    reader
+        .client
+        .subscribe_many([
+            Filter::new("homelab/nodes/+/agent", QoS::AtLeastOnce),
+            Filter::new("homelab/nodes/piha/status", QoS::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    reader
+        .next("piha's retained status", |p| match p {
+            Packet::Publish(p) if p.topic == "homelab/nodes/piha/status".as_bytes() => Some(()),
+            Packet::Publish(p) => {
+                before.push(String::from_utf8_lossy(&p.topic).into_owned());
+                None
+            }
+            _ => None,
+        })
+        .await;
+    assert!(
+        before.is_empty(),
+        "Mosquitto passed on {before:?} (PUBACK {refused:?})"
+    );
+    eprintln!("Mosquitto's answers to piha: SUBACK {codes:?}, PUBACK of pihb's topic {refused:?}");
+}
