@@ -97,6 +97,52 @@ pub struct Front {
     pub v5: SocketAddr,
     /// Checks a login (argon2, cached): `Err(reason)` when refused.
     pub login: Login,
+    /// Each node login's publishes, paced ([`Pace`]), across its
+    /// connections.
+    pub paces: Mutex<HashMap<homelab_core::Name, Arc<Mutex<Pace>>>>,
+}
+
+/// How fast one node login may publish, sustained: a node flooding the
+/// broker (as fast as it can, ignoring the observer's acks) would fill
+/// the observer's queue and hold up every other node's events. An agent
+/// keeps within its send window and replays a backlog at about this rate
+/// on this machine's observer; a link to an edge site is far slower.
+pub const NODE_PUBLISHES_PER_SEC: f64 = 10_000.0;
+
+/// How many publishes a node may send at once above the pace: ten send
+/// windows of an agent.
+pub const NODE_PUBLISH_BURST: f64 = 2_500.0;
+
+/// A token bucket over a node's publishes. Pure: the caller gives the
+/// time and waits as told. A publish over the pace is not dropped: the
+/// connection is read no further until its turn (TCP pushes back on the
+/// sender), so a node that floods slows only itself.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Pace {
+    pub fn new(now: std::time::Instant) -> Pace {
+        Pace {
+            tokens: NODE_PUBLISH_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes one publish at `now`: how long to wait before passing it on
+    /// (zero while within the burst).
+    pub fn take(&mut self, now: std::time::Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = self.at.max(now);
+        self.tokens = (self.tokens + elapsed * NODE_PUBLISHES_PER_SEC).min(NODE_PUBLISH_BURST);
+        self.tokens -= 1.0;
+        match self.tokens >= 0.0 {
+            true => Duration::ZERO,
+            false => Duration::from_secs_f64(-self.tokens / NODE_PUBLISHES_PER_SEC),
+        }
+    }
 }
 
 /// Serves `listener`, each connection on a task of its own (`tls`: after a
@@ -220,8 +266,22 @@ where
         Admitted::As(who) => {
             let rules = acl::rules(&front.topics, &who);
             let revoked = revoked(front.fleet.clone(), &who);
+            let pace = match &who {
+                Who::Node(node) => Some(
+                    front
+                        .paces
+                        .lock()
+                        .expect("paces lock")
+                        .entry(node.clone())
+                        .or_insert_with(|| {
+                            Arc::new(Mutex::new(Pace::new(std::time::Instant::now())))
+                        })
+                        .clone(),
+                ),
+                _ => None,
+            };
             tokio::select! {
-                result = relay(client, broker, level, rules) => result,
+                result = relay(client, broker, level, rules, pace) => result,
                 who = revoked => {
                     info!(?who, "node revoked or rotated: its connection is closed");
                     metrics::counter!("homelab_broker_revoked_disconnects_total").increment(1);
@@ -256,6 +316,7 @@ async fn relay<S>(
     broker: tokio::net::TcpStream,
     level: Level,
     rules: Vec<acl::Rule>,
+    pace: Option<Arc<Mutex<Pace>>>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -285,7 +346,22 @@ where
                 let mut at = 0;
                 while let Some(len) = packet::frame(&buf[at..]).map_err(io)? {
                     let frame = &buf[at..at + len];
-                    match upstream(level, &rules, frame, &held).map_err(io)? {
+                    let verdict = upstream(level, &rules, frame, &held).map_err(io)?;
+                    if let (Some(pace), Up::Pass, 3) = (&pace, &verdict, frame[0] >> 4) {
+                        let wait = pace
+                            .lock()
+                            .expect("pace lock")
+                            .take(std::time::Instant::now());
+                        if !wait.is_zero() {
+                            // What passed before goes now; this one waits
+                            // its turn, and nothing more is read meanwhile.
+                            broker_write.write_all(&out).await?;
+                            out.clear();
+                            metrics::counter!("homelab_broker_paced_publishes_total").increment(1);
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    match verdict {
                         Up::Pass => out.extend_from_slice(frame),
                         Up::Instead(bytes) => out.extend_from_slice(&bytes),
                         Up::Answer(bytes) => {
@@ -448,6 +524,47 @@ fn downstream(level: Level, frame: &[u8], held: &Held) -> Option<Vec<u8>> {
     ))
 }
 
+/// The front's handling of one connection's bytes, without sockets: for
+/// the fuzzer (`fuzz/`), which feeds it whatever a client could send. The
+/// first frame is read as the CONNECT and judged in fleet mode (any
+/// password passes, so what follows is read); every later frame goes
+/// through the rules as from the client, except a SUBACK, which goes the
+/// way a broker's reply does. An error ends it, as it ends a connection.
+#[doc(hidden)]
+pub fn fuzz_connection(bytes: &[u8]) {
+    let topics = Topics::default();
+    let Ok(Some(len)) = packet::frame(bytes) else {
+        return;
+    };
+    let Some(level) = packet::level(&bytes[..len]) else {
+        return;
+    };
+    let hello = match packet::decode(level, &bytes[..len]) {
+        Ok(Packet::Connect(connect, _, will, _, login)) => Hello {
+            client_id: connect.client_id,
+            login: login.map(|l| (l.username, l.password)),
+            will_topic: will.map(|w| String::from_utf8_lossy(&w.topic).into_owned()),
+        },
+        _ => return,
+    };
+    let who = match admit(true, &topics, &hello, |_, _, _| Ok(())) {
+        Ok(Admitted::As(who)) => who,
+        _ => return,
+    };
+    let rules = acl::rules(&topics, &who);
+    let held: Held = Arc::default();
+    let mut at = len;
+    while let Ok(Some(len)) = packet::frame(&bytes[at..]) {
+        let frame = &bytes[at..at + len];
+        if frame[0] >> 4 == 9 {
+            let _ = downstream(level, frame, &held);
+        } else if upstream(level, &rules, frame, &held).is_err() {
+            return;
+        }
+        at += len;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +577,38 @@ mod tests {
             login: login.map(|(u, p)| (u.into(), p.into())),
             will_topic: will.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_node_publishes_at_its_pace() {
+        let t0 = std::time::Instant::now();
+        let mut pace = Pace::new(t0);
+        // The burst passes at once; the next waits one interval, the one
+        // after two.
+        for _ in 0..NODE_PUBLISH_BURST as usize {
+            assert_eq!(pace.take(t0), Duration::ZERO);
+        }
+        let interval = Duration::from_secs_f64(1.0 / NODE_PUBLISHES_PER_SEC);
+        let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_micros(2);
+        assert!(close(pace.take(t0), interval));
+        assert!(close(pace.take(t0), interval * 2));
+        // A tenth of a second later it has refilled by a tenth of the
+        // pace (less what it owed); much later, by the burst, no more.
+        let later = t0 + Duration::from_millis(100);
+        let mut passed = 0;
+        while pace.take(later).is_zero() {
+            passed += 1;
+        }
+        assert_eq!(passed, NODE_PUBLISHES_PER_SEC as usize / 10 - 2);
+        let much_later = later + Duration::from_secs(3600);
+        let mut passed = 0;
+        while pace.take(much_later).is_zero() {
+            passed += 1;
+        }
+        assert_eq!(passed, NODE_PUBLISH_BURST as usize);
+        // Time that goes backwards (another connection's clock read) takes
+        // nothing back.
+        assert!(!pace.take(t0).is_zero());
     }
 
     #[test]

@@ -239,6 +239,7 @@ pub fn start(config: &Config) -> Result<Started> {
         login: Box::new(move |fleet, client_id, user, password| {
             login(fleet, &checked, client_id, user, password)
         }),
+        paces: Default::default(),
     });
     {
         let _guard = handle.enter();
