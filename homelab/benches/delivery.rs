@@ -14,6 +14,9 @@
 //!   own process passing the same payloads to a counting subscriber;
 //! - replay after a long outage: an agent starts with N events in its
 //!   outbox; time until the observer's watermark covers them;
+//! - fair under a flood: a quiet node's publish → log latency (p50, p99,
+//!   max), alone and while another node floods the observer as an agent
+//!   would and as a node ignoring the protocol would (`BENCH_ONLY=fair`);
 //! - replay over an LTE-like link (1 Mbit/s each way, 300 ms round trip,
 //!   emulated in user space): events/s and bytes per event each way, next
 //!   to a plain TCP stream through the same link (`BENCH_ONLY=lte`);
@@ -32,7 +35,7 @@
 //!   pending action file, through `homelab up` in-process, next to the
 //!   broker's own publish → receive round trip in the same run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,13 +107,60 @@ async fn wait_ack(
     timeout: Duration,
     latest: Arc<AtomicU64>,
 ) -> Duration {
-    let start = Instant::now();
-    let mut options = MqttOptions::new(
-        format!("bench-acks-{}", homelab_core::event::new_id()),
-        "127.0.0.1",
-        mqtt.port(),
-    );
+    wait_ack_as(mqtt, node, target, timeout, latest, None).await
+}
+
+/// A node's login on a broker in fleet mode: its password and its key.
+#[derive(Clone)]
+struct NodeLogin {
+    password: String,
+    key: homelab_core::identity::SecretKey,
+}
+
+/// MQTT options for a client of `node` (`suffix` tells its clients apart),
+/// logged in as the node when `login` is given.
+fn node_options(
+    mqtt: std::net::SocketAddr,
+    node: &str,
+    suffix: &str,
+    login: Option<&NodeLogin>,
+) -> MqttOptions {
+    let id = match login {
+        Some(_) => format!("{node}:{suffix}"),
+        None => format!("bench-{suffix}-{}", homelab_core::event::new_id()),
+    };
+    let mut options = MqttOptions::new(id, "127.0.0.1", mqtt.port());
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some(login) = login {
+        options.set_credentials(node, login.password.clone());
+    }
+    options
+}
+
+/// What a node sends for `event`: signed with its key in fleet mode.
+fn payload_of(event: &Event, login: Option<&NodeLogin>) -> String {
+    let json = serde_json::to_string(event).unwrap();
+    match login {
+        Some(login) => String::from_utf8(homelab_core::identity::seal(
+            json.as_bytes(),
+            homelab_core::identity::Context::Event,
+            &login.key,
+        ))
+        .unwrap(),
+        None => json,
+    }
+}
+
+async fn wait_ack_as(
+    mqtt: std::net::SocketAddr,
+    node: &str,
+    target: u64,
+    timeout: Duration,
+    latest: Arc<AtomicU64>,
+    login: Option<NodeLogin>,
+) -> Duration {
+    let start = Instant::now();
+    let options = node_options(mqtt, node, "acks", login.as_ref());
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client
         .subscribe(format!("homelab/acks/{node}"), QoS::AtLeastOnce)
@@ -500,6 +550,241 @@ async fn publish_windowed(
             .await
             .unwrap();
     }
+}
+
+/// A node that sends one event every `every` and resends what the
+/// watermark has not covered after `resend` (as an agent's stall timer
+/// does): each event's latency from its first publish until the
+/// observer's watermark covers it (it is then fsynced in the log).
+async fn quiet_node(
+    mqtt: std::net::SocketAddr,
+    n: u64,
+    every: Duration,
+    resend: Duration,
+    login: Option<NodeLogin>,
+) -> Vec<Duration> {
+    let node = Name::parse("quiet").unwrap();
+    let latest = Arc::new(AtomicU64::new(0));
+    let acks = tokio::spawn(wait_ack_as(
+        mqtt,
+        "quiet",
+        n,
+        Duration::from_secs(600),
+        latest.clone(),
+        login.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let options = node_options(mqtt, "quiet", "events", login.as_ref());
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let payloads: Vec<String> = (1..=n)
+        .map(|seq| payload_of(&event(&node, seq), login.as_ref()))
+        .collect();
+    let mut sent: Vec<Instant> = Vec::new();
+    let mut latencies = vec![Duration::ZERO; n as usize];
+    let mut covered = 0u64;
+    let mut last_resend = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut next_send = Instant::now();
+    while covered < n {
+        tick.tick().await;
+        let now = Instant::now();
+        let mark = latest.load(Ordering::SeqCst).min(sent.len() as u64);
+        while covered < mark {
+            latencies[covered as usize] = now - sent[covered as usize];
+            covered += 1;
+        }
+        if (sent.len() as u64) < n && now >= next_send {
+            let seq = sent.len();
+            sent.push(now);
+            client
+                .publish(
+                    "homelab/events/quiet",
+                    QoS::AtLeastOnce,
+                    false,
+                    payloads[seq].clone(),
+                )
+                .await
+                .unwrap();
+            next_send = now + every;
+        }
+        let stalled = covered < sent.len() as u64
+            && now - sent[covered as usize] > resend
+            && now - last_resend > resend;
+        if stalled {
+            for payload in &payloads[covered as usize..sent.len()] {
+                client
+                    .publish(
+                        "homelab/events/quiet",
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            last_resend = now;
+        }
+    }
+    acks.abort();
+    latencies
+}
+
+/// A node that publishes its events as fast as it can until `stop`:
+/// `window` beyond its watermark as an agent keeps it, or (`None`) as fast
+/// as the broker acknowledges, as a node that ignores the protocol would.
+/// Returns how many it sent.
+async fn flooding_node(
+    mqtt: std::net::SocketAddr,
+    window: Option<u64>,
+    stop: Arc<AtomicBool>,
+    login: Option<NodeLogin>,
+) -> u64 {
+    let node = Name::parse("flood").unwrap();
+    let latest = Arc::new(AtomicU64::new(0));
+    let acks = tokio::spawn(wait_ack_as(
+        mqtt,
+        "flood",
+        u64::MAX,
+        Duration::from_secs(3600),
+        latest.clone(),
+        login.clone(),
+    ));
+    let mut options = node_options(mqtt, "flood", "events", login.as_ref());
+    options.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut seq = 0;
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(window) = window {
+            if seq >= latest.load(Ordering::SeqCst) + window {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
+        seq += 1;
+        let payload = payload_of(&event(&node, seq), login.as_ref());
+        client
+            .publish("homelab/events/flood", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    acks.abort();
+    seq
+}
+
+/// Fair under a flood: a quiet node's latency (one event every 50 ms,
+/// publish → in the observer's log), alone and while another node floods
+/// the same observer, as an agent (its send window of
+/// `window::SEND_WINDOW`) and ignoring the protocol (as fast as the broker
+/// takes them). Each on a fresh broker and observer, in the same run.
+async fn fairness_under_flood(n: u64) {
+    use homelab_agent::window::{FIRST_STALL, SEND_WINDOW};
+    // (what, fleet mode, the flood: none, or its window (None: none)).
+    let cases: [(&str, bool, Option<Option<u64>>); 5] = [
+        ("alone", false, None),
+        ("flood as an agent", false, Some(Some(SEND_WINDOW))),
+        (
+            "flood ignoring acks, open mode (no pace)",
+            false,
+            Some(None),
+        ),
+        ("alone, fleet mode", true, None),
+        (
+            "flood ignoring acks, fleet mode (each node paced)",
+            true,
+            Some(None),
+        ),
+    ];
+    for (what, fleet, flood) in cases {
+        let (plant, logins) = match fleet {
+            true => {
+                let (plant, logins) = plant_fleet(&["quiet", "flood"]).await;
+                (plant, logins.into_iter().map(Some).collect::<Vec<_>>())
+            }
+            false => (plant().await, vec![None, None]),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooding = flood.map(|window| {
+            tokio::spawn(flooding_node(
+                plant.mqtt,
+                window,
+                stop.clone(),
+                logins[1].clone(),
+            ))
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let start = Instant::now();
+        let mut latencies = quiet_node(
+            plant.mqtt,
+            n,
+            Duration::from_millis(50),
+            FIRST_STALL,
+            logins[0].clone(),
+        )
+        .await;
+        let took = start.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        let flooded = match flooding {
+            Some(handle) => handle.await.unwrap(),
+            None => 0,
+        };
+        println!(
+            "fairness, quiet node ({n} events, one per 50 ms), {what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; the flooding node sent {:.0} events/s",
+            percentile(&mut latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&mut latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.last().unwrap().as_secs_f64() * 1e3,
+            flooded as f64 / took.as_secs_f64(),
+        );
+        plant.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(plant.root);
+    }
+}
+
+/// The embedded broker and the observer in fleet mode (every client logs
+/// in; the front holds each node to its topics and its pace), with
+/// `nodes` enrolled: their logins.
+async fn plant_fleet(nodes: &[&str]) -> (Plant, Vec<NodeLogin>) {
+    let mqtt = free_addr();
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(root.path());
+    homelab::fleet_cli::tls_init(&layout, &["localhost".into()], 8883, false).unwrap();
+    let logins: Vec<NodeLogin> = nodes
+        .iter()
+        .map(|node| {
+            let secrets = homelab::fleet_cli::enroll(&layout, &Name::parse(node).unwrap()).unwrap();
+            NodeLogin {
+                password: secrets.password.clone(),
+                key: secrets.signing_key().unwrap(),
+            }
+        })
+        .collect();
+    let fleet = homelab_core::fleet::Fleet::load(&layout).unwrap().unwrap();
+    let mut broker = homelab_broker::Config::new(mqtt);
+    broker.fleet = Some(fleet.clone());
+    homelab_broker::start(&broker).unwrap();
+    let shutdown = CancellationToken::new();
+    let config = homelab_observer::Config {
+        broker: homelab::control_endpoint(&layout, Some(&fleet), &mqtt.to_string()).unwrap(),
+        layout: Layout::new(root.path()),
+        topics: homelab_core::Topics::default(),
+        repo: None,
+        retention: Default::default(),
+        feed: None,
+        fleet: Some(fleet),
+        home_assistant: None,
+    };
+    tokio::spawn(homelab_observer::run(config, shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (
+        Plant {
+            mqtt,
+            root,
+            shutdown,
+        },
+        logins,
+    )
 }
 
 /// Durable ingestion from outside, as a user runs it: `homelab up` (no
@@ -1695,6 +1980,12 @@ fn main() {
         runtime.block_on(ingestion_from_outside(n));
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "fair") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(fairness_under_flood(200));
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "outside") {
         tokio::runtime::Runtime::new()
             .unwrap()
@@ -1738,6 +2029,7 @@ fn main() {
     runtime.block_on(observer_ingestion_signed_and_not(n));
     runtime.block_on(ingestion_from_outside(n));
     runtime.block_on(replay_after_outage(n));
+    runtime.block_on(fairness_under_flood(200));
     runtime.block_on(replay_over_a_slow_link(2_000));
     runtime.block_on(fleet_replay(100, 1_000));
     runtime.block_on(agent_idle_rss());
