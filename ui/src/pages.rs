@@ -763,6 +763,24 @@ pub struct Cell {
     /// (a git source only), and whether the repo wants other ones now.
     pub deployed: String,
     pub behind: bool,
+    /// The node is not online: the status is what it last said, this long
+    /// ago ("3 h ago"), shown greyed as last known.
+    pub last_known: Option<String>,
+}
+
+/// What a cell says of a service whose node is `node`'s state: the status
+/// as is while the node is online; otherwise the last known one, as of
+/// when the node was last seen. A service of an offline node is not
+/// "running": nobody knows.
+pub fn last_known(
+    node: Option<&homelab_core::world::NodeState>,
+    now: &Timestamp,
+) -> Option<String> {
+    match node {
+        Some(n) if n.status == NodeStatus::Online => None,
+        Some(n) => Some(present::ago(&n.last_seen, now)),
+        None => Some("never".into()),
+    }
 }
 
 pub struct MatrixRow {
@@ -841,7 +859,9 @@ pub async fn services(
                             .map(|l| format!("{} {}", l.kind, present::ago(&l.ts, &now)))
                             .unwrap_or_default();
                         let entry = applied.entry(s.node.as_str(), s.service.as_str());
+                        let node = world.nodes.iter().find(|n| n.node == s.node);
                         Cell {
+                            last_known: last_known(node, &now),
                             icon: present::icon(&status),
                             title: s.message.clone(),
                             status,
@@ -862,6 +882,7 @@ pub async fn services(
                         title: "not on this node".into(),
                         deployed: String::new(),
                         behind: false,
+                        last_known: None,
                     },
                 })
                 .collect(),
@@ -905,6 +926,9 @@ struct NodePage {
     node: String,
     cards: Vec<NodeCard>,
     containers: Vec<ContainerView>,
+    /// The node is not online: its containers are as it last said, this
+    /// long ago.
+    last_known: Option<String>,
     charts: Vec<Chart>,
     incidents: Vec<IncidentView>,
     actions: Vec<ActionView>,
@@ -944,6 +968,10 @@ pub async fn node(
     let names: Vec<Name> = std::iter::once(name.clone())
         .chain(inventory.aliases_of(&name))
         .collect();
+    let last_known = match world.nodes.iter().find(|n| names.contains(&n.node)) {
+        Some(n) => last_known(Some(n), &now),
+        None => None,
+    };
     let mut containers = Vec::new();
     for s in world.services.iter().filter(|s| names.contains(&s.node)) {
         for c in &s.containers {
@@ -1007,6 +1035,7 @@ pub async fn node(
         node: name.to_string(),
         cards,
         containers,
+        last_known,
         charts,
         incidents,
         actions: node_actions
@@ -1558,6 +1587,28 @@ pub async fn events_page(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_offline_nodes_services_are_last_known() {
+        let now: Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let node = |status: NodeStatus| homelab_core::world::NodeState {
+            node: Name::parse("piha").unwrap(),
+            status,
+            since: now,
+            first_seen: now,
+            last_seen: now - Duration::hours(3),
+            last_seq: 1,
+            docker: homelab_core::world::DockerStatus::Unknown,
+            containers: 1,
+            uplink: Default::default(),
+        };
+        assert_eq!(last_known(Some(&node(NodeStatus::Online)), &now), None);
+        assert_eq!(
+            last_known(Some(&node(NodeStatus::Offline)), &now).as_deref(),
+            Some("3 h ago")
+        );
+        assert_eq!(last_known(None, &now).as_deref(), Some("never"));
+    }
     use super::*;
 
     fn card(status: &str, healthy: usize, unhealthy: usize, missing: usize) -> NodeCard {

@@ -385,6 +385,26 @@ async fn the_services_matrix_filters() {
             && zigbee.contains(r#"<td class="not_running" title="zigbee-1: exited (1)">"#),
         "zigbee is absent on chelsty and down on piha: {zigbee}"
     );
+    // chelsty is offline: its router is last known running, as of when
+    // chelsty was last seen, not "✓ running".
+    let router = matrix
+        .lines()
+        .find(|l| l.contains("<th>router</th>"))
+        .unwrap();
+    assert!(
+        router.contains(r#"<td class="last-known" title="last known: running; ">"#)
+            && router.contains("<span class=\"muted\">last known</span><br>running 1 h ago")
+            && !router.contains("✓"),
+        "{router}"
+    );
+    let mosquitto = matrix
+        .lines()
+        .find(|l| l.contains("<th>mosquitto</th>"))
+        .unwrap();
+    assert!(
+        mosquitto.contains(r#"<td class="running""#) && !mosquitto.contains("last known"),
+        "piha is online: {mosquitto}"
+    );
     let problems = site.page("/services?show=problems").await;
     let matrix = element(&problems, "matrix", "</table>");
     assert!(
@@ -401,6 +421,15 @@ async fn the_services_matrix_filters() {
     );
     let none = site.page("/services?q=nothing").await;
     assert!(none.contains("No service matches."));
+    // The offline node's page says its containers are last known.
+    let chelsty = site.page("/nodes/chelsty").await;
+    assert!(
+        chelsty.contains(r#"<p class="muted" id="last-known">Last known, as the node said 1 h ago: it is not online now.</p>"#)
+            && chelsty.contains(r#"<table id="containers" class="last-known">"#),
+        "{chelsty}"
+    );
+    let piha = site.page("/nodes/piha").await;
+    assert!(!piha.contains("last-known"), "piha is online");
 }
 
 #[tokio::test]
