@@ -652,7 +652,21 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
         };
         cards.push(card);
     }
+    worst_first(&mut cards);
     Ok(cards)
+}
+
+/// Node cards worst first, as an operator reads them: offline nodes, then
+/// those whose agent never reported, then those with problems, then the
+/// fine ones; by name within each.
+pub fn worst_first(cards: &mut [NodeCard]) {
+    let rank = |c: &NodeCard| match (c.seen, c.stale, c.tone) {
+        (true, true, _) => 0,
+        (false, _, _) => 1,
+        (_, _, "ok") => 3,
+        _ => 2,
+    };
+    cards.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.node.cmp(&b.node)));
 }
 
 // ---------------------------------------------------------------- overview

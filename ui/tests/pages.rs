@@ -313,6 +313,13 @@ async fn the_overview_answers_is_everything_fine_and_what_to_do() {
         page.contains("1 action waits for you, 2 nodes are not online, 2 services are not healthy, 2 incidents are open."),
         "the verdict: {page}"
     );
+    // Worst first: chelsty offline, saturn never reported, piha online
+    // with problems.
+    let at = |id: &str| page.find(&format!("id=\"{id}\"")).unwrap();
+    assert!(
+        at("node-chelsty") < at("node-saturn") && at("node-saturn") < at("node-piha"),
+        "the cards' order"
+    );
     let piha = element(&page, "node-piha", "</article>");
     for part in [
         "✓</span> online",
