@@ -18,6 +18,11 @@ use tracing::warn;
 /// an incident (the agent sends one at start and on every change).
 pub const NO_SNAPSHOT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 
+/// How long an inventory node may go without a first report after the
+/// observer starts before that is an incident: until then it is waiting
+/// for its agent (which may simply be starting too).
+pub const NEVER_REPORTED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// Monitored services per canonical node name, from the desired state.
 pub type DesiredServices = BTreeMap<Name, BTreeSet<Name>>;
 
@@ -467,14 +472,17 @@ impl World {
         for (name, spec) in &inventory.nodes {
             let seen = self.nodes.contains_key(name)
                 || spec.aliases.iter().any(|a| self.nodes.contains_key(a));
-            if !seen {
+            if !seen && now - since_start >= NEVER_REPORTED_AFTER {
                 out.push(incident(
                     "node_never_reported",
                     name,
                     None,
                     Severity::Warning,
-                    format!("node {name} has not reported since the observer started"),
-                    since_start,
+                    format!(
+                        "node {name} has not reported in the {} min since the observer started",
+                        NEVER_REPORTED_AFTER.num_minutes()
+                    ),
+                    since_start + NEVER_REPORTED_AFTER,
                 ));
             }
         }
@@ -834,15 +842,25 @@ mod tests {
                 .map(|i| i.id)
                 .collect()
         };
+        // saturn has not reported: waiting for its agent, an incident only
+        // after the grace.
         assert_eq!(
             ids(&world, start),
             vec![
-                "node_never_reported:saturn",
                 "service_missing:node-1:mosquitto",
                 "node_offline:piha",
                 "service_not_running:piha:npm"
             ]
         );
+        let late = start + NEVER_REPORTED_AFTER;
+        assert!(!ids(&world, late - chrono::TimeDelta::seconds(1))
+            .contains(&"node_never_reported:saturn".to_string()));
+        let never = world
+            .incidents(&inventory, &desired, start, late)
+            .into_iter()
+            .find(|i| i.id == "node_never_reported:saturn")
+            .expect("the incident after the grace");
+        assert_eq!(never.opened_at, late);
         // saturn reports, but never sends a snapshot: after two minutes
         // that is an incident of its own.
         world.apply(&Event {

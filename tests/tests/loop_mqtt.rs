@@ -70,12 +70,21 @@ async fn event_to_action_to_command_to_completion() {
         })
     })
     .await;
-    // A node in the inventory that never reported is a node incident.
-    wait_for("incident for the node that never reported", T, || async {
-        read_json(&system.root().join("world/incidents.json"))
-            .is_ok_and(|v| v.to_string().contains("node_never_reported:quiet"))
+    // A node in the inventory that has not reported yet is waiting for its
+    // agent, with the command that starts it: an incident only after the
+    // observer's grace (5 min; the pure rule is tested in observer::world).
+    wait_for("the node that has not reported, waiting", T, || async {
+        let (_, page) = system.get("/").await;
+        page.contains(r#"id="node-quiet""#)
+            && page.contains("waiting for its agent")
+            && page.contains("homelab agent --node quiet")
     })
     .await;
+    let incidents = read_json(&system.root().join("world/incidents.json")).unwrap();
+    assert!(
+        !incidents.to_string().contains("node_never_reported:quiet"),
+        "within the grace: {incidents}"
+    );
 
     // app stops: a pending container_restart; nothing for ha (monitor: false).
     probe

@@ -620,15 +620,21 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                 }
             }
             None => {
-                let expected = world
+                // Waiting for its agent until the observer's grace is
+                // over; then never reported, an incident.
+                let incident = world
                     .incidents
                     .iter()
-                    .find(|i| i.kind == crate::NEVER_REPORTED && i.node == name)
-                    .map_or(*now, |i| i.opened_at);
+                    .find(|i| i.kind == crate::NEVER_REPORTED && i.node == name);
+                let expected = incident.map_or(*now, |i| i.opened_at);
+                let status = match incident {
+                    Some(_) => "never_reported",
+                    None => "waiting",
+                };
                 NodeCard {
                     node: name.to_string(),
-                    status: "never_reported".into(),
-                    icon: present::icon("never_reported"),
+                    status: status.into(),
+                    icon: present::icon(status),
                     since: When::new(&expected, now),
                     last_seen: When::new(&expected, now),
                     stale: false,
@@ -646,7 +652,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     link: None,
                     tailscale: None,
                     uplink_problems: Vec::new(),
-                    tone: "bad",
+                    tone: if incident.is_some() { "bad" } else { "warning" },
                 }
             }
         };

@@ -41,7 +41,7 @@ pub fn icon(status: &str) -> &'static str {
         "online" | "running" | "healthy" | "ok" | "completed" | "info" => "✓",
         "offline" | "not_running" | "missing" | "unreachable" | "failed" | "error" | "critical"
         | "never_reported" => "✗",
-        "unhealthy" | "warning" | "pending" | "approved" => "▲",
+        "unhealthy" | "warning" | "pending" | "approved" | "waiting" => "▲",
         _ => "●",
     }
 }
