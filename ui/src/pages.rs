@@ -464,6 +464,9 @@ pub struct NodeCard {
     pub tailscale: Option<String>,
     /// What is wrong with its uplink now (Tailscale down, a peer gone).
     pub uplink_problems: Vec<String>,
+    /// It reported but is not in the inventory (a local agent under the
+    /// machine's hostname, a typo in `--node`).
+    pub unknown: bool,
     /// The worst of status and services: ok, warning, bad.
     pub tone: &'static str,
 }
@@ -607,6 +610,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                         .and_then(|u| u.tailscale.as_ref())
                         .map(|t| t.summary()),
                     uplink_problems: n.uplink.values().map(|p| p.message.clone()).collect(),
+                    unknown: spec.is_none() && !inventory.nodes.is_empty(),
                     tone: if stale || unhealthy + missing > 0 || !n.uplink.is_empty() {
                         if stale {
                             "bad"
@@ -652,6 +656,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     link: None,
                     tailscale: None,
                     uplink_problems: Vec::new(),
+                    unknown: false,
                     tone: if incident.is_some() { "bad" } else { "warning" },
                 }
             }
@@ -1654,6 +1659,7 @@ mod tests {
             link: None,
             tailscale: None,
             uplink_problems: Vec::new(),
+            unknown: false,
             tone: "ok",
         }
     }

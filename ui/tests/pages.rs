@@ -694,3 +694,26 @@ async fn the_ai_context_says_what_is_down_what_waits_and_what_happened() {
         "info events are left out:\n{text}"
     );
 }
+
+/// A node that reports but is not in the inventory (a local agent under
+/// the machine's hostname) says so on its card, with the fix.
+#[tokio::test]
+async fn a_node_outside_the_inventory_says_how_to_fix_it() {
+    let site = site();
+    let nodes = std::fs::read_to_string(site.layout.world_nodes()).unwrap();
+    let mut nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    let mut laptop = nodes[0].clone();
+    laptop["node"] = "laptop".into();
+    nodes.as_array_mut().unwrap().push(laptop);
+    std::fs::write(site.layout.world_nodes(), nodes.to_string()).unwrap();
+    let page = site.page("/").await;
+    let laptop = element(&page, "node-laptop", "</article>");
+    assert!(
+        laptop.contains(
+            "Not in the inventory: add <code>laptop</code> to <code>inventory/topology.yaml</code>"
+        ) && laptop.contains("<code>--node NAME</code>"),
+        "{laptop}"
+    );
+    let piha = element(&page, "node-piha", "</article>");
+    assert!(!piha.contains("Not in the inventory"), "{piha}");
+}
