@@ -312,7 +312,7 @@ impl ActionView {
             message: a.message.clone(),
             what: what_happens(a),
             state: a.state.dir().into(),
-            icon: present::icon(a.state.dir()),
+            icon: present::action_icon(a.state.dir()),
             created_at: When::new(&a.created_at, now),
             updated_at: When::new(&a.updated_at, now),
             last: a
@@ -452,7 +452,10 @@ pub struct NodeCard {
     pub description: String,
     pub docker: String,
     pub healthy: usize,
+    /// Running, but failing its health check.
     pub unhealthy: usize,
+    /// Not running (exited, stopped, dead).
+    pub stopped: usize,
     pub missing: usize,
     pub vitals: Option<VitalsView>,
     /// An edge node (role `edge…` or `offline_first`): its outbox.
@@ -517,7 +520,8 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
     let world = world(state)?;
     let inventory = crate::inventory(state);
     let agents = state.agents.lock().expect("agents lock");
-    let mut by_node: HashMap<&Name, (usize, usize, usize)> = HashMap::new();
+    // healthy, unhealthy, stopped, missing.
+    let mut by_node: HashMap<&Name, (usize, usize, usize, usize)> = HashMap::new();
     // Which services each node runs: needed only to count the wanted ones
     // it does not.
     let mut present: HashSet<(&Name, &Name)> = HashSet::new();
@@ -526,8 +530,9 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
         let counts = by_node.entry(&s.node).or_default();
         match s.status {
             ServiceStatus::Running | ServiceStatus::Healthy => counts.0 += 1,
-            ServiceStatus::Unhealthy | ServiceStatus::NotRunning => counts.1 += 1,
-            ServiceStatus::Missing => counts.2 += 1,
+            ServiceStatus::Unhealthy => counts.1 += 1,
+            ServiceStatus::NotRunning => counts.2 += 1,
+            ServiceStatus::Missing => counts.3 += 1,
         }
         if wanted_known {
             present.insert((&s.node, &s.service));
@@ -559,7 +564,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     .find_map(|a| reported_by_name.get(a).copied())
             })
         });
-        let (healthy, unhealthy, mut missing) = by_node
+        let (healthy, unhealthy, stopped, mut missing) = by_node
             .get(&reported.map_or(&name, |n| &n.node))
             .copied()
             .unwrap_or_default();
@@ -591,6 +596,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     docker: json_word(&n.docker),
                     healthy,
                     unhealthy,
+                    stopped,
                     missing,
                     vitals: agent.and_then(|a| {
                         a.vitals
@@ -611,7 +617,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                         .map(|t| t.summary()),
                     uplink_problems: n.uplink.values().map(|p| p.message.clone()).collect(),
                     unknown: spec.is_none() && !inventory.nodes.is_empty(),
-                    tone: if stale || unhealthy + missing > 0 || !n.uplink.is_empty() {
+                    tone: if stale || unhealthy + stopped + missing > 0 || !n.uplink.is_empty() {
                         if stale {
                             "bad"
                         } else {
@@ -648,6 +654,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     docker: "unknown".into(),
                     healthy: 0,
                     unhealthy: 0,
+                    stopped: 0,
                     missing,
                     vitals: None,
                     edge,
@@ -696,10 +703,13 @@ struct OverviewPage {
 /// The one-line answer to "is everything fine?".
 pub fn verdict(cards: &[NodeCard], incidents: usize, pending: usize) -> (String, &'static str) {
     let down = cards.iter().filter(|c| c.status != "online").count();
-    let bad_services: usize = cards.iter().map(|c| c.unhealthy + c.missing).sum();
+    let bad_services: usize = cards
+        .iter()
+        .map(|c| c.unhealthy + c.stopped + c.missing)
+        .sum();
     let services: usize = cards
         .iter()
-        .map(|c| c.healthy + c.unhealthy + c.missing)
+        .map(|c| c.healthy + c.unhealthy + c.stopped + c.missing)
         .sum();
     if down == 0 && bad_services == 0 && incidents == 0 && pending == 0 {
         return (
@@ -1178,7 +1188,7 @@ pub async fn action_page(
         .iter()
         .map(|t| Step {
             state: t.state.dir().into(),
-            icon: present::icon(t.state.dir()),
+            icon: present::action_icon(t.state.dir()),
             at: When::new(&t.at, &now),
             by: t.by.clone(),
             why: t.why.clone(),
@@ -1612,6 +1622,7 @@ pub async fn events_page(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn an_offline_nodes_services_are_last_known() {
@@ -1634,7 +1645,6 @@ mod tests {
         );
         assert_eq!(last_known(None, &now).as_deref(), Some("never"));
     }
-    use super::*;
 
     fn card(status: &str, healthy: usize, unhealthy: usize, missing: usize) -> NodeCard {
         let now = Utc::now();
@@ -1651,6 +1661,7 @@ mod tests {
             docker: "ok".into(),
             healthy,
             unhealthy,
+            stopped: 0,
             missing,
             vitals: None,
             edge: false,

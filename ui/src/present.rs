@@ -34,6 +34,15 @@ pub fn ago(at: &Timestamp, now: &Timestamp) -> String {
     }
 }
 
+/// The icon of an action's state: a running action is not done (▶), only
+/// a completed one is ✓.
+pub fn action_icon(state: &str) -> &'static str {
+    match state {
+        "running" => "▶",
+        other => icon(other),
+    }
+}
+
 /// The icon that goes with a status word: ✓ fine, ✗ down or failed,
 /// ▲ degraded or waiting, ● anything else.
 pub fn icon(status: &str) -> &'static str {
@@ -171,6 +180,16 @@ mod tests {
             ("cancelled", "●"),
         ] {
             assert_eq!(icon(status), expected, "{status}");
+        }
+        for (state, icon) in [
+            ("pending", "▲"),
+            ("approved", "▲"),
+            ("running", "▶"),
+            ("completed", "✓"),
+            ("failed", "✗"),
+            ("rejected", "●"),
+        ] {
+            assert_eq!(action_icon(state), icon, "{state}");
         }
     }
 }

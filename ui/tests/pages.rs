@@ -325,7 +325,9 @@ async fn the_overview_answers_is_everything_fine_and_what_to_do() {
         "✓</span> online",
         "home-automation",
         "✓</span> 1 healthy",
-        "▲</span> 1 unhealthy",
+        // zigbee exited: stopped, not "unhealthy".
+        r#"<span class="muted"><span aria-hidden="true">▲</span> 0 unhealthy</span>"#,
+        r#"<span class="stopped"><span aria-hidden="true">■</span> 1 stopped</span>"#,
         // grafana is wanted on piha and never seen.
         "✗</span> 1 missing",
         "<dd>0.42</dd>",
