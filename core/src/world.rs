@@ -203,6 +203,44 @@ pub fn resolved(before: &[Incident], now: &[Incident], at: Timestamp) -> Vec<Res
         .collect()
 }
 
+/// What closed between two writes: the incidents open before and not now
+/// ([`resolved`], at `at` unless a better time is known), with the times
+/// the events gave: `ended` (incidents that ended as events were applied,
+/// at the event's time) gives its time to the same incident, and adds
+/// those that opened and ended between the two writes (never seen open:
+/// a problem during an outage, in its replayed backlog); `recovered(id)`
+/// says when the thing an incident is about was last seen well (a node's
+/// `since` once online), for those no event ended. In time order.
+pub fn closed_between(
+    before: &[Incident],
+    now: &[Incident],
+    ended: Vec<ResolvedIncident>,
+    recovered: impl Fn(&Incident) -> Option<Timestamp>,
+    at: Timestamp,
+) -> Vec<ResolvedIncident> {
+    let same = |a: &Incident, b: &Incident| a.id == b.id && a.opened_at == b.opened_at;
+    let mut closed = resolved(before, now, at);
+    for c in &mut closed {
+        match ended.iter().find(|e| same(&e.incident, &c.incident)) {
+            Some(e) => c.resolved_at = e.resolved_at,
+            None => {
+                if let Some(t) = recovered(&c.incident).filter(|t| *t >= c.incident.opened_at) {
+                    c.resolved_at = t.min(at);
+                }
+            }
+        }
+    }
+    for e in ended {
+        let known = closed.iter().any(|c| same(&c.incident, &e.incident))
+            || now.iter().any(|n| same(n, &e.incident));
+        if !known {
+            closed.push(e);
+        }
+    }
+    closed.sort_by_key(|c| c.resolved_at);
+    closed
+}
+
 /// `history` with `closed` appended and the oldest dropped past
 /// [`HISTORY_KEPT`].
 pub fn append_history(history: &mut Vec<ResolvedIncident>, closed: Vec<ResolvedIncident>) {
@@ -345,6 +383,61 @@ pub fn json_word<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closed_between_takes_the_events_times() {
+        let t = |m: i64| -> Timestamp {
+            "2026-12-07T10:00:00Z".parse::<Timestamp>().unwrap() + chrono::TimeDelta::minutes(m)
+        };
+        let inc = |id: &str, opened: i64| Incident {
+            id: id.into(),
+            kind: id.split(':').next().unwrap().into(),
+            node: Name::parse("piha").unwrap(),
+            service: None,
+            severity: crate::Severity::Warning,
+            message: String::new(),
+            opened_at: t(opened),
+            count: None,
+            last_seen: None,
+            maintenance: None,
+        };
+        let ended = |id: &str, opened: i64, at: i64| ResolvedIncident {
+            incident: inc(id, opened),
+            resolved_at: t(at),
+        };
+        let before = vec![
+            inc("service_not_running:piha:a", 0),
+            inc("node_offline:piha", 1),
+            inc("disk_pressure:piha", 2),
+        ];
+        let now = vec![inc("service_not_running:piha:c", 5)];
+        let closed = closed_between(
+            &before,
+            &now,
+            vec![
+                // a ended at 3 by an event; b began and ended between the
+                // writes; c's is open again now, not closed.
+                ended("service_not_running:piha:a", 0, 3),
+                ended("service_not_running:piha:b", 1, 2),
+                ended("service_not_running:piha:c", 5, 6),
+            ],
+            |i| (i.kind == "node_offline").then(|| t(4)),
+            t(10),
+        );
+        let got: Vec<(&str, Timestamp)> = closed
+            .iter()
+            .map(|c| (c.incident.id.as_str(), c.resolved_at))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("service_not_running:piha:b", t(2)),
+                ("service_not_running:piha:a", t(3)),
+                ("node_offline:piha", t(4)),
+                ("disk_pressure:piha", t(10)),
+            ]
+        );
+    }
 
     #[test]
     fn incidents_that_close_go_to_the_history() {

@@ -985,7 +985,24 @@ impl Observer {
         let services: Vec<_> = self.world.services.values().cloned().collect();
         let now = Utc::now();
         let incidents = self.incidents(now);
-        let closed = homelab_core::world::resolved(&self.last_incidents, &incidents, now);
+        // Closed at the events' own times, also what opened and ended
+        // between two writes (a replayed backlog).
+        let ended = self.world.take_closed();
+        let world = &self.world;
+        let closed = homelab_core::world::closed_between(
+            &self.last_incidents,
+            &incidents,
+            ended,
+            |incident| match incident.kind.as_str() {
+                "node_offline" => world
+                    .nodes
+                    .get(&incident.node)
+                    .filter(|n| n.status == homelab_core::world::NodeStatus::Online)
+                    .map(|n| n.since),
+                _ => None,
+            },
+            now,
+        );
         self.last_incidents = incidents.clone();
         // Only files whose content changed are written, with one fsync of
         // the directory for all of them.

@@ -8,7 +8,8 @@ use homelab_core::desired::Topology;
 use homelab_core::event::kinds;
 use homelab_core::time::Timestamp;
 use homelab_core::world::{
-    DockerStatus, Incident, NodeState, NodeStatus, ServiceState, ServiceStatus, Snapshot,
+    DockerStatus, Incident, NodeState, NodeStatus, ResolvedIncident, ServiceState, ServiceStatus,
+    Snapshot,
 };
 use homelab_core::{Event, Name, Severity};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,52 @@ pub struct World {
     /// node's login cannot keep it marked offline.
     #[serde(skip)]
     signed_events: bool,
+    /// Service incidents that ended as events were applied, with the
+    /// events' own times: also one that began and ended between two
+    /// writes of the world (a backlog replayed after an outage). The
+    /// observer takes them at its next write ([`World::take_closed`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    closed: Vec<ResolvedIncident>,
+}
+
+/// The incident kind of a service's status, if it is one.
+pub fn service_incident_kind(status: ServiceStatus) -> Option<&'static str> {
+    match status {
+        ServiceStatus::NotRunning => Some("service_not_running"),
+        ServiceStatus::Missing => Some("service_missing"),
+        ServiceStatus::Unhealthy => Some("service_unhealthy"),
+        ServiceStatus::Running | ServiceStatus::Healthy => None,
+    }
+}
+
+/// The service incident that ended when a service's state went from
+/// `before` (its status, since and message) to `after` (status and since)
+/// at `at`: none if nothing changed or it was fine before.
+pub fn ended(
+    key: &(Name, Name),
+    before: (ServiceStatus, Timestamp, &str),
+    after: Option<(ServiceStatus, Timestamp)>,
+    at: Timestamp,
+) -> Option<ResolvedIncident> {
+    let kind = service_incident_kind(before.0)?;
+    if after == Some((before.0, before.1)) {
+        return None;
+    }
+    Some(ResolvedIncident {
+        incident: Incident {
+            id: format!("{kind}:{}:{}", key.0, key.1),
+            kind: kind.to_string(),
+            node: key.0.clone(),
+            service: Some(key.1.clone()),
+            severity: Severity::Warning,
+            message: before.2.to_string(),
+            opened_at: before.1,
+            count: None,
+            last_seen: None,
+            maintenance: None,
+        },
+        resolved_at: after.map_or(at, |(_, since)| since).max(before.1),
+    })
 }
 
 /// A map with keys that are not strings, as a JSON list of pairs.
@@ -119,6 +166,41 @@ fn counted(kind: &str) -> bool {
 
 impl World {
     pub fn apply(&mut self, event: &Event) {
+        // The services this event can change that have an incident now.
+        let watched: Vec<((Name, Name), ServiceStatus, Timestamp, String)> = match &event.service {
+            _ if event.seq == 0 => Vec::new(),
+            Some(service) => {
+                let key = (event.node.clone(), service.clone());
+                self.services
+                    .get(&key)
+                    .filter(|s| service_incident_kind(s.status).is_some())
+                    .map(|s| (key, s.status, s.since, s.message.clone()))
+                    .into_iter()
+                    .collect()
+            }
+            None if event.kind == kinds::NODE_SNAPSHOT => self
+                .services
+                .iter()
+                .filter(|((n, _), s)| *n == event.node && service_incident_kind(s.status).is_some())
+                .map(|(key, s)| (key.clone(), s.status, s.since, s.message.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        self.apply_event(event);
+        for (key, status, since, message) in watched {
+            let after = self.services.get(&key).map(|s| (s.status, s.since));
+            if let Some(closed) = ended(&key, (status, since, &message), after, event.ts) {
+                self.closed.push(closed);
+            }
+        }
+    }
+
+    /// What ended since the last call (see `closed`).
+    pub fn take_closed(&mut self) -> Vec<ResolvedIncident> {
+        std::mem::take(&mut self.closed)
+    }
+
+    fn apply_event(&mut self, event: &Event) {
         if counted(&event.kind) {
             self.happened_at(event);
         }
@@ -559,11 +641,8 @@ impl World {
             }
         }
         for service in self.services.values() {
-            let kind = match service.status {
-                ServiceStatus::NotRunning => "service_not_running",
-                ServiceStatus::Missing => "service_missing",
-                ServiceStatus::Unhealthy => "service_unhealthy",
-                _ => continue,
+            let Some(kind) = service_incident_kind(service.status) else {
+                continue;
             };
             out.push(incident(
                 kind,
@@ -652,6 +731,47 @@ mod tests {
             })
             .collect();
         json!({ "containers": containers })
+    }
+
+    /// A backlog replayed in one batch: the service went down and came
+    /// back between two writes of the world. The incident is there, with
+    /// the events' times; one still open is not.
+    #[test]
+    fn what_ended_between_two_writes_is_kept_with_its_times() {
+        let mut world = World::default();
+        world.apply(&event(
+            1,
+            "node_snapshot",
+            None,
+            snapshot(&[("app", "running"), ("db", "running")]),
+        ));
+        world.apply(&event(
+            2,
+            "node_snapshot",
+            None,
+            snapshot(&[("app", "exited"), ("db", "exited")]),
+        ));
+        world.apply(&event(
+            3,
+            "node_snapshot",
+            None,
+            snapshot(&[("app", "running"), ("db", "exited")]),
+        ));
+        let closed = world.take_closed();
+        assert_eq!(closed.len(), 1, "{closed:#?}");
+        let app = &closed[0];
+        assert_eq!(app.incident.id, "service_not_running:piha:app");
+        assert_eq!(app.incident.opened_at, event(2, "x", None, json!({})).ts);
+        assert_eq!(app.resolved_at, event(3, "x", None, json!({})).ts);
+        assert!(world.take_closed().is_empty(), "taken once");
+        // A service event ends one too.
+        world.apply(&event(4, "service_healthy", Some("db"), json!({})));
+        let db: Vec<String> = world
+            .take_closed()
+            .into_iter()
+            .map(|c| c.incident.id)
+            .collect();
+        assert_eq!(db, ["service_not_running:piha:db"]);
     }
 
     #[test]
