@@ -261,6 +261,8 @@ pub fn what_happens(a: &Action) -> String {
 }
 
 pub struct ActionView {
+    /// In words: "Restart zigbee2mqtt on piha".
+    pub title: String,
     pub id: String,
     pub kind: String,
     pub node: String,
@@ -293,6 +295,11 @@ impl ActionView {
     pub fn new(a: &Action, now: &Timestamp) -> ActionView {
         let risk = json_word(&a.risk);
         ActionView {
+            title: present::action_title(
+                a.kind.as_str(),
+                a.node.as_str(),
+                a.service.as_ref().map_or("", |s| s.as_str()),
+            ),
             id: a.id.to_string(),
             kind: a.kind.as_str().into(),
             node: a.node.to_string(),
@@ -355,6 +362,8 @@ impl ActionView {
 }
 
 pub struct IncidentView {
+    /// In words: "zigbee2mqtt on piha is not running".
+    pub title: String,
     pub id: String,
     /// Its page.
     pub link: String,
@@ -381,6 +390,11 @@ impl IncidentView {
         let severity = json_word(&i.severity);
         let end = resolved.unwrap_or(*now);
         IncidentView {
+            title: present::incident_title(
+                &i.kind,
+                i.node.as_str(),
+                i.service.as_ref().map_or("", |s| s.as_str()),
+            ),
             id: i.id.clone(),
             link: format!("/incidents/{}", present::path_segment(&i.id)),
             kind: i.kind.clone(),
@@ -1347,6 +1361,7 @@ pub struct Occurrence {
 #[template(path = "incident.html")]
 struct IncidentPage {
     frame: Frame,
+    title: String,
     id: String,
     occurrences: Vec<Occurrence>,
 }
@@ -1416,6 +1431,7 @@ pub async fn incident_page(
     }
     let page = IncidentPage {
         frame,
+        title: present::incident_title_of_id(&id),
         id,
         occurrences,
     };

@@ -34,6 +34,62 @@ pub fn ago(at: &Timestamp, now: &Timestamp) -> String {
     }
 }
 
+/// An action as a person says it: "Restart zigbee2mqtt on piha".
+pub fn action_title(kind: &str, node: &str, service: &str) -> String {
+    match (kind, service.is_empty()) {
+        ("container_restart", false) => format!("Restart {service} on {node}"),
+        ("redeploy", false) => format!("Redeploy {service} on {node}"),
+        ("disk_cleanup", _) => format!("Clean up disk space on {node}"),
+        ("alert_only", false) => format!("Look at {service} on {node}"),
+        ("alert_only", true) => format!("Look at {node}"),
+        (other, false) => format!("{} {service} on {node}", words(other)),
+        (other, true) => format!("{} on {node}", words(other)),
+    }
+}
+
+/// An incident as a person says it: "zigbee2mqtt on piha is not running".
+/// Its id (`kind:node[:service]`) stays beside it, small, for copying.
+pub fn incident_title(kind: &str, node: &str, service: &str) -> String {
+    let on = |what: &str| format!("{service} on {node} {what}");
+    match kind {
+        "service_not_running" => on("is not running"),
+        "service_unhealthy" => on("is unhealthy"),
+        "service_missing" => format!("{service} is missing on {node}"),
+        "node_offline" => format!("{node} is offline"),
+        "node_never_reported" => format!("{node} has never reported"),
+        "docker_unreachable" => format!("Docker on {node} does not answer"),
+        "no_snapshot" => format!("{node} has sent no container list"),
+        "delivery_stalled" => format!("Events from {node} are held up"),
+        "tailscale_down" => format!("Tailscale on {node} is down"),
+        "peer_unreachable" => format!("{node} cannot reach a peer it needs"),
+        "repo_invalid" => "The desired state's latest commit is invalid".into(),
+        "repo_unreachable" => "The desired state's repo cannot be fetched".into(),
+        other if service.is_empty() => format!("{} on {node}", capitalized(&words(other))),
+        other => format!("{} on {node}: {}", service, words(other)),
+    }
+}
+
+/// The title of an incident from its id alone.
+pub fn incident_title_of_id(id: &str) -> String {
+    let mut parts = id.splitn(3, ':');
+    let kind = parts.next().unwrap_or_default();
+    let node = parts.next().unwrap_or_default();
+    let service = parts.next().unwrap_or_default();
+    incident_title(kind, node, service)
+}
+
+fn words(kind: &str) -> String {
+    kind.replace('_', " ")
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// The icon of an action's state: a running action is not done (▶), only
 /// a completed one is ✓.
 pub fn action_icon(state: &str) -> &'static str {
@@ -164,6 +220,48 @@ mod tests {
         let when = When::new(&before(180), &now);
         assert_eq!(when.exact, "2026-11-24T11:57:00.000Z");
         assert_eq!(when.ago, "3 min ago");
+    }
+
+    #[test]
+    fn titles_say_what_in_words() {
+        for (kind, node, service, title) in [
+            (
+                "container_restart",
+                "piha",
+                "zigbee2mqtt",
+                "Restart zigbee2mqtt on piha",
+            ),
+            ("redeploy", "vps", "outline", "Redeploy outline on vps"),
+            ("disk_cleanup", "vps", "", "Clean up disk space on vps"),
+            (
+                "alert_only",
+                "piha",
+                "homeassistant",
+                "Look at homeassistant on piha",
+            ),
+        ] {
+            assert_eq!(action_title(kind, node, service), title);
+        }
+        for (id, title) in [
+            (
+                "service_not_running:piha:zigbee2mqtt",
+                "zigbee2mqtt on piha is not running",
+            ),
+            (
+                "service_unhealthy:piha:mosquitto",
+                "mosquitto on piha is unhealthy",
+            ),
+            ("service_missing:vps:npm", "npm is missing on vps"),
+            ("node_offline:chelsty", "chelsty is offline"),
+            ("node_never_reported:saturn", "saturn has never reported"),
+            ("disk_pressure:vps", "Disk pressure on vps"),
+            (
+                "mqtt_unreachable:piha:mosquitto",
+                "mosquitto on piha: mqtt unreachable",
+            ),
+        ] {
+            assert_eq!(incident_title_of_id(id), title, "{id}");
+        }
     }
 
     #[test]
