@@ -1459,7 +1459,18 @@ pub struct EventsQuery {
     pub before_id: Option<String>,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Types to leave out, comma-separated.
+    #[serde(default)]
+    pub exclude: Option<String>,
+    /// The events page: `on` shows the routine snapshots it hides.
+    #[serde(default)]
+    pub snapshots: Option<String>,
 }
+
+/// Event types the events page hides unless asked (`snapshots=on`) or
+/// searched for by type: a node's periodic full state, about half of the
+/// log, is rarely what an operator looks for.
+pub const ROUTINE: [&str; 1] = [homelab_core::event::kinds::NODE_SNAPSHOT];
 
 /// A time of the query: RFC 3339, or what a browser's `datetime-local`
 /// field sends (`2026-11-24T10:00`, taken as UTC).
@@ -1511,6 +1522,24 @@ impl EventsQuery {
                 )
             })
             .transpose()?;
+        let exclude: Vec<String> = given(&self.exclude)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if exclude.len() > 32
+            || exclude
+                .iter()
+                .any(|k| k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(AppError::BadRequest(
+                "bad exclude: at most 32 types of letters, digits and _".into(),
+            ));
+        }
         let before_id = given(&self.before_id).map(str::to_string);
         if before_id
             .as_ref()
@@ -1530,7 +1559,19 @@ impl EventsQuery {
                 .map(|s| parse_time("before", s))
                 .transpose()?,
             before_id,
+            exclude,
         })
+    }
+
+    /// The events page's filter: [`EventsQuery::filter`], leaving out the
+    /// routine types unless they are asked for.
+    pub fn page_filter(&self) -> Result<Filter, AppError> {
+        let mut filter = self.filter()?;
+        let shown = self.snapshots.as_deref() == Some("on") || filter.kind.is_some();
+        if !shown {
+            filter.exclude.extend(ROUTINE.iter().map(|k| k.to_string()));
+        }
+        Ok(filter)
     }
 }
 
@@ -1556,6 +1597,9 @@ pub struct EventsForm {
     pub since: String,
     pub before: String,
     pub nodes: Vec<String>,
+    pub exclude: String,
+    /// Routine snapshots shown.
+    pub snapshots: bool,
 }
 
 /// `k=v&…` of the given parts, percent-encoded.
@@ -1574,7 +1618,7 @@ pub async fn events_page(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| rejected("query", e))?;
-    let filter = query.filter()?;
+    let filter = query.page_filter()?;
     let limit = query.limit.unwrap_or(100).clamp(1, 500);
     let now = Utc::now();
     let layout = state.layout.clone();
@@ -1589,6 +1633,8 @@ pub async fn events_page(
         kind: text(&query.kind),
         severity: text(&query.severity),
         since: text(&query.since),
+        exclude: text(&query.exclude),
+        snapshots: query.snapshots.as_deref() == Some("on"),
         // A cursor (with before_id) is the paging's, not the operator's.
         before: if query.before_id.is_some() {
             String::new()
@@ -1610,6 +1656,8 @@ pub async fn events_page(
                 ("type", &form.kind),
                 ("severity", &form.severity),
                 ("since", &form.since),
+                ("exclude", &form.exclude),
+                ("snapshots", if form.snapshots { "on" } else { "" }),
                 ("before", &homelab_core::time::format(&last.ts)),
                 ("before_id", &last.id),
             ])

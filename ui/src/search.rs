@@ -21,6 +21,8 @@ pub struct Filter {
     /// smaller id), the cursor of the next page.
     pub before: Option<Timestamp>,
     pub before_id: Option<String>,
+    /// Types left out (the events page leaves out routine snapshots).
+    pub exclude: Vec<String>,
 }
 
 fn rank(s: Severity) -> u8 {
@@ -40,6 +42,7 @@ impl Filter {
                 .as_ref()
                 .is_none_or(|s| e.service.as_ref() == Some(s))
             && self.kind.as_ref().is_none_or(|k| *k == e.kind)
+            && !self.exclude.contains(&e.kind)
             && self.severity.is_none_or(|s| rank(e.severity) >= rank(s))
             && self.since.is_none_or(|s| e.ts >= s)
             && self.before.is_none_or(|b| {

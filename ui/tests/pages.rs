@@ -719,3 +719,49 @@ async fn a_node_outside_the_inventory_says_how_to_fix_it() {
     let piha = element(&page, "node-piha", "</article>");
     assert!(!piha.contains("Not in the inventory"), "{piha}");
 }
+
+/// Node snapshots (about half of a real log) are left out of the events
+/// page unless asked for; any type can be left out.
+#[tokio::test]
+async fn the_events_page_leaves_out_snapshots_unless_asked() {
+    let site = site();
+    let now = Utc::now();
+    let path = site.layout.event_log(now.date_naive(), &name("piha"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let line = serde_json::json!({
+        "v": 1, "id": "ev-snapshot", "ts": ts(now - Duration::minutes(1)), "node": "piha",
+        "seq": 99, "source": "node-agent", "type": "node_snapshot", "data": {"containers": []},
+    });
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{line}").unwrap();
+    let rows = |page: &str| {
+        element(page, "events", "</table>")
+            .matches("<tr><td")
+            .count()
+    };
+    let page = site.page("/events").await;
+    assert_eq!(rows(&page), 3, "the snapshot is left out");
+    assert!(!page.contains("node_snapshot</td>"));
+    let all = site.page("/events?snapshots=on").await;
+    assert_eq!(rows(&all), 4);
+    assert!(all.contains("node_snapshot</td>"));
+    let by_type = site.page("/events?type=node_snapshot").await;
+    assert_eq!(rows(&by_type), 1, "searched for by type");
+    let fewer = site
+        .page("/events?snapshots=on&exclude=node_snapshot,service_recovered")
+        .await;
+    assert_eq!(rows(&fewer), 2);
+    let (status, body, _) = site
+        .call(Method::GET, "/api/events?exclude=bad-type", false, "")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The API leaves nothing out unless asked.
+    let (_, body, _) = site.call(Method::GET, "/api/events", false, "").await;
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+}
