@@ -765,3 +765,46 @@ async fn the_events_page_leaves_out_snapshots_unless_asked() {
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
 }
+
+/// The heading levels of a page, in order.
+fn headings(page: &str) -> Vec<u8> {
+    page.match_indices("<h")
+        .filter_map(|(at, _)| {
+            let level = page.as_bytes().get(at + 2)?;
+            (b'1'..=b'6').contains(level).then(|| level - b'0')
+        })
+        .collect()
+}
+
+/// Every page's headings go h1 → h2 → h3, none skipped (one h1 first).
+#[tokio::test]
+async fn every_page_has_its_headings_in_order() {
+    let site = site();
+    for path in [
+        "/",
+        "/services",
+        "/nodes/piha",
+        "/nodes/chelsty",
+        "/actions",
+        "/actions/redeploy-piha-zigbee",
+        "/actions/container-restart-piha-mosquitto",
+        "/incidents",
+        "/incidents/service_not_running:piha:zigbee",
+        "/events",
+    ] {
+        let page = site.page(path).await;
+        let levels = headings(&page);
+        assert_eq!(levels.first(), Some(&1), "{path}: {levels:?}");
+        assert_eq!(
+            levels.iter().filter(|l| **l == 1).count(),
+            1,
+            "{path}: {levels:?}"
+        );
+        for pair in levels.windows(2) {
+            assert!(
+                pair[1] <= pair[0] + 1,
+                "{path}: a level skipped in {levels:?}"
+            );
+        }
+    }
+}
