@@ -44,14 +44,36 @@ async fn driver() -> Option<(KillOnDrop, u16)> {
 }
 
 async fn browser(port: u16, width: u32, height: u32) -> Client {
+    browser_with(port, width, height, &[]).await
+}
+
+/// A browser whose system is set to dark (Blink's preferred colour
+/// scheme: 0 is dark).
+async fn dark_browser(port: u16, width: u32, height: u32) -> Client {
+    browser_with(
+        port,
+        width,
+        height,
+        &["--blink-settings=preferredColorScheme=0"],
+    )
+    .await
+}
+
+async fn browser_with(port: u16, width: u32, height: u32, extra: &[&str]) -> Client {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut args = vec![
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+    ];
+    args.extend_from_slice(extra);
     // The viewport by emulation: a desktop window cannot be made narrower
     // than about 500 px.
     let capabilities = json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage"],
+            "args": args,
             "mobileEmulation": {
                 "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}
             },
@@ -301,5 +323,26 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     page_shows(&laptop, "n1's page", |s| s.contains("<polyline points=")).await;
     screenshot(&laptop, "node-1280.png").await;
     laptop.close().await.unwrap();
+
+    // Dark, as the system says, at both widths.
+    for (width, height) in [(1280, 900), (390, 844)] {
+        let dark = dark_browser(port, width, height).await;
+        dark.goto(&format!("{url}/")).await.unwrap();
+        page_shows(&dark, "n1's card", |s| s.contains(r#"id="node-n1""#)).await;
+        let colours = dark
+            .execute(
+                "const b = getComputedStyle(document.body); return [b.backgroundColor, b.color, matchMedia('(prefers-color-scheme: dark)').matches];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            colours,
+            json!(["rgb(18, 18, 20)", "rgb(232, 232, 234)", true]),
+            "the page follows the system's dark setting"
+        );
+        screenshot(&dark, &format!("overview-{width}-dark.png")).await;
+        dark.close().await.unwrap();
+    }
     system.stop().await.unwrap();
 }
