@@ -455,6 +455,7 @@ pub fn app(state: AppState) -> Router {
         .route("/incidents", get(pages::incidents_page))
         .route("/incidents/{id}", get(pages::incident_page))
         .route("/events", get(pages::events_page))
+        .route("/search", get(pages::search_page))
         .route("/repo", get(pages::repo_page))
         .route("/repo/{verb}", post(page_repo))
         .route("/login", post(login))

@@ -1438,6 +1438,168 @@ pub async fn incident_page(
     Ok(respond(render(page)?, set_csrf))
 }
 
+// ---------------------------------------------------------------- search
+
+/// One thing a search found: what it is, in words, and its page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub title: String,
+    pub link: String,
+    pub detail: String,
+}
+
+/// What a search shows: nodes, services, incidents and actions whose
+/// name, id or title holds every word of `q` (case aside), at most `limit`
+/// of each, in the order given.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Hits {
+    pub nodes: Vec<Hit>,
+    pub services: Vec<Hit>,
+    pub incidents: Vec<Hit>,
+    pub actions: Vec<Hit>,
+}
+
+/// Keeps the candidates (text searched, hit) that match every word of `q`.
+pub fn matching(q: &str, candidates: Vec<(String, Hit)>, limit: usize) -> Vec<Hit> {
+    let words: Vec<String> = q.split_whitespace().map(str::to_lowercase).collect();
+    if words.is_empty() {
+        return Vec::new();
+    }
+    candidates
+        .into_iter()
+        .filter(|(text, _)| {
+            let text = text.to_lowercase();
+            words.iter().all(|w| text.contains(w.as_str()))
+        })
+        .map(|(_, hit)| hit)
+        .take(limit)
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "search.html")]
+struct SearchPage {
+    frame: Frame,
+    q: String,
+    /// (heading, its hits), those with hits.
+    groups: Vec<(&'static str, Vec<Hit>)>,
+}
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    #[serde(default)]
+    pub q: String,
+}
+
+pub async fn search_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|e| rejected("query", e))?;
+    if query.q.chars().count() > 100 {
+        return Err(AppError::BadRequest("q: at most 100 characters".into()));
+    }
+    let now = Utc::now();
+    let back = format!("/search?q={}", present::path_segment(&query.q));
+    let (frame, set_csrf) = frame(&state, &headers, "search", back)?;
+    let q = query.q.trim();
+    const LIMIT: usize = 20;
+    let nodes = node_cards(&state, &now)?
+        .into_iter()
+        .map(|c| {
+            let text = format!("{} {} {}", c.node, c.role, c.description);
+            let detail = format!("{} {}", c.status.replace('_', " "), c.role);
+            let hit = Hit {
+                link: format!("/nodes/{}", c.node),
+                title: c.node,
+                detail: detail.trim().to_string(),
+            };
+            (text, hit)
+        })
+        .collect();
+    let world = world(&state)?;
+    let services = world
+        .services
+        .iter()
+        .map(|s| {
+            let status = json_word(&s.status);
+            (
+                format!("{} {} {status}", s.service, s.node),
+                Hit {
+                    title: format!("{} on {}", s.service, s.node),
+                    link: format!("/nodes/{}", s.node),
+                    detail: status,
+                },
+            )
+        })
+        .collect();
+    let resolved = crate::incident_history(&state)?;
+    let incidents = world
+        .incidents
+        .iter()
+        .map(|i| (i, "open"))
+        .chain(resolved.iter().rev().map(|r| (&r.incident, "resolved")))
+        .map(|(i, state)| {
+            let view = IncidentView::new(i, None, &now);
+            (
+                format!("{} {} {}", view.title, i.id, i.message),
+                Hit {
+                    title: view.title,
+                    link: view.link,
+                    detail: format!("{state} · {}", i.id),
+                },
+            )
+        })
+        .collect();
+    let mut all = actions(
+        &state,
+        &[
+            ActionState::Pending,
+            ActionState::Approved,
+            ActionState::Running,
+        ],
+    )?;
+    let mut finished = actions(&state, &finished_states())?;
+    finished.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
+    all.extend(finished);
+    let actions_found = all
+        .iter()
+        .map(|a| {
+            let view = ActionView::new(a, &now);
+            (
+                format!("{} {} {}", view.title, view.id, view.state),
+                Hit {
+                    title: view.title,
+                    link: format!("/actions/{}", view.id),
+                    detail: format!("{} · {}", view.state, view.id),
+                },
+            )
+        })
+        .collect();
+    let hits = Hits {
+        nodes: matching(q, nodes, LIMIT),
+        services: matching(q, services, LIMIT),
+        incidents: matching(q, incidents, LIMIT),
+        actions: matching(q, actions_found, LIMIT),
+    };
+    let groups = [
+        ("Nodes", hits.nodes),
+        ("Services", hits.services),
+        ("Incidents", hits.incidents),
+        ("Actions", hits.actions),
+    ]
+    .into_iter()
+    .filter(|(_, list)| !list.is_empty())
+    .collect();
+    let page = SearchPage {
+        frame,
+        q: query.q.clone(),
+        groups,
+    };
+    Ok(respond(render(page)?, set_csrf))
+}
+
 // ---------------------------------------------------------------- events
 
 /// The events page's and `/api/events`' query.
@@ -1687,6 +1849,34 @@ pub async fn events_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_matches_every_word() {
+        let hit = |t: &str| Hit {
+            title: t.into(),
+            link: String::new(),
+            detail: String::new(),
+        };
+        let candidates = || {
+            vec![
+                ("zigbee2mqtt piha running".to_string(), hit("z on piha")),
+                ("zigbee vps exited".to_string(), hit("z on vps")),
+                ("Mosquitto piha".to_string(), hit("m")),
+            ]
+        };
+        let titles = |q: &str, limit| -> Vec<String> {
+            matching(q, candidates(), limit)
+                .into_iter()
+                .map(|h| h.title)
+                .collect()
+        };
+        assert_eq!(titles("zig", 10), ["z on piha", "z on vps"]);
+        assert_eq!(titles("ZIG  piha", 10), ["z on piha"]);
+        assert_eq!(titles("mosquitto", 10), ["m"]);
+        assert_eq!(titles("zig", 1), ["z on piha"]);
+        assert!(titles("   ", 10).is_empty());
+        assert!(titles("nothing", 10).is_empty());
+    }
 
     #[test]
     fn an_offline_nodes_services_are_last_known() {

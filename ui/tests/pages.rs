@@ -791,6 +791,7 @@ async fn every_page_has_its_headings_in_order() {
         "/incidents",
         "/incidents/service_not_running:piha:zigbee",
         "/events",
+        "/search?q=zigbee",
     ] {
         let page = site.page(path).await;
         let levels = headings(&page);
@@ -807,4 +808,49 @@ async fn every_page_has_its_headings_in_order() {
             );
         }
     }
+}
+
+/// Search from every page: nodes, services, incidents and actions.
+#[tokio::test]
+async fn search_finds_nodes_services_incidents_and_actions() {
+    let site = site();
+    let overview = site.page("/").await;
+    assert!(overview.contains(r#"<form method="get" action="/search" role="search""#));
+    let page = site.page("/search?q=zigbee").await;
+    let list = |id: &str| element(&page, id, "</ul>").to_string();
+    assert!(
+        list("hits-services").contains(r#"<a href="/nodes/piha">zigbee on piha</a>"#),
+        "{page}"
+    );
+    assert!(
+        list("hits-incidents").contains("zigbee on piha is not running"),
+        "{page}"
+    );
+    assert!(
+        list("hits-actions")
+            .contains(r#"<a href="/actions/redeploy-piha-zigbee">Redeploy zigbee on piha</a>"#),
+        "{page}"
+    );
+    assert!(
+        !page.contains(r#"id="hits-nodes""#),
+        "no node is called zigbee"
+    );
+    let chelsty = site.page("/search?q=CHELSTY+router").await;
+    assert!(chelsty.contains("router on chelsty") && !chelsty.contains("zigbee on piha"));
+    let storage = site.page("/search?q=bulk").await;
+    assert!(
+        element(&storage, "hits-nodes", "</ul>").contains(r#"<a href="/nodes/saturn">saturn</a>"#),
+        "by its description: {storage}"
+    );
+    let none = site.page("/search?q=nothing-here").await;
+    assert!(none.contains(r#"id="no-hits""#));
+    let (status, _, _) = site
+        .call(
+            Method::GET,
+            &format!("/search?q={}", "x".repeat(101)),
+            false,
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

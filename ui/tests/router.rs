@@ -477,6 +477,7 @@ async fn the_openapi_document_describes_the_router() {
         "GET /api/deployments",
         "GET /repo",
         "POST /repo/{verb}",
+        "GET /search",
     ];
     routed.sort();
     assert_eq!(described, routed);
