@@ -289,7 +289,7 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     // n1's page: its containers and the day's vitals as a chart.
     client.goto(&format!("{url}/nodes/n1")).await.unwrap();
     page_shows(&client, "n1's containers and vitals chart", |s| {
-        s.contains("<td>app-1</td>") && s.contains("<polyline points=")
+        s.contains(r#"<td data-label="container">app-1</td>"#) && s.contains("<polyline points=")
     })
     .await;
     fits(&client, "the node page").await;
@@ -312,6 +312,16 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
         "the event arrived without a reload"
     );
     fits(&client, "the events page").await;
+    // On the phone the events are stacked rows, each cell labelled, and
+    // words break only where they must.
+    let stacked = client
+        .execute(
+            "const t = document.querySelector('#events'); const td = t.querySelector('tbody td'); return [getComputedStyle(t.querySelector('thead')).display, getComputedStyle(td).display, getComputedStyle(td).overflowWrap, td.dataset.label];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stacked, json!(["none", "block", "break-word", "when"]));
 
     client.close().await.unwrap();
     // The same pages on a laptop.

@@ -434,7 +434,7 @@ async fn the_services_matrix_filters() {
     let chelsty = site.page("/nodes/chelsty").await;
     assert!(
         chelsty.contains(r#"<p class="muted" id="last-known">Last known, as the node said 1 h ago: it is not online now.</p>"#)
-            && chelsty.contains(r#"<table id="containers" class="last-known">"#),
+            && chelsty.contains(r#"<table id="containers" class="stack last-known">"#),
         "{chelsty}"
     );
     let piha = site.page("/nodes/piha").await;
@@ -447,8 +447,8 @@ async fn a_node_page_has_its_containers_vitals_incidents_actions_and_events() {
     let page = site.page("/nodes/piha").await;
     let containers = element(&page, "containers", "</table>");
     assert!(
-        containers.contains("<td>zigbee-1</td><td>zigbee</td><td class=\"image\">registry.example/zigbee:1</td><td class=\"exited\">")
-            && containers.contains("<td>7</td>"),
+        containers.contains("<td data-label=\"container\">zigbee-1</td><td data-label=\"service\">zigbee</td><td data-label=\"image\" class=\"image\">registry.example/zigbee:1</td><td data-label=\"state\" class=\"exited\">")
+            && containers.contains(r#"<td data-label="restarts">7</td>"#),
         "{containers}"
     );
     let vitals = element(&page, "vitals", "<h2>Containers");
@@ -494,7 +494,7 @@ async fn the_actions_pages_show_the_queue_results_and_timelines() {
     let finished = element(&page, "finished", "</table>");
     assert!(
         finished.contains(
-            r#"<td class="completed nowrap"><span aria-hidden="true">✓</span> completed</td>"#
+            r#"<td data-label="state" class="completed nowrap"><span aria-hidden="true">✓</span> completed</td>"#
         ) && finished.contains("restarted mosquitto-1"),
         "{finished}"
     );
