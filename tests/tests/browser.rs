@@ -329,6 +329,41 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     laptop.goto(&format!("{url}/")).await.unwrap();
     page_shows(&laptop, "n1's card", |s| s.contains(r#"id="node-n1""#)).await;
     screenshot(&laptop, "overview-1280.png").await;
+
+    // Cheap to keep open: n1's agent reports every few seconds with
+    // nothing new to show (its heartbeat); the page fetches nothing for
+    // those, and once when a figure changes.
+    let fetches = || async {
+        laptop
+            .execute(
+                "return performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch' && e.name === location.href).length;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_u64()
+            .unwrap()
+    };
+    let before = fetches().await;
+    for _ in 0..8 {
+        probe
+            .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.61))
+            .await;
+        // Paced beyond the page's 300 ms coalescing, as heartbeats are.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    probe
+        .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.99))
+        .await;
+    page_shows(&laptop, "the new load on n1's card", |s| {
+        s.contains("<dd>0.99</dd>")
+    })
+    .await;
+    assert_eq!(
+        fetches().await - before,
+        1,
+        "one fetch for the one real change, none for 8 heartbeats"
+    );
     laptop.goto(&format!("{url}/nodes/n1")).await.unwrap();
     page_shows(&laptop, "n1's page", |s| s.contains("<polyline points=")).await;
     screenshot(&laptop, "node-1280.png").await;

@@ -118,6 +118,33 @@ pub struct AgentReport {
     pub uplink: Option<homelab_core::agentstatus::Uplink>,
 }
 
+impl AgentReport {
+    /// What the pages show of it, as they show it (rounded as printed,
+    /// times left out): two reports that show the same make no update of
+    /// an open page. An agent reports every few seconds; most reports
+    /// change nothing a reader can see.
+    pub fn shown(&self) -> String {
+        let vitals = self.vitals.as_ref().map(|v| {
+            let at = self.updated.unwrap_or_default();
+            let view = pages::VitalsView::new(v, &at, &at);
+            format!("{} | {} | {}", view.load, view.memory, view.disk)
+        });
+        let uplink = self.uplink.as_ref().map(|u| {
+            format!(
+                "{:?} {:?} {:?} {:?}",
+                u.rtt_ms.map(|r| r.round()),
+                u.late_pct.map(|l| l.round()),
+                u.last_outage_ended,
+                u.tailscale.as_ref().map(|t| t.summary())
+            )
+        });
+        format!(
+            "{} {:?} {vitals:?} {uplink:?}",
+            self.outbox_events, self.oldest_unacked
+        )
+    }
+}
+
 /// The inventory as the pages need it.
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -276,14 +303,18 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
                     let at = report.updated.unwrap_or_else(Utc::now);
                     record_vitals(state, &node, history::Sample::of(vitals, at));
                 }
-                state
+                let shown = report.shown();
+                let before = state
                     .agents
                     .lock()
                     .expect("agents lock")
                     .insert(node, report);
-                let _ = state
-                    .stream
-                    .send(json!({"topic": message.topic}).to_string());
+                // Open pages update only when what they show changed.
+                if before.is_none_or(|b| b.shown() != shown) {
+                    let _ = state
+                        .stream
+                        .send(json!({"topic": message.topic}).to_string());
+                }
             }
             Err(_) if message.payload.is_empty() => {
                 state.agents.lock().expect("agents lock").remove(&node);
@@ -1325,5 +1356,32 @@ mod fuzz {
                 prop_assert!(decision.by.is_none_or(|b| b.chars().count() <= 500));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report that changes only what no page shows (its time, a load
+    /// below the printed precision) is not news; one that changes a
+    /// figure on the page is.
+    #[test]
+    fn an_agent_report_is_news_when_what_is_shown_changes() {
+        let report = |updated: &str, load: f64, outbox: u64| -> AgentReport {
+            serde_json::from_value(serde_json::json!({
+                "outbox_events": outbox,
+                "updated": updated,
+                "vitals": {"load": [load, 0.5, 0.4], "memory_total_bytes": 8_000_000_000u64,
+                           "memory_available_bytes": 2_000_000_000u64, "uptime_secs": 5000,
+                           "disks": [{"mount": "/", "used_pct": 41.0, "free_bytes": 50_000_000_000u64}]},
+            }))
+            .unwrap()
+        };
+        let base = report("2026-12-07T10:00:00Z", 0.611, 0).shown();
+        assert_eq!(report("2026-12-07T10:00:05Z", 0.612, 0).shown(), base);
+        assert_ne!(report("2026-12-07T10:00:05Z", 0.99, 0).shown(), base);
+        assert_ne!(report("2026-12-07T10:00:05Z", 0.611, 3).shown(), base);
+        assert_ne!(AgentReport::default().shown(), base);
     }
 }

@@ -497,7 +497,7 @@ pub struct VitalsView {
 }
 
 impl VitalsView {
-    fn new(v: &Vitals, at: &Timestamp, now: &Timestamp) -> VitalsView {
+    pub(crate) fn new(v: &Vitals, at: &Timestamp, now: &Timestamp) -> VitalsView {
         let sample = crate::history::Sample::of(v, *at);
         let fullest = v
             .disks

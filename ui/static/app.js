@@ -33,7 +33,14 @@ function schedule() {
   timer = setTimeout(refresh, 300);
 }
 const source = new EventSource('/api/stream');
-source.onmessage = schedule;
+// New events in the log matter only to a page that lists events; a
+// change of state, an action or an agent's figures to every page.
+source.onmessage = (message) => {
+  let change = {};
+  try { change = JSON.parse(message.data); } catch (_) { /* a bare ping */ }
+  if (change.events !== undefined && !document.getElementById('events')) return;
+  schedule();
+};
 // After a reconnect (the server restarted), catch up once.
 source.onopen = () => { if (document.readyState === 'complete') schedule(); };
 
