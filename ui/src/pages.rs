@@ -892,6 +892,13 @@ pub async fn services(
     for s in &shown {
         rows.entry(&s.service).or_default().insert(&s.node, s);
     }
+    // Worst first: a service down anywhere above one fine everywhere;
+    // by name within the same.
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_by_key(|(service, on)| {
+        let worst = on.values().map(|s| s.status.rank()).max().unwrap_or(0);
+        (std::cmp::Reverse(worst), *service)
+    });
     let rows = rows
         .into_iter()
         .map(|(service, on)| MatrixRow {

@@ -385,6 +385,9 @@ async fn the_services_matrix_filters() {
     let page = site.page("/services").await;
     let matrix = element(&page, "matrix", "</table>");
     assert!(matrix.contains(r#"<th><a href="/nodes/chelsty">chelsty</a></th><th><a href="/nodes/piha">piha</a></th>"#), "{matrix}");
+    // Worst first: zigbee (down on piha) above mosquitto and router.
+    let row = |service: &str| matrix.find(&format!("<th>{service}</th>")).unwrap();
+    assert!(row("zigbee") < row("mosquitto") && row("zigbee") < row("router"));
     let zigbee = matrix
         .lines()
         .find(|l| l.contains("<th>zigbee</th>"))
