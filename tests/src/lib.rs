@@ -855,6 +855,44 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Mosquitto drops root for its own user before it reads the password
+/// file and the key: hand it the directory, as the printed hint says.
+pub fn hand_to_mosquitto(dir: &Path) {
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let status = std::process::Command::new("chown")
+        .arg("-R")
+        .arg("mosquitto")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "chown mosquitto {}", dir.display());
+}
+
+/// Mosquitto with what `homelab mosquitto-config` wrote into `conf`
+/// (handed to its user first), logging verbosely to `log`, once it
+/// listens on `listen`.
+pub async fn configured_mosquitto(conf: &Path, listen: SocketAddr, log: &Path) -> KillOnDrop {
+    hand_to_mosquitto(conf);
+    let log = std::fs::File::create(log).unwrap();
+    let child = KillOnDrop(
+        std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf.join("homelab.conf"))
+            .arg("-v")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("mosquitto listens", Duration::from_secs(60), || async {
+        tokio::net::TcpStream::connect(listen).await.is_ok()
+    })
+    .await;
+    child
+}
+
 /// Mosquitto on loopback `port` with its defaults (no persistence), or
 /// `None` when it is not installed (skipped loudly; CI installs it and
 /// must run the test).

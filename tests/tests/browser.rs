@@ -344,10 +344,19 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
             .as_u64()
             .unwrap()
     };
+    // A change first, seen on the page: what the page loaded with is
+    // behind it, and the count starts from a page that is up to date.
+    probe
+        .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.75))
+        .await;
+    page_shows(&laptop, "load 0.75 on n1's card", |s| {
+        s.contains("<dd>0.75</dd>")
+    })
+    .await;
     let before = fetches().await;
     for _ in 0..8 {
         probe
-            .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.61))
+            .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.75))
             .await;
         // Paced beyond the page's 300 ms coalescing, as heartbeats are.
         tokio::time::sleep(Duration::from_millis(400)).await;

@@ -5,7 +5,7 @@
 //! restarted by policy), and what a node's login may not do is stopped by
 //! Mosquitto itself, seen with independent MQTT clients.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use homelab::fleet_cli;
@@ -14,15 +14,6 @@ use homelab_core::{ActionState, Layout, Name, Topics};
 use homelab_tests::*;
 
 const T: Duration = Duration::from_secs(60);
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A container removed when the test ends, also when it fails.
 struct Container(String);
@@ -48,21 +39,6 @@ fn token_of(out: &str) -> String {
         .find_map(|w| w.strip_prefix("HOMELAB_ENROLL="))
         .expect("the printed command carries the token")
         .to_string()
-}
-
-/// Mosquitto drops root for its own user before it reads the password
-/// file and the key: hand it the directory, as the printed hint says.
-fn hand_to_mosquitto(dir: &std::path::Path) {
-    if unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg("mosquitto")
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "chown mosquitto {}", dir.display());
 }
 
 /// A login over TLS, checked against the fleet's CA.
@@ -115,22 +91,8 @@ async fn mosquitto_with_the_generated_config_carries_the_fleet_and_stops_what_a_
         acl.contains("user piha\ntopic write homelab/events/piha\n"),
         "{acl}"
     );
-    hand_to_mosquitto(conf.path());
-    let log = std::fs::File::create(root.path().join("mosquitto.log")).unwrap();
-    let mosquitto = Mosquitto(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(conf.path().join("homelab.conf"))
-            .arg("-v")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("mosquitto listens", T, || async {
-        tokio::net::TcpStream::connect(listen).await.is_ok()
-    })
-    .await;
+    let mosquitto =
+        configured_mosquitto(conf.path(), listen, &root.path().join("mosquitto.log")).await;
 
     // Logins: none without TLS, a password, or the right password.
     for (what, login) in [
@@ -359,8 +321,7 @@ async fn mosquitto_with_the_generated_config_carries_the_fleet_and_stops_what_a_
     ha.latest_until(T, |m| {
         m.contains_key("homelab/state/summary")
             && m.contains_key("homelab/nodes/piha/status")
-            && m.keys()
-                .any(|t| t.starts_with("homeassistant/binary_sensor/homelab/"))
+            && m.contains_key("homeassistant/device/homelab/homelab_node_piha/config")
     })
     .await;
     let mut watch_ha = Probe::connect_with(

@@ -402,30 +402,8 @@ async fn mosquitto_with_the_generated_config_answers_v5_clients() {
         None,
     )
     .unwrap();
-    if unsafe { libc::geteuid() } == 0 {
-        let chown = std::process::Command::new("chown")
-            .arg("-R")
-            .arg("mosquitto")
-            .arg(conf.path())
-            .status()
-            .unwrap();
-        assert!(chown.success());
-    }
-    let log = std::fs::File::create(root.path().join("mosquitto.log")).unwrap();
-    let _mosquitto = KillOnDrop(
-        std::process::Command::new("mosquitto")
-            .arg("-c")
-            .arg(conf.path().join("homelab.conf"))
-            .arg("-v")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("mosquitto listens", T, || async {
-        tokio::net::TcpStream::connect(listen).await.is_ok()
-    })
-    .await;
+    let _mosquitto =
+        configured_mosquitto(conf.path(), listen, &root.path().join("mosquitto.log")).await;
     let ca = piha.ca_pem.as_str();
 
     // Mosquitto 2 answers a wrong password with "not authorized".

@@ -41,8 +41,9 @@ async fn retained_state_is_back_after_the_broker_forgot_it() {
     ));
     let wanted = [
         "homelab/state/summary",
-        "homeassistant/binary_sensor/homelab/homelab_n1_app_problem/config",
-        "homeassistant/binary_sensor/homelab/homelab_n1_connectivity/config",
+        // n1's device config (its connectivity and app's problem sensor).
+        "homeassistant/device/homelab/homelab_node_n1/config",
+        "homeassistant/device/homelab/homelab_control_plane/config",
     ];
     let retained = |addr| async move {
         let mut probe = Probe::connect(addr, &["homelab/state/#", "homeassistant/#"]).await;

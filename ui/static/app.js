@@ -41,8 +41,13 @@ source.onmessage = (message) => {
   if (change.events !== undefined && !document.getElementById('events')) return;
   schedule();
 };
-// After a reconnect (the server restarted), catch up once.
-source.onopen = () => { if (document.readyState === 'complete') schedule(); };
+// After a reconnect (the server restarted), catch up once; the first
+// open needs none: the page was just loaded.
+let opened = false;
+source.onopen = () => {
+  if (opened) schedule();
+  opened = true;
+};
 
 // Copy for AI: the plain-text summary to the clipboard in one click (the
 // link next to it shows the same text without JavaScript).
