@@ -205,7 +205,6 @@ async fn plant_with(fleet: Option<&Name>) -> Plant {
     let mqtt = free_addr();
     homelab_broker::start(&homelab_broker::Config::new(mqtt)).unwrap();
     let root = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
     let layout = Layout::new(root.path());
     let fleet = match fleet {
         Some(node) => {
@@ -216,8 +215,19 @@ async fn plant_with(fleet: Option<&Name>) -> Plant {
         }
         None => None,
     };
+    observe(mqtt, mqtt.to_string().into(), root, fleet).await
+}
+
+/// The observer on the broker at `mqtt` (reached as `broker`), in `root`.
+async fn observe(
+    mqtt: std::net::SocketAddr,
+    broker: homelab_mqtt::Endpoint,
+    root: tempfile::TempDir,
+    fleet: Option<homelab_core::fleet::Fleet>,
+) -> Plant {
+    let shutdown = CancellationToken::new();
     let config = homelab_observer::Config {
-        broker: mqtt.to_string().into(),
+        broker,
         layout: Layout::new(root.path()),
         topics: homelab_core::Topics::default(),
         repo: None,
@@ -764,27 +774,8 @@ async fn plant_fleet(nodes: &[&str]) -> (Plant, Vec<NodeLogin>) {
     let mut broker = homelab_broker::Config::new(mqtt);
     broker.fleet = Some(fleet.clone());
     homelab_broker::start(&broker).unwrap();
-    let shutdown = CancellationToken::new();
-    let config = homelab_observer::Config {
-        broker: homelab::control_endpoint(&layout, Some(&fleet), &mqtt.to_string()).unwrap(),
-        layout: Layout::new(root.path()),
-        topics: homelab_core::Topics::default(),
-        repo: None,
-        retention: Default::default(),
-        feed: None,
-        fleet: Some(fleet),
-        home_assistant: None,
-    };
-    tokio::spawn(homelab_observer::run(config, shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    (
-        Plant {
-            mqtt,
-            root,
-            shutdown,
-        },
-        logins,
-    )
+    let endpoint = homelab::control_endpoint(&layout, Some(&fleet), &mqtt.to_string()).unwrap();
+    (observe(mqtt, endpoint, root, Some(fleet)).await, logins)
 }
 
 /// Durable ingestion from outside, as a user runs it: `homelab up` (no

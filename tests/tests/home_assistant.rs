@@ -195,16 +195,7 @@ impl Hass {
             input["other_settings"] =
                 json!({"set_client_cert": false, "set_ca_cert": "off", "transport": "tcp"});
         }
-        self.json(
-            "POST",
-            &format!(
-                "/api/config/config_entries/flow/{}",
-                flow["flow_id"].as_str().unwrap()
-            ),
-            Some(token),
-            input,
-        )
-        .await
+        self.flow_step(token, &flow, input).await
     }
 
     /// Points its MQTT entry at another port while it is stopped (the
@@ -300,20 +291,23 @@ impl Hass {
             )
             .await;
         match input {
-            Some(input) => {
-                self.json(
-                    "POST",
-                    &format!(
-                        "/api/config/config_entries/flow/{}",
-                        flow["flow_id"].as_str().unwrap()
-                    ),
-                    Some(token),
-                    input,
-                )
-                .await
-            }
+            Some(input) => self.flow_step(token, &flow, input).await,
             None => flow,
         }
+    }
+
+    /// A config flow's next step, with `input`.
+    async fn flow_step(&self, token: &str, flow: &Value, input: Value) -> Value {
+        self.json(
+            "POST",
+            &format!(
+                "/api/config/config_entries/flow/{}",
+                flow["flow_id"].as_str().unwrap()
+            ),
+            Some(token),
+            input,
+        )
+        .await
     }
 
     async fn states(&self, token: &str) -> Vec<Value> {

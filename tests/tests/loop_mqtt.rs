@@ -228,7 +228,7 @@ async fn event_to_action_to_command_to_completion() {
     let (status, page) = system.get("/nodes/n1").await;
     assert_eq!(status, 200);
     assert!(
-        page.contains("<td>app</td>") && page.contains(id),
+        page.contains(r#"<td data-label="service">app</td>"#) && page.contains(id),
         "n1's page: its container and the action: {page}"
     );
 
