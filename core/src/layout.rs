@@ -52,6 +52,11 @@ impl Layout {
     pub fn world_incident_history(&self) -> PathBuf {
         self.world_dir().join("incident_history.json")
     }
+    /// Time per state of each node and service, last 31 days
+    /// ([`crate::uptime::Track`]).
+    pub fn world_status_history(&self) -> PathBuf {
+        self.world_dir().join("status_history.json")
+    }
     pub fn world_deployments(&self) -> PathBuf {
         self.world_dir().join("deployments.json")
     }

@@ -23,6 +23,7 @@ pub mod sealbox;
 pub mod store;
 pub mod time;
 pub mod topics;
+pub mod uptime;
 pub mod world;
 
 pub use action::{Action, ActionKind, ActionState, Risk};

@@ -241,6 +241,23 @@ pub fn closed_between(
     closed
 }
 
+/// `closed` less what `history` already holds (the same incident, opened
+/// at the same time): after a restart the observer replays the events
+/// since its checkpoint, and incidents it wrote down before closing again.
+pub fn not_yet_in(
+    closed: Vec<ResolvedIncident>,
+    history: &[ResolvedIncident],
+) -> Vec<ResolvedIncident> {
+    closed
+        .into_iter()
+        .filter(|c| {
+            !history.iter().rev().any(|h| {
+                h.incident.id == c.incident.id && h.incident.opened_at == c.incident.opened_at
+            })
+        })
+        .collect()
+}
+
 /// `history` with `closed` appended and the oldest dropped past
 /// [`HISTORY_KEPT`].
 pub fn append_history(history: &mut Vec<ResolvedIncident>, closed: Vec<ResolvedIncident>) {
@@ -437,6 +454,43 @@ mod tests {
                 ("disk_pressure:piha", t(10)),
             ]
         );
+    }
+
+    #[test]
+    fn what_the_history_holds_is_not_added_again() {
+        let t = |m: i64| -> Timestamp {
+            "2026-12-07T10:00:00Z".parse::<Timestamp>().unwrap() + chrono::TimeDelta::minutes(m)
+        };
+        let closed = |id: &str, opened: i64| ResolvedIncident {
+            incident: Incident {
+                id: id.into(),
+                kind: "service_not_running".into(),
+                node: Name::parse("piha").unwrap(),
+                service: None,
+                severity: crate::Severity::Warning,
+                message: String::new(),
+                opened_at: t(opened),
+                count: None,
+                last_seen: None,
+                maintenance: None,
+            },
+            resolved_at: t(30),
+        };
+        let history = vec![closed("a", 0)];
+        let got = not_yet_in(
+            vec![
+                closed("a", 0),
+                // The same incident again, opened later: a new one.
+                closed("a", 10),
+                closed("b", 0),
+            ],
+            &history,
+        );
+        let ids: Vec<(String, Timestamp)> = got
+            .into_iter()
+            .map(|c| (c.incident.id, c.incident.opened_at))
+            .collect();
+        assert_eq!(ids, vec![("a".to_string(), t(10)), ("b".to_string(), t(0))]);
     }
 
     #[test]

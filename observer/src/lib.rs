@@ -115,6 +115,9 @@ struct Observer {
     last_incidents: Vec<homelab_core::world::Incident>,
     /// Incidents that closed (`world/incident_history.json`).
     history: Vec<homelab_core::world::ResolvedIncident>,
+    /// Time per state of each node and service, fed by the incidents that
+    /// close (`world/status_history.json`, [`homelab_core::uptime`]).
+    status_history: Vec<homelab_core::uptime::Track>,
     started: chrono::DateTime<Utc>,
     published: HashMap<String, String>,
     open_files: HashMap<PathBuf, File>,
@@ -336,6 +339,7 @@ impl Observer {
             maintenance: Vec::new(),
             last_incidents: Vec::new(),
             history: Vec::new(),
+            status_history: Vec::new(),
             started: Utc::now(),
             published: HashMap::new(),
             open_files: HashMap::new(),
@@ -358,6 +362,7 @@ impl Observer {
         // incident that closed while this one was down closes at its first
         // write.
         observer.history = read_or_default(&layout.world_incident_history());
+        observer.status_history = read_or_default(&layout.world_status_history());
         observer.last_incidents = read_or_default(&layout.world_incidents());
         observer.load_inventory();
         info!(
@@ -1003,6 +1008,7 @@ impl Observer {
             },
             now,
         );
+        let closed = homelab_core::world::not_yet_in(closed, &self.history);
         self.last_incidents = incidents.clone();
         // Only files whose content changed are written, with one fsync of
         // the directory for all of them.
@@ -1015,10 +1021,15 @@ impl Observer {
             (layout.world_incidents(), fsutil::json_bytes(&incidents)?),
         ];
         if !closed.is_empty() {
+            homelab_core::uptime::record(&mut self.status_history, &closed, now);
             homelab_core::world::append_history(&mut self.history, closed);
             texts.push((
                 layout.world_incident_history(),
                 fsutil::json_bytes(&self.history)?,
+            ));
+            texts.push((
+                layout.world_status_history(),
+                fsutil::json_bytes(&self.status_history)?,
             ));
         }
         let changed: Vec<(&std::path::Path, &[u8])> = texts

@@ -14,6 +14,7 @@ pub mod pages;
 pub mod present;
 pub mod repo;
 pub mod search;
+pub mod status;
 pub mod tail;
 pub mod websec;
 
@@ -762,6 +763,7 @@ pub struct WorldCache {
     services: Parsed<ServiceState>,
     incidents: Parsed<Incident>,
     history: Parsed<homelab_core::world::ResolvedIncident>,
+    status: Parsed<homelab_core::uptime::Track>,
 }
 
 impl WorldCache {
@@ -772,6 +774,7 @@ impl WorldCache {
             &self.services.problem,
             &self.incidents.problem,
             &self.history.problem,
+            &self.status.problem,
         ]
         .into_iter()
         .flatten()
@@ -818,6 +821,19 @@ pub(crate) fn incident_history(
         return Ok(Arc::default());
     }
     cache.history.get(&path)
+}
+
+/// Time per state of each node and service (`world/status_history.json`;
+/// none before the first incident closes).
+pub(crate) fn status_history(
+    state: &AppState,
+) -> Result<Arc<Vec<homelab_core::uptime::Track>>, AppError> {
+    let path = state.layout.world_status_history();
+    let mut cache = state.world.lock().expect("world cache lock");
+    if !path.exists() {
+        return Ok(Arc::default());
+    }
+    cache.status.get(&path)
 }
 
 #[derive(Deserialize)]

@@ -486,6 +486,8 @@ pub struct NodeCard {
     pub unknown: bool,
     /// The worst of status and services: ok, warning, bad.
     pub tone: &'static str,
+    /// Its status over the last 24 hours, once it reported.
+    pub day: Option<crate::status::BarView>,
 }
 
 pub struct VitalsView {
@@ -533,6 +535,7 @@ impl VitalsView {
 fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppError> {
     let world = world(state)?;
     let inventory = crate::inventory(state);
+    let tracks = crate::status_history(state)?;
     let agents = state.agents.lock().expect("agents lock");
     // healthy, unhealthy, stopped, missing.
     let mut by_node: HashMap<&Name, (usize, usize, usize, usize)> = HashMap::new();
@@ -597,6 +600,19 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
         let card = match reported {
             Some(n) => {
                 let status = json_word(&n.status);
+                let names: Vec<Name> = std::iter::once(name.clone())
+                    .chain(spec.map(|s| s.aliases.clone()).unwrap_or_default())
+                    .collect();
+                let day = crate::status::rows(&crate::status::Inputs {
+                    names: &names,
+                    first_seen: Some(n.first_seen),
+                    services: &[],
+                    tracks: &tracks,
+                    open: &world.incidents,
+                    now: *now,
+                })
+                .swap_remove(0)
+                .day;
                 let stale = n.status != NodeStatus::Online;
                 NodeCard {
                     node: name.to_string(),
@@ -641,6 +657,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                         "ok"
                     },
                     status,
+                    day: Some(day),
                 }
             }
             None => {
@@ -679,6 +696,7 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                     uplink_problems: Vec::new(),
                     unknown: false,
                     tone: if incident.is_some() { "bad" } else { "warning" },
+                    day: None,
                 }
             }
         };
@@ -986,6 +1004,7 @@ struct NodePage {
     /// long ago.
     last_known: Option<String>,
     charts: Vec<Chart>,
+    status: Vec<crate::status::StatusRow>,
     incidents: Vec<IncidentView>,
     actions: Vec<ActionView>,
     events: Vec<EventView>,
@@ -1054,6 +1073,34 @@ pub async fn node(
         .cloned()
         .unwrap_or_default();
     let charts = charts(&history, now);
+    let mut services: Vec<Name> = Vec::new();
+    for s in world.services.iter().filter(|s| names.contains(&s.node)) {
+        if !services.contains(&s.service) {
+            services.push(s.service.clone());
+        }
+    }
+    if let Some(wanted) = inventory.services.get(&name) {
+        for s in wanted {
+            if !services.contains(s) {
+                services.push(s.clone());
+            }
+        }
+    }
+    services.sort();
+    let tracks = crate::status_history(&state)?;
+    let status = crate::status::rows(&crate::status::Inputs {
+        names: &names,
+        first_seen: world
+            .nodes
+            .iter()
+            .filter(|n| names.contains(&n.node))
+            .map(|n| n.first_seen)
+            .min(),
+        services: &services,
+        tracks: &tracks,
+        open: &world.incidents,
+        now,
+    });
     let mut incidents: Vec<IncidentView> = world
         .incidents
         .iter()
@@ -1093,6 +1140,7 @@ pub async fn node(
         containers,
         last_known,
         charts,
+        status,
         incidents,
         actions: node_actions
             .iter()
