@@ -294,6 +294,36 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     .await;
     fits(&client, "the node page").await;
     screenshot(&client, "node-390.png").await;
+    // A tap on a chart shows the figure there in its caption; the status
+    // bars are drawn.
+    let zone = client
+        .find(Locator::Css("#vitals .chart .zone"))
+        .await
+        .expect("a chart's strip");
+    zone.click().await.expect("tap the chart");
+    let readout: Value = client
+        .execute(
+            "return document.querySelector('#vitals .chart .readout').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        readout.as_str().is_some_and(|r| r.contains(" UTC: ")),
+        "the tapped figure: {readout}"
+    );
+    let bars: Value = client
+        .execute(
+            "return [...document.querySelectorAll('#status svg.bar')].map(b => b.getBoundingClientRect().width);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        bars.as_array()
+            .is_some_and(|b| !b.is_empty() && b.iter().all(|w| w.as_f64().unwrap_or(0.0) > 40.0)),
+        "status bars drawn wide enough to read: {bars}"
+    );
 
     // The events page follows the log: a script's event appears live.
     client.goto(&format!("{url}/events")).await.unwrap();

@@ -1,19 +1,15 @@
-//! Each node's vitals over the last day, for its page's chart: one sample
-//! per five minutes from the agent's retained status
-//! (`<prefix>/nodes/<node>/agent`), kept in `state/ui/vitals/<node>.json`
-//! so a restart of the UI keeps the day. The rules (buckets, the day's
-//! window, the chart's points) are pure and tested by table.
+//! Each node's vitals over the last hour, day and week, for its page's
+//! charts: from the agent's retained status
+//! (`<prefix>/nodes/<node>/agent`), one sample a minute for the hour, one
+//! per five minutes for the day, the highest of each hour for the week,
+//! kept in `state/ui/vitals/<node>.json` so a restart of the UI keeps
+//! them. The rules (buckets, windows, scales, the chart's points) are pure
+//! and tested by table.
 
 use chrono::Duration;
 use homelab_core::agentstatus::Vitals;
 use homelab_core::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
-
-/// One sample per bucket; the last sample of a bucket wins.
-pub const BUCKET_SECS: i64 = 300;
-/// What the chart shows.
-pub const WINDOW_SECS: i64 = 86_400;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     #[serde(with = "time")]
@@ -46,60 +42,170 @@ impl Sample {
     }
 }
 
-fn bucket(ts: &Timestamp) -> i64 {
-    ts.timestamp().div_euclid(BUCKET_SECS)
+/// A chart's span: how far back it reaches and the bucket of its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    Hour,
+    Day,
+    Week,
 }
 
-/// Adds `sample` (replacing the last one if it is of the same bucket) and
-/// drops what fell out of the day. True when a new bucket began: the time
-/// to write the history down.
-pub fn record(history: &mut Vec<Sample>, sample: Sample) -> bool {
-    let new_bucket = match history.last() {
+impl Range {
+    pub const ALL: [Range; 3] = [Range::Hour, Range::Day, Range::Week];
+
+    /// As in `?range=`: `1h`, `24h`, `7d`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Range::Hour => "1h",
+            Range::Day => "24h",
+            Range::Week => "7d",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Range> {
+        Range::ALL.into_iter().find(|r| r.as_str() == raw)
+    }
+
+    /// How a person says it: "last hour", …
+    pub fn words(self) -> &'static str {
+        match self {
+            Range::Hour => "last hour",
+            Range::Day => "last 24 hours",
+            Range::Week => "last 7 days",
+        }
+    }
+
+    pub fn bucket_secs(self) -> i64 {
+        match self {
+            Range::Hour => 60,
+            Range::Day => 300,
+            Range::Week => 3_600,
+        }
+    }
+
+    pub fn window_secs(self) -> i64 {
+        match self {
+            Range::Hour => 3_600,
+            Range::Day => 86_400,
+            Range::Week => 7 * 86_400,
+        }
+    }
+}
+
+/// A node's samples for each range, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    #[serde(default)]
+    pub hour: Vec<Sample>,
+    #[serde(default)]
+    pub day: Vec<Sample>,
+    #[serde(default)]
+    pub week: Vec<Sample>,
+}
+
+impl History {
+    pub fn samples(&self, range: Range) -> &[Sample] {
+        match range {
+            Range::Hour => &self.hour,
+            Range::Day => &self.day,
+            Range::Week => &self.week,
+        }
+    }
+
+    /// A file as this version writes it, or as the last one did (the day
+    /// alone).
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<History> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OnDisk {
+            Now(History),
+            DayOnly(Vec<Sample>),
+        }
+        Ok(match serde_json::from_slice(bytes)? {
+            OnDisk::Now(h) => h,
+            OnDisk::DayOnly(day) => History {
+                day,
+                ..History::default()
+            },
+        })
+    }
+}
+
+/// Adds `sample` to each range. True when a new five-minute bucket began:
+/// the time to write the history down.
+pub fn record(history: &mut History, sample: Sample) -> bool {
+    record_in(&mut history.hour, sample.clone(), Range::Hour, Keep::Last);
+    record_in(
+        &mut history.week,
+        sample.clone(),
+        Range::Week,
+        Keep::Highest,
+    );
+    record_in(&mut history.day, sample, Range::Day, Keep::Last)
+}
+
+#[derive(Clone, Copy)]
+enum Keep {
+    /// The last sample of a bucket wins.
+    Last,
+    /// Each figure's highest of the bucket, at the bucket's last time.
+    Highest,
+}
+
+/// Adds `sample` to one range's samples (replacing or joining the last if
+/// it is of the same bucket) and drops what fell out of the window. True
+/// when a new bucket began.
+fn record_in(samples: &mut Vec<Sample>, sample: Sample, range: Range, keep: Keep) -> bool {
+    let bucket = |ts: &Timestamp| ts.timestamp().div_euclid(range.bucket_secs());
+    let mut sample = sample;
+    let new_bucket = match samples.last() {
         Some(last) if bucket(&last.ts) == bucket(&sample.ts) => {
-            history.pop();
+            let last = samples.pop().expect("a last sample");
+            if let Keep::Highest = keep {
+                sample.load = sample.load.max(last.load);
+                sample.memory_pct = sample.memory_pct.max(last.memory_pct);
+                sample.disk_pct = sample.disk_pct.max(last.disk_pct);
+            }
             false
         }
         // A clock that went back: start over rather than keep disorder.
         Some(last) if last.ts > sample.ts => {
-            history.clear();
+            samples.clear();
             true
         }
         _ => true,
     };
-    let from = sample.ts - Duration::seconds(WINDOW_SECS);
-    history.push(sample);
-    history.retain(|s| s.ts > from);
+    let from = sample.ts - Duration::seconds(range.window_secs());
+    samples.push(sample);
+    samples.retain(|s| s.ts > from);
     new_bucket
 }
 
 /// One line of the chart: SVG polyline points for `value` of the samples
-/// within the day before `now`, time across `width`, 0..=`max` up
-/// `height` (values above `max` are drawn at the top). A gap of more than
-/// two buckets (the node was off) breaks the line: one string per piece.
+/// within `range` before `now`, time across `width`, `scale` up `height`
+/// (values outside it are drawn at its edge). A gap of more than two
+/// buckets (the node was off) breaks the line: one string per piece.
 pub fn lines(
-    history: &[Sample],
+    samples: &[Sample],
+    range: Range,
     now: Timestamp,
     value: impl Fn(&Sample) -> f64,
-    max: f64,
+    scale: Scale,
     width: f64,
     height: f64,
 ) -> Vec<String> {
-    let start = now - Duration::seconds(WINDOW_SECS);
+    let window = range.window_secs();
+    let start = now - Duration::seconds(window);
     let mut pieces: Vec<Vec<String>> = Vec::new();
     let mut last: Option<Timestamp> = None;
-    for s in history.iter().filter(|s| s.ts > start && s.ts <= now) {
-        let gap = last.is_none_or(|l| (s.ts - l).num_seconds() > 2 * BUCKET_SECS);
+    for s in samples.iter().filter(|s| s.ts > start && s.ts <= now) {
+        let gap = last.is_none_or(|l| (s.ts - l).num_seconds() > 2 * range.bucket_secs());
         if gap {
             pieces.push(Vec::new());
         }
         last = Some(s.ts);
-        let x = (s.ts - start).num_seconds() as f64 / WINDOW_SECS as f64 * width;
-        let v = if max > 0.0 {
-            (value(s) / max).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let y = height - v * height;
+        let x = (s.ts - start).num_seconds() as f64 / window as f64 * width;
+        let y = height - scale.fraction(value(s)) * height;
         pieces
             .last_mut()
             .expect("a piece")
@@ -124,10 +230,82 @@ pub fn lines(
 /// width).
 const LONE_DASH: f64 = 3.0;
 
-/// The chart's scale for load: at least 1, else the day's highest rounded
-/// up to a whole number.
-pub fn load_scale(history: &[Sample]) -> f64 {
-    history.iter().map(|s| s.load).fold(1.0, f64::max).ceil()
+/// What a chart's height spans.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Scale {
+    /// Where `v` sits, 0 at `low` to 1 at `high`, clamped.
+    pub fn fraction(self, v: f64) -> f64 {
+        match self.high > self.low {
+            true => ((v - self.low) / (self.high - self.low)).clamp(0.0, 1.0),
+            false => 0.0,
+        }
+    }
+}
+
+/// The scale for load: from 0 to at least 1, else the highest rounded up
+/// to a whole number.
+pub fn load_scale(samples: &[Sample]) -> Scale {
+    Scale {
+        low: 0.0,
+        high: samples.iter().map(|s| s.load).fold(1.0, f64::max).ceil(),
+    }
+}
+
+/// The scale for a percentage: the values (and `marks`, the thresholds to
+/// draw) with some room, in tens, within 0–100; at least 20 points tall so
+/// a flat line is not a wall of noise.
+pub fn percent_scale(values: impl Iterator<Item = f64>, marks: &[f64]) -> Scale {
+    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+    for v in values.chain(marks.iter().copied()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if lo > hi {
+        return Scale {
+            low: 0.0,
+            high: 100.0,
+        };
+    }
+    let mut low = (((lo - 5.0) / 10.0).floor() * 10.0).max(0.0);
+    let mut high = (((hi + 5.0) / 10.0).ceil() * 10.0).min(100.0);
+    if high - low < 20.0 {
+        match low + 20.0 <= 100.0 {
+            true => high = low + 20.0,
+            false => (low, high) = (80.0, 100.0),
+        }
+    }
+    Scale { low, high }
+}
+
+/// Hover zones: the chart cut into `count` strips, each with the last
+/// sample within it as (x, width, the sample), for what a hover or a tap
+/// shows.
+pub fn zones(
+    samples: &[Sample],
+    range: Range,
+    now: Timestamp,
+    count: usize,
+    width: f64,
+) -> Vec<(f64, f64, Sample)> {
+    let window = range.window_secs();
+    let start = now - Duration::seconds(window);
+    let strip = width / count as f64;
+    let mut out: Vec<(f64, f64, Sample)> = Vec::new();
+    for s in samples.iter().filter(|s| s.ts > start && s.ts <= now) {
+        let x = (s.ts - start).num_seconds() as f64 / window as f64 * width;
+        let i = ((x / strip) as usize).min(count - 1);
+        let zone_x = i as f64 * strip;
+        match out.last_mut() {
+            Some(last) if (last.0 - zone_x).abs() < 1e-9 => last.2 = s.clone(),
+            _ => out.push((zone_x, strip, s.clone())),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -212,7 +390,7 @@ mod tests {
         ];
         for (before, new, expect_new, after) in cases {
             let mut history = before.clone();
-            let began = record(&mut history, new.clone());
+            let began = record_in(&mut history, new.clone(), Range::Day, Keep::Last);
             let loads: Vec<f64> = history.iter().map(|s| s.load).collect();
             assert_eq!((began, loads), (expect_new, after), "{before:?} + {new:?}");
         }
@@ -229,7 +407,11 @@ mod tests {
             sample("2026-11-24T06:00:00Z", 4.0),
             sample("2026-11-24T06:05:00Z", 1.0),
         ];
-        let got = lines(&history, now, |s| s.load, 2.0, 240.0, 40.0);
+        let two = Scale {
+            low: 0.0,
+            high: 2.0,
+        };
+        let got = lines(&history, Range::Day, now, |s| s.load, two, 240.0, 40.0);
         assert_eq!(
             got,
             vec![
@@ -238,14 +420,95 @@ mod tests {
                 "180.0,0.0 180.8,20.0".to_string(),
             ]
         );
-        assert!(lines(&[], now, |s| s.load, 1.0, 240.0, 40.0).is_empty());
+        assert!(lines(&[], Range::Day, now, |s| s.load, two, 240.0, 40.0).is_empty());
         assert_eq!(
-            lines(&history[4..], now, |s| s.load, 2.0, 240.0, 40.0),
+            lines(&history[4..], Range::Day, now, |s| s.load, two, 240.0, 40.0),
             vec!["177.8,20.0 180.8,20.0".to_string()],
             "a lone sample is a short dash"
         );
-        assert_eq!(load_scale(&history[1..]), 4.0);
-        assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 0.2)]), 1.0);
-        assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 2.3)]), 3.0);
+        assert_eq!(load_scale(&history[1..]).high, 4.0);
+        assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 0.2)]).high, 1.0);
+        assert_eq!(load_scale(&[sample("2026-11-24T00:00:00Z", 2.3)]).high, 3.0);
+    }
+
+    #[test]
+    fn the_hour_the_day_and_the_week() {
+        let mut history = History::default();
+        // A sample every 30 s for two hours; load rises to a peak at
+        // 10:20 and falls.
+        for i in 0..240 {
+            let ts = at("2026-11-24T10:00:00Z") + Duration::seconds(30 * i);
+            let load = if i == 40 { 9.0 } else { 1.0 };
+            record(
+                &mut history,
+                Sample {
+                    ts,
+                    load,
+                    memory_pct: 50.0,
+                    disk_pct: 10.0,
+                },
+            );
+        }
+        let last = at("2026-11-24T11:59:30Z");
+        // The hour: one a minute, the last hour.
+        assert_eq!(history.hour.len(), 60);
+        assert!(history.hour[0].ts > last - Duration::hours(1));
+        // The day: one per five minutes, the last of each (the peak lost).
+        assert_eq!(history.day.len(), 24);
+        assert!(history.day.iter().all(|s| s.load == 1.0));
+        // The week: each hour's highest.
+        assert_eq!(
+            history.week.iter().map(|s| s.load).collect::<Vec<_>>(),
+            vec![9.0, 1.0]
+        );
+        // A file of the last version (the day alone) still reads.
+        let old = serde_json::to_vec(&history.day).unwrap();
+        let read = History::from_json(&old).unwrap();
+        assert_eq!((read.day.len(), read.hour.len()), (24, 0));
+        let now = serde_json::to_vec(&history).unwrap();
+        assert_eq!(History::from_json(&now).unwrap(), history);
+        assert_eq!(Range::parse("7d"), Some(Range::Week));
+        assert_eq!(Range::parse("2d"), None);
+    }
+
+    #[test]
+    fn scales_fit_the_figures_and_their_thresholds() {
+        // (values, marks, low, high)
+        let cases: [(&[f64], &[f64], f64, f64); 6] = [
+            (&[], &[], 0.0, 100.0),
+            (&[41.0, 43.0], &[], 30.0, 50.0),
+            (&[41.0, 43.0], &[80.0, 90.0], 30.0, 100.0),
+            (&[99.0], &[], 80.0, 100.0),
+            (&[0.5], &[], 0.0, 20.0),
+            (&[12.0, 77.0], &[], 0.0, 90.0),
+        ];
+        for (values, marks, low, high) in cases {
+            let got = percent_scale(values.iter().copied(), marks);
+            assert_eq!((got.low, got.high), (low, high), "{values:?} {marks:?}");
+        }
+        let s = Scale {
+            low: 30.0,
+            high: 50.0,
+        };
+        assert_eq!(
+            (s.fraction(40.0), s.fraction(10.0), s.fraction(70.0)),
+            (0.5, 0.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn hover_zones_hold_the_last_sample_of_their_strip() {
+        let now = at("2026-11-24T12:00:00Z");
+        let history = vec![
+            sample("2026-11-24T11:10:00Z", 1.0),
+            sample("2026-11-24T11:20:00Z", 2.0),
+            sample("2026-11-24T11:50:00Z", 3.0),
+        ];
+        // The hour in four strips of 15 minutes, 60 units wide.
+        let got: Vec<(f64, f64)> = zones(&history, Range::Hour, now, 4, 60.0)
+            .into_iter()
+            .map(|(x, _, s)| (x, s.load))
+            .collect();
+        assert_eq!(got, vec![(0.0, 1.0), (15.0, 2.0), (45.0, 3.0)]);
     }
 }

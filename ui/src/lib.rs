@@ -91,7 +91,7 @@ pub struct AppState {
     /// and the node's vitals.
     pub agents: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, AgentReport>>>,
     /// Each node's vitals over the last day ([`history`]).
-    pub vitals: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, Vec<history::Sample>>>>,
+    pub vitals: Arc<std::sync::Mutex<std::collections::BTreeMap<Name, history::History>>>,
     /// Parsed action files, parsed again only when they change.
     pub actions: Arc<std::sync::Mutex<homelab_core::store::ListCache>>,
     /// The event log as followed ([`tail`]).
@@ -152,7 +152,13 @@ pub struct Inventory {
     pub nodes: std::collections::BTreeMap<Name, homelab_core::desired::NodeSpec>,
     /// Monitored services per node.
     pub services: std::collections::BTreeMap<Name, std::collections::BTreeSet<Name>>,
+    /// Each node's disk thresholds (`capabilities.yaml`'s `disk`), as
+    /// (high, low) percentages; absent: the defaults.
+    pub disk: std::collections::BTreeMap<Name, (f64, f64)>,
 }
+
+/// The disk thresholds the agent uses when `capabilities.yaml` sets none.
+pub const DISK_DEFAULTS: (f64, f64) = (90.0, 80.0);
 
 impl Inventory {
     /// Whether `node` is another name of an inventory node.
@@ -203,6 +209,21 @@ pub(crate) fn inventory(state: &AppState) -> Arc<Inventory> {
                                 .map(|(name, _)| name.clone())
                                 .collect(),
                         )
+                    })
+                    .collect(),
+                disk: loaded
+                    .desired
+                    .capabilities
+                    .iter()
+                    .filter_map(|(node, c)| {
+                        let disk = c.disk.as_ref()?;
+                        Some((
+                            node.clone(),
+                            (
+                                disk.high.unwrap_or(DISK_DEFAULTS.0),
+                                disk.low.unwrap_or(DISK_DEFAULTS.1),
+                            ),
+                        ))
                     })
                     .collect(),
             });
@@ -382,7 +403,7 @@ fn vitals_file(layout: &Layout, node: &Name) -> std::path::PathBuf {
 }
 
 /// The vitals history of every node, as the last run left it.
-fn load_vitals(layout: &Layout) -> std::collections::BTreeMap<Name, Vec<history::Sample>> {
+fn load_vitals(layout: &Layout) -> std::collections::BTreeMap<Name, history::History> {
     let dir = layout.state_dir("ui").join("vitals");
     let mut out = std::collections::BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -395,7 +416,7 @@ fn load_vitals(layout: &Layout) -> std::collections::BTreeMap<Name, Vec<history:
         };
         match std::fs::read(entry.path())
             .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(serde_json::from_slice::<Vec<history::Sample>>(&b)?))
+            .and_then(|b| Ok(history::History::from_json(&b)?))
         {
             Ok(samples) => {
                 out.insert(node, samples);
@@ -408,8 +429,8 @@ fn load_vitals(layout: &Layout) -> std::collections::BTreeMap<Name, Vec<history:
     out
 }
 
-/// Adds a sample to a node's day; when a new bucket began, the day is
-/// written down (off the async workers).
+/// Adds a sample to a node's history; when a new five-minute bucket began,
+/// the history is written down (off the async workers).
 fn record_vitals(state: &AppState, node: &Name, sample: history::Sample) {
     let mut all = state.vitals.lock().expect("vitals lock");
     let samples = all.entry(node.clone()).or_default();

@@ -991,6 +991,18 @@ pub struct Chart {
     pub now: String,
     pub scale: String,
     pub lines: Vec<String>,
+    /// Thresholds drawn across it.
+    pub marks: Vec<Mark>,
+    pub zones: Vec<Zone>,
+    /// e.g. "last hour": the left edge.
+    pub since: String,
+}
+
+/// A range of the vitals charts, as a link.
+pub struct RangeLink {
+    pub value: &'static str,
+    pub words: &'static str,
+    pub current: bool,
 }
 
 #[derive(Template)]
@@ -1004,6 +1016,8 @@ struct NodePage {
     /// long ago.
     last_known: Option<String>,
     charts: Vec<Chart>,
+    ranges: Vec<RangeLink>,
+    range_words: &'static str,
     status: Vec<crate::status::StatusRow>,
     incidents: Vec<IncidentView>,
     actions: Vec<ActionView>,
@@ -1020,11 +1034,20 @@ fn recent_events(state: &AppState, node: &Name, limit: usize) -> Result<Vec<Even
     Ok(search::search(&state.layout, &filter, limit)?.events)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeQuery {
+    /// The vitals charts' range: `1h`, `24h` (the default) or `7d`.
+    range: Option<String>,
+}
+
 pub async fn node(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
+    query: Result<axum::extract::Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, AppError> {
+    let axum::extract::Query(query) = query.map_err(|e| crate::rejected("query", e))?;
     let name =
         Name::parse(&raw).map_err(|e| AppError::BadRequest(format!("bad node name: {e}")))?;
     let now = Utc::now();
@@ -1072,7 +1095,26 @@ pub async fn node(
         .get(&name)
         .cloned()
         .unwrap_or_default();
-    let charts = charts(&history, now);
+    let range = match query.range.as_deref() {
+        None => crate::history::Range::Day,
+        Some(raw) => crate::history::Range::parse(raw).ok_or_else(|| {
+            AppError::BadRequest(format!("bad range {raw:?}: one of 1h, 24h, 7d"))
+        })?,
+    };
+    let thresholds = inventory
+        .disk
+        .get(&name)
+        .copied()
+        .unwrap_or(crate::DISK_DEFAULTS);
+    let charts = charts(&history, range, now, thresholds);
+    let ranges = crate::history::Range::ALL
+        .into_iter()
+        .map(|r| RangeLink {
+            value: r.as_str(),
+            words: r.words(),
+            current: r == range,
+        })
+        .collect();
     let mut services: Vec<Name> = Vec::new();
     for s in world.services.iter().filter(|s| names.contains(&s.node)) {
         if !services.contains(&s.service) {
@@ -1140,6 +1182,8 @@ pub async fn node(
         containers,
         last_known,
         charts,
+        ranges,
+        range_words: range.words(),
         status,
         incidents,
         actions: node_actions
@@ -1154,33 +1198,96 @@ pub async fn node(
 /// Width and height of a vitals chart (SVG user units).
 const CHART_W: f64 = 240.0;
 const CHART_H: f64 = 40.0;
+/// Strips of a chart that a hover or a tap reads.
+const CHART_ZONES: usize = 48;
 
-fn charts(history: &[crate::history::Sample], now: Timestamp) -> Vec<Chart> {
-    use crate::history::lines;
-    if history.is_empty() {
+/// A line across a chart at a threshold.
+pub struct Mark {
+    pub y: String,
+    pub label: String,
+    /// The figure alone, under the chart.
+    pub short: String,
+}
+
+/// A strip of a chart and what its last sample said.
+pub struct Zone {
+    pub x: String,
+    pub width: String,
+    pub text: String,
+}
+
+/// The charts of one range; `thresholds` the node's disk (high, low).
+pub fn charts(
+    history: &crate::history::History,
+    range: crate::history::Range,
+    now: Timestamp,
+    thresholds: (f64, f64),
+) -> Vec<Chart> {
+    use crate::history::{lines, load_scale, percent_scale, zones, Sample, Scale};
+    let samples = history.samples(range);
+    let Some(last) = samples.last() else {
         return Vec::new();
-    }
-    let last = history.last().expect("not empty");
-    let scale = crate::history::load_scale(history);
+    };
+    let hour_format = match range {
+        crate::history::Range::Week => "%a %H:%M",
+        _ => "%H:%M",
+    };
+    let zone_list = zones(samples, range, now, CHART_ZONES, CHART_W);
+    let chart = |label: &str,
+                 shown: String,
+                 value: fn(&Sample) -> f64,
+                 text: fn(f64) -> String,
+                 scale: Scale,
+                 marks: &[(f64, &str)]| Chart {
+        label: label.into(),
+        now: shown,
+        scale: format!("{}–{}", text(scale.low), text(scale.high)),
+        lines: lines(samples, range, now, value, scale, CHART_W, CHART_H),
+        marks: marks
+            .iter()
+            .map(|(v, what)| Mark {
+                y: format!("{:.1}", CHART_H - scale.fraction(*v) * CHART_H),
+                label: format!("{what} {}", text(*v)),
+                short: text(*v),
+            })
+            .collect(),
+        zones: zone_list
+            .iter()
+            .map(|(x, w, s)| Zone {
+                x: format!("{x:.1}"),
+                width: format!("{w:.1}"),
+                text: format!("{} UTC: {}", s.ts.format(hour_format), text(value(s))),
+            })
+            .collect(),
+        since: range.words().into(),
+    };
+    let percent = |v: f64| format!("{v:.0} %");
+    let (high, low) = thresholds;
     vec![
-        Chart {
-            label: "load (1 min)".into(),
-            now: format!("{:.2}", last.load),
-            scale: format!("0–{scale}"),
-            lines: lines(history, now, |s| s.load, scale, CHART_W, CHART_H),
-        },
-        Chart {
-            label: "memory used".into(),
-            now: format!("{:.0} %", last.memory_pct),
-            scale: "0–100 %".into(),
-            lines: lines(history, now, |s| s.memory_pct, 100.0, CHART_W, CHART_H),
-        },
-        Chart {
-            label: "disk used (fullest)".into(),
-            now: format!("{:.0} %", last.disk_pct),
-            scale: "0–100 %".into(),
-            lines: lines(history, now, |s| s.disk_pct, 100.0, CHART_W, CHART_H),
-        },
+        chart(
+            "load (1 min)",
+            format!("{:.2}", last.load),
+            |s| s.load,
+            |v| format!("{v:.2}"),
+            load_scale(samples),
+            &[],
+        ),
+        chart(
+            "memory used",
+            percent(last.memory_pct),
+            |s| s.memory_pct,
+            |v| format!("{v:.0} %"),
+            percent_scale(samples.iter().map(|s| s.memory_pct), &[]),
+            &[],
+        ),
+        chart(
+            "disk used (fullest)",
+            percent(last.disk_pct),
+            |s| s.disk_pct,
+            |v| format!("{v:.0} %"),
+            percent_scale(samples.iter().map(|s| s.disk_pct), &[low, high]),
+            &[(high, "cleanup at"), (low, "clear at")],
+        ),
     ]
 }
 
@@ -1981,6 +2088,7 @@ mod tests {
             uplink_problems: Vec::new(),
             unknown: false,
             tone: "ok",
+            day: None,
         }
     }
 

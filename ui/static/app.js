@@ -65,3 +65,17 @@ if (copy && navigator.clipboard) {
     }
   });
 }
+
+// Vitals charts: the figure under the pointer or a tap, in the chart's
+// caption (a hover also shows it as the strip's title; a tap shows none).
+const readout = (event) => {
+  const zone = event.target.closest ? event.target.closest('.chart .zone') : null;
+  if (!zone) return;
+  const figure = zone.closest('figure');
+  figure.querySelectorAll('.zone.on').forEach((z) => z.classList.remove('on'));
+  zone.classList.add('on');
+  const out = figure.querySelector('.readout');
+  if (out) out.textContent = zone.dataset.v;
+};
+document.addEventListener('pointerover', readout);
+document.addEventListener('pointerdown', readout);

@@ -54,6 +54,11 @@ fn site() -> Site {
     );
     write(
         repo.path(),
+        "hosts/piha/capabilities.yaml",
+        "disk: {high: 85, low: 75}\n",
+    );
+    write(
+        repo.path(),
         "services/mosquitto/service.yaml",
         "description: a service\n",
     );
@@ -445,6 +450,44 @@ async fn the_services_matrix_filters() {
 }
 
 #[tokio::test]
+async fn vitals_over_an_hour_a_day_or_a_week_with_values_on_hover() {
+    let site = site();
+    // piha's load fell from 2.0 two hours ago to 0.0 now, a sample per five
+    // minutes; the disk is at 93 %.
+    let hour = site.page("/nodes/piha?range=1h").await;
+    assert!(hour.contains("<h2>Vitals, last hour</h2>"), "{hour}");
+    assert!(hour.contains(r#"<a href="?range=1h#vitals" aria-current="page">last hour</a>"#));
+    let vitals = element(&hour, "vitals", "<h2>Containers");
+    // Load's scale fits the hour's highest (1.0 an hour ago).
+    assert!(
+        vitals.contains("load (1 min): <b>0.00</b> <span class=\"muted\">(scale 0.00–1.00)</span>"),
+        "{vitals}"
+    );
+    // The disk's scale fits the figure and the thresholds, not 0–100.
+    assert!(vitals.contains("(scale 70 %–100 %)"), "{vitals}");
+    // Each strip says its time and figure for a hover or a tap.
+    let zones = vitals.matches(r#"<rect class="zone""#).count();
+    assert!(
+        (30..=39).contains(&zones),
+        "one per sample in the hour, in each of three charts: {zones}"
+    );
+    assert!(
+        vitals.contains(r#"data-v=""#) && vitals.contains(" UTC: 93 %\""),
+        "{vitals}"
+    );
+    let week = site.page("/nodes/piha?range=7d").await;
+    assert!(week.contains("<h2>Vitals, last 7 days</h2>"), "{week}");
+    // The week keeps each hour's highest: three hours of samples.
+    let vitals = element(&week, "vitals", "<h2>Containers");
+    assert!(vitals.contains("(scale 0.00–2.00)"), "{vitals}");
+    let (status, body, _) = site
+        .call(Method::GET, "/nodes/piha?range=2d", true, "")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("1h, 24h, 7d"), "{body}");
+}
+
+#[tokio::test]
 async fn a_node_page_has_its_containers_vitals_incidents_actions_and_events() {
     let site = site();
     let page = site.page("/nodes/piha").await;
@@ -481,6 +524,13 @@ async fn a_node_page_has_its_containers_vitals_incidents_actions_and_events() {
     assert!(
         events.contains("containers_not_running") && events.contains("service_recovered"),
         "{events}"
+    );
+    // The disk's thresholds drawn across its chart, from the node's
+    // capabilities.
+    assert!(
+        vitals.contains(r#"class="mark"><title>cleanup at 85 %</title>"#)
+            && vitals.contains(r#"class="mark"><title>clear at 75 %</title>"#),
+        "{vitals}"
     );
     // chelsty has no vitals yet: said so.
     let chelsty = site.page("/nodes/chelsty").await;
