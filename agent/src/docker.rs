@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use bollard::query_parameters::{
     EventsOptions, InspectContainerOptions, ListContainersOptions, ListImagesOptions,
     PruneBuildOptions, PruneImagesOptions, RemoveContainerOptions, RestartContainerOptions,
+    StatsOptions,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -56,6 +57,11 @@ pub trait ContainerRuntime: Send + Sync {
     /// filesystem is watched for pressure; `None` if it does not say.
     fn data_root(&self) -> BoxFuture<'_, Result<Option<std::path::PathBuf>>> {
         async { Ok(None) }.boxed()
+    }
+    /// One reading of every running container's counters
+    /// ([`crate::stats`]); none from a runtime that cannot say.
+    fn stats(&self) -> BoxFuture<'_, Result<Vec<crate::stats::Reading>>> {
+        async { Ok(Vec::new()) }.boxed()
     }
     /// Removes the stopped containers [`cleanup::select`] picks, then
     /// prunes dangling images and build cache; never volumes.
@@ -301,6 +307,33 @@ impl ContainerRuntime for BollardRuntime {
         .boxed()
     }
 
+    fn stats(&self) -> BoxFuture<'_, Result<Vec<crate::stats::Reading>>> {
+        async move {
+            let summaries = self.summaries(false).await?;
+            let mut out = Vec::new();
+            for container in summaries.into_iter().filter_map(to_container) {
+                if container.state != "running" {
+                    continue;
+                }
+                // One reading, without Docker's second one a second later:
+                // the agent keeps the last and works the CPU out itself.
+                let options = StatsOptions {
+                    stream: false,
+                    one_shot: true,
+                };
+                let mut stream = self.docker.stats(&container.id, Some(options));
+                let reading = match stream.next().await {
+                    Some(Ok(stats)) => stats,
+                    // Gone between the list and the read: not an error.
+                    Some(Err(_)) | None => continue,
+                };
+                out.push(reading_of(container.id, container.name, reading));
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
     fn restart_service<'a>(&'a self, service: &'a Name) -> BoxFuture<'a, Result<Vec<String>>> {
         async move {
             let containers: Vec<Container> = self
@@ -339,6 +372,31 @@ impl ContainerRuntime for BollardRuntime {
             .events(Some(options))
             .map(|item| item.map(|_| ()).context("docker event stream"))
             .boxed()
+    }
+}
+
+/// A stats answer as the counters [`crate::stats`] works with.
+fn reading_of(
+    id: String,
+    name: String,
+    stats: bollard::models::ContainerStatsResponse,
+) -> crate::stats::Reading {
+    let cpu = stats.cpu_stats.unwrap_or_default();
+    let memory = stats.memory_stats.unwrap_or_default();
+    let extra = memory.stats.unwrap_or_default();
+    crate::stats::Reading {
+        id,
+        name,
+        cpu_total_ns: cpu.cpu_usage.and_then(|u| u.total_usage).unwrap_or(0),
+        system_ns: cpu.system_cpu_usage.unwrap_or(0),
+        online_cpus: cpu.online_cpus.unwrap_or(1),
+        memory_usage: memory.usage.unwrap_or(0),
+        inactive_file: extra
+            .get("inactive_file")
+            .or_else(|| extra.get("total_inactive_file"))
+            .copied()
+            .unwrap_or(0),
+        memory_limit: memory.limit.unwrap_or(0),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod proc;
 pub mod secrets;
 pub mod spool;
+pub mod stats;
 pub mod status;
 pub mod sync;
 pub mod uplink;
@@ -97,6 +98,8 @@ pub struct Config {
     pub disk_thresholds: disk::Thresholds,
     /// How often disk usage is sampled.
     pub disk_interval: Duration,
+    /// How often each running container's CPU and memory are read.
+    pub stats_interval: Duration,
     /// How often the brokers the node's services depend on are probed.
     pub broker_interval: Duration,
     /// The Home Assistant beside this agent, watched ([`hawatch`]).
@@ -127,6 +130,7 @@ impl Config {
             disk_mounts: Vec::new(),
             disk_thresholds: disk::Thresholds::default(),
             disk_interval: Duration::from_secs(30),
+            stats_interval: Duration::from_secs(30),
             broker_interval: Duration::from_secs(30),
             home_assistant: None,
             tailscale: None,
@@ -149,6 +153,9 @@ struct Agent {
     disks: std::sync::Mutex<std::collections::BTreeMap<String, vitals::DiskUse>>,
     /// Tailscale as last read, for the status.
     tailscale: std::sync::Mutex<Option<homelab_core::agentstatus::Tailscale>>,
+    /// Each running container's CPU and memory as last read, for the
+    /// vitals ([`stats`]).
+    container_stats: std::sync::Mutex<Vec<stats::ContainerStats>>,
     /// Fleet mode: this node's signing key and the control plane's pinned
     /// public key.
     keys: Option<Keys>,
@@ -312,6 +319,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         node_config: tokio::sync::watch::Sender::new(Arc::new(stored)),
         disks: Default::default(),
         tailscale: Default::default(),
+        container_stats: Default::default(),
         keys: match &config.identity {
             Some(identity) => Some(Keys {
                 node: identity.signing_key().map_err(anyhow::Error::msg)?,
@@ -369,6 +377,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     ));
     tasks.spawn(docker_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(disk_loop(agent.clone(), shutdown.clone()));
+    tasks.spawn(stats_loop(agent.clone(), shutdown.clone()));
     tasks.spawn(checks_loop(agent.clone(), shutdown.clone()));
     if let Some(program) = config.tailscale.clone() {
         tasks.spawn(tailscale_loop(agent.clone(), program, shutdown.clone()));
@@ -479,8 +488,9 @@ const STATUS_IDLE_EVERY: Duration = Duration::from_secs(30);
 
 /// What makes the status worth reporting before [`STATUS_IDLE_EVERY`]:
 /// cheap to read, unlike the vitals.
-/// Connected, unacknowledged, acknowledged, last seq, config commit.
-type StatusKey = (bool, u64, u64, u64, Option<String>);
+/// Connected, unacknowledged, acknowledged, last seq, config commit, the
+/// containers whose CPU is known (their figures first, not each change).
+type StatusKey = (bool, u64, u64, u64, Option<String>, Vec<String>);
 
 fn status_key(agent: &Agent, connected: bool) -> StatusKey {
     let outbox = &agent.outbox;
@@ -491,7 +501,43 @@ fn status_key(agent: &Agent, connected: bool) -> StatusKey {
         outbox.acked(),
         outbox.last_seq(),
         commit,
+        agent
+            .container_stats
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .filter(|s| s.cpu_pct.is_some())
+            .map(|s| s.name.clone())
+            .collect(),
     )
+}
+
+/// Reads each running container's CPU and memory every `stats_interval`
+/// while Docker is connected ([`stats`]); forgets them while it is not.
+async fn stats_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(agent.config.stats_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut before = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let figures = match agent.runtime() {
+            Some(runtime) => match runtime.stats().await {
+                Ok(readings) => stats::update(&mut before, readings),
+                Err(error) => {
+                    debug!(error = format!("{error:#}"), "container stats not read");
+                    continue;
+                }
+            },
+            None => {
+                before.clear();
+                Vec::new()
+            }
+        };
+        *agent.container_stats.lock().expect("stats lock") = figures;
+    }
 }
 
 async fn status_loop(
@@ -547,15 +593,18 @@ async fn report_status(agent: &Agent, mqtt: &Mqtt, connected: bool, running: boo
         oldest_unacked: outbox.oldest().unwrap_or(None),
         updated: Utc::now(),
         running,
-        vitals: Some(vitals::read(
-            agent
-                .disks
-                .lock()
-                .expect("disks lock")
-                .values()
-                .cloned()
-                .collect(),
-        )),
+        vitals: Some(homelab_core::agentstatus::Vitals {
+            containers: agent.container_stats.lock().expect("stats lock").clone(),
+            ..vitals::read(
+                agent
+                    .disks
+                    .lock()
+                    .expect("disks lock")
+                    .values()
+                    .cloned()
+                    .collect(),
+            )
+        }),
     };
     metrics::gauge!("homelab_agent_outbox_events").set(status.outbox_events as f64);
     let path = agent.config.layout.agent_status(&agent.config.node);

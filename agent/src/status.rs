@@ -96,6 +96,7 @@ mod tests {
                 memory_total_bytes: 4_000_000_000,
                 memory_available_bytes: 1_500_000_000,
                 uptime_secs: 90_000,
+                containers: Vec::new(),
                 disks: vec![homelab_core::agentstatus::DiskUse {
                     mount: "/".into(),
                     used_pct: 91.5,

@@ -47,6 +47,7 @@ pub fn read(disks: Vec<DiskUse>) -> Vitals {
         memory_available_bytes,
         uptime_secs: parse_uptime(&read("/proc/uptime")).unwrap_or_default(),
         disks,
+        containers: Vec::new(),
     }
 }
 

@@ -155,6 +155,22 @@ pub struct Vitals {
     pub uptime_secs: u64,
     /// The watched filesystems as last sampled.
     pub disks: Vec<DiskUse>,
+    /// Each running container's CPU and memory, as last read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerStats>,
+}
+
+/// One running container's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub name: String,
+    /// Of one core (200 is two cores busy); none until a second reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pct: Option<f64>,
+    /// In use, without the inactive page cache.
+    pub memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -87,6 +87,10 @@ pub struct LocalAgentArgs {
     /// repo's `mqtt_broker`) are probed.
     #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
     pub broker_interval: Duration,
+    /// How often each running container's CPU and memory are read (shown
+    /// on the node page; sent with the agent's status).
+    #[arg(long, default_value = "30s", value_parser = homelab_core::time::parse_duration)]
+    pub stats_interval: Duration,
     /// Watch the Home Assistant beside this agent (e.g.
     /// http://127.0.0.1:8123) over its WebSocket API and report its health
     /// as `ha_*` events. The long-lived token: env HOMELAB_HA_TOKEN, else
@@ -138,6 +142,7 @@ pub struct AgentSettings {
     pub disk_thresholds: homelab_agent::disk::Thresholds,
     pub disk_interval: Duration,
     pub broker_interval: Duration,
+    pub stats_interval: Duration,
     pub sync_interval: Duration,
     pub home_assistant: Option<homelab_agent::hawatch::HaConfig>,
     pub tailscale: Option<std::path::PathBuf>,
@@ -162,6 +167,7 @@ impl Default for AgentSettings {
             disk_thresholds: defaults.disk_thresholds,
             disk_interval: defaults.disk_interval,
             broker_interval: defaults.broker_interval,
+            stats_interval: defaults.stats_interval,
             sync_interval: defaults.sync_interval,
             home_assistant: None,
             tailscale: None,
@@ -187,6 +193,7 @@ impl LocalAgentArgs {
                 .map_err(|e| anyhow::anyhow!(e))?,
             disk_interval: self.disk_interval.max(Duration::from_secs(1)),
             broker_interval: self.broker_interval.max(Duration::from_secs(1)),
+            stats_interval: self.stats_interval.max(Duration::from_secs(1)),
             sync_interval: AgentSettings::default().sync_interval,
             home_assistant: ha_config(self, layout)?,
             tailscale: self.tailscale_program()?,
@@ -221,6 +228,7 @@ impl AgentSettings {
         config.disk_thresholds = self.disk_thresholds;
         config.disk_interval = self.disk_interval;
         config.broker_interval = self.broker_interval;
+        config.stats_interval = self.stats_interval;
         config.sync_interval = self.sync_interval;
         config.home_assistant = self.home_assistant.clone();
         config.tailscale = self.tailscale.clone();

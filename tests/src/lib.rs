@@ -200,6 +200,7 @@ impl System {
                 sync_interval: options.sync_interval,
                 disk_interval: options.check_interval,
                 broker_interval: options.check_interval,
+                stats_interval: options.check_interval,
                 docker_label: options.docker_label.clone(),
                 ..Default::default()
             },

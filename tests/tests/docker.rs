@@ -734,3 +734,85 @@ async fn health_check_scripts_and_brokers_from_the_repo() {
     drop(removals);
     system.stop().await.unwrap();
 }
+
+/// A busy container's CPU and memory, as the agent reads them from Docker,
+/// are on the node page and in the agent's retained status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_cpu_and_memory_are_on_the_node_page() {
+    let Some(docker) = docker().await else { return };
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let service = format!("busy-{}", &tag[tag.len() - 8..]);
+    let container = format!("homelab-test-{service}");
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  dockhost: {role: server}\n",
+        ),
+        (
+            "hosts/dockhost/services.yaml",
+            &format!("services:\n  {service}: {{}}\n"),
+        ),
+    ]);
+    // A shell spinning on one core, with a memory limit.
+    let body = ContainerCreateBody {
+        cmd: Some(vec!["sh".into(), "-c".into(), "while :; do :; done".into()]),
+        host_config: Some(bollard::models::HostConfig {
+            memory: Some(256 * 1024 * 1024),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let _removal = start_with(&docker, &container, &service, body).await;
+    let system = System::start(
+        repo,
+        Options {
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+            check_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut probe = Probe::connect(system.mqtt, &["homelab/nodes/dockhost/agent"]).await;
+    let cpu_of = |status: &Value| {
+        status["vitals"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == container.as_str())
+            .and_then(|c| c["cpu_pct"].as_f64().map(|cpu| (cpu, c.clone())))
+    };
+    let status = probe
+        .expect("homelab/nodes/dockhost/agent", T, |p| {
+            serde_json::from_slice::<Value>(p).is_ok_and(|s| cpu_of(&s).is_some())
+        })
+        .await;
+    let status: Value = serde_json::from_slice(&status).unwrap();
+    let (cpu, figures) = cpu_of(&status).unwrap();
+    // Busy on one core of two: about 100 % of a core; the machine's other
+    // work may take some of it.
+    assert!(cpu > 30.0 && cpu < 210.0, "{figures}");
+    assert_eq!(
+        figures["memory_limit_bytes"],
+        256 * 1024 * 1024,
+        "{figures}"
+    );
+    assert!(
+        figures["memory_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0 && m < 64 << 20),
+        "{figures}"
+    );
+    wait_for("the node page shows them", T, || async {
+        let (_, page) = system.get("/nodes/dockhost").await;
+        page.split("<tr>")
+            .find(|row| row.contains(&format!(r#"<td data-label="container">{container}</td>"#)))
+            .is_some_and(|row| {
+                row.contains(r#"<td data-label="CPU" class="nowrap">"#)
+                    && !row.contains(r#"<td data-label="CPU" class="nowrap">–</td>"#)
+                    && row.contains(" of 268.4 MB</td>")
+            })
+    })
+    .await;
+    system.stop().await.unwrap();
+}

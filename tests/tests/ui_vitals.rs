@@ -23,7 +23,8 @@ async fn a_nodes_vitals_are_charted_and_kept_across_a_restart() {
         .await;
     let kept = system.root().join("state/ui/vitals/n1.json");
     wait_for("the day's first sample written down", T, || async {
-        read_json(&kept).is_ok_and(|v| v[0]["load"] == 0.61 && v[0]["memory_pct"] == 75.0)
+        read_json(&kept)
+            .is_ok_and(|v| v["day"][0]["load"] == 0.61 && v["day"][0]["memory_pct"] == 75.0)
     })
     .await;
     let (status, page) = system.get("/nodes/n1").await;

@@ -187,6 +187,7 @@ fn main() {
                 memory_total_bytes: 8_000_000_000,
                 memory_available_bytes: 3_000_000_000,
                 uptime_secs: 100_000,
+                containers: Vec::new(),
                 disks: vec![homelab_core::agentstatus::DiskUse {
                     mount: "/".into(),
                     used_pct: 55.0,

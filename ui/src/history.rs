@@ -333,6 +333,7 @@ mod tests {
             memory_total_bytes: 4_000,
             memory_available_bytes: 1_000,
             uptime_secs: 10,
+            containers: Vec::new(),
             disks: vec![
                 DiskUse {
                     mount: "/".into(),

@@ -984,6 +984,10 @@ pub struct ContainerView {
     pub health: String,
     pub restarts: String,
     pub status: String,
+    /// As its agent last read them: "12.5 %", "150 MB of 4.0 GB"; "–"
+    /// when not running or not read yet.
+    pub cpu: String,
+    pub memory: String,
 }
 
 pub struct Chart {
@@ -1070,10 +1074,25 @@ pub async fn node(
         Some(n) => last_known(Some(n), &now),
         None => None,
     };
+    let stats: Vec<homelab_core::agentstatus::ContainerStats> = {
+        let agents = state.agents.lock().expect("agents lock");
+        names
+            .iter()
+            .filter_map(|n| agents.get(n))
+            .filter_map(|a| a.vitals.as_ref())
+            .flat_map(|v| v.containers.iter().cloned())
+            .collect()
+    };
     let mut containers = Vec::new();
     for s in world.services.iter().filter(|s| names.contains(&s.node)) {
         for c in &s.containers {
             let word = json_word(&c.service_status());
+            let (cpu, memory) = container_figures(
+                stats
+                    .iter()
+                    .find(|f| f.name == c.name)
+                    .filter(|_| c.state == "running"),
+            );
             containers.push(ContainerView {
                 name: c.name.clone(),
                 service: c.service.to_string(),
@@ -1085,6 +1104,8 @@ pub async fn node(
                     .restart_count
                     .map_or_else(|| "–".into(), |n| n.to_string()),
                 status: c.status.clone(),
+                cpu,
+                memory,
             });
         }
     }
@@ -1193,6 +1214,27 @@ pub async fn node(
         events: events.iter().map(|e| EventView::new(e, &now)).collect(),
     };
     Ok(respond(render(page)?, set_csrf))
+}
+
+/// A container's CPU and memory as the containers table shows them.
+pub fn container_figures(
+    stats: Option<&homelab_core::agentstatus::ContainerStats>,
+) -> (String, String) {
+    let Some(s) = stats else {
+        return ("–".into(), "–".into());
+    };
+    let cpu = s
+        .cpu_pct
+        .map_or_else(|| "–".into(), |c| format!("{c:.1} %"));
+    let memory = match s.memory_limit_bytes {
+        Some(limit) => format!(
+            "{} of {}",
+            present::bytes(s.memory_bytes),
+            present::bytes(limit)
+        ),
+        None => present::bytes(s.memory_bytes),
+    };
+    (cpu, memory)
 }
 
 /// Width and height of a vitals chart (SVG user units).

@@ -221,6 +221,12 @@ fn site() -> Site {
         memory_total_bytes: 4_000_000_000,
         memory_available_bytes: 1_000_000_000,
         uptime_secs: 1000,
+        containers: vec![homelab_core::agentstatus::ContainerStats {
+            name: "mosquitto-1".into(),
+            cpu_pct: Some(12.5),
+            memory_bytes: 150_000_000,
+            memory_limit_bytes: Some(4_000_000_000),
+        }],
         disks: vec![DiskUse {
             mount: "/".into(),
             used_pct: 93.0,
@@ -495,6 +501,12 @@ async fn a_node_page_has_its_containers_vitals_incidents_actions_and_events() {
     assert!(
         containers.contains("<td data-label=\"container\">zigbee-1</td><td data-label=\"service\">zigbee</td><td data-label=\"image\" class=\"image\">registry.example/zigbee:1</td><td data-label=\"state\" class=\"exited\">")
             && containers.contains(r#"<td data-label="restarts">7</td>"#),
+        "{containers}"
+    );
+    // What the agent read of the running container; none of the stopped.
+    assert!(
+        containers.contains(r#"<td data-label="container">mosquitto-1</td>"#)
+            && containers.contains(r#"<td data-label="CPU" class="nowrap">12.5 %</td><td data-label="memory" class="nowrap">150.0 MB of 4.0 GB</td>"#),
         "{containers}"
     );
     let vitals = element(&page, "vitals", "<h2>Containers");
