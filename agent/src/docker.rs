@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, ListContainersOptions, ListImagesOptions,
+    EventsOptions, InspectContainerOptions, ListContainersOptions, ListImagesOptions, LogsOptions,
     PruneBuildOptions, PruneImagesOptions, RemoveContainerOptions, RestartContainerOptions,
     StatsOptions,
 };
@@ -62,6 +62,20 @@ pub trait ContainerRuntime: Send + Sync {
     /// ([`crate::stats`]); none from a runtime that cannot say.
     fn stats(&self) -> BoxFuture<'_, Result<Vec<crate::stats::Reading>>> {
         async { Ok(Vec::new()) }.boxed()
+    }
+    /// The last `lines` lines of container `id` (its output and errors,
+    /// with Docker's timestamps), from `since` (seconds since the epoch)
+    /// if given; with `follow`, then what it writes until the stream is
+    /// dropped.
+    fn logs(
+        &self,
+        id: &str,
+        lines: u32,
+        follow: bool,
+        since: Option<i64>,
+    ) -> BoxStream<'static, Result<homelab_core::logs::Line>> {
+        let _ = (id, lines, follow, since);
+        futures::stream::once(async { anyhow::bail!("this container runtime has no logs") }).boxed()
     }
     /// Removes the stopped containers [`cleanup::select`] picks, then
     /// prunes dangling images and build cache; never volumes.
@@ -334,6 +348,49 @@ impl ContainerRuntime for BollardRuntime {
         .boxed()
     }
 
+    fn logs(
+        &self,
+        id: &str,
+        lines: u32,
+        follow: bool,
+        since: Option<i64>,
+    ) -> BoxStream<'static, Result<homelab_core::logs::Line>> {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            since: since.unwrap_or(0).clamp(0, i32::MAX as i64) as i32,
+            until: 0,
+            timestamps: true,
+            tail: lines.to_string(),
+        };
+        self.docker
+            .logs(id, Some(options))
+            .flat_map(|chunk| {
+                let lines: Vec<Result<homelab_core::logs::Line>> = match chunk {
+                    Ok(output) => {
+                        let (stream, message) = match output {
+                            bollard::container::LogOutput::StdErr { message } => {
+                                ("stderr", message)
+                            }
+                            bollard::container::LogOutput::StdOut { message }
+                            | bollard::container::LogOutput::Console { message } => {
+                                ("stdout", message)
+                            }
+                            bollard::container::LogOutput::StdIn { message } => ("stdin", message),
+                        };
+                        log_lines(stream, &String::from_utf8_lossy(&message))
+                            .into_iter()
+                            .map(Ok)
+                            .collect()
+                    }
+                    Err(error) => vec![Err(anyhow::Error::from(error).context("read logs"))],
+                };
+                futures::stream::iter(lines)
+            })
+            .boxed()
+    }
+
     fn restart_service<'a>(&'a self, service: &'a Name) -> BoxFuture<'a, Result<Vec<String>>> {
         async move {
             let containers: Vec<Container> = self
@@ -373,6 +430,28 @@ impl ContainerRuntime for BollardRuntime {
             .map(|item| item.map(|_| ()).context("docker event stream"))
             .boxed()
     }
+}
+
+/// Docker's log output (`<RFC 3339 time> <text>` per line, as asked with
+/// timestamps) as lines, each bounded ([`homelab_core::logs::bound_line`]).
+pub fn log_lines(stream: &str, text: &str) -> Vec<homelab_core::logs::Line> {
+    text.split_terminator('\n')
+        .map(|line| {
+            let (ts, text) = match line.split_once(' ') {
+                Some((ts, rest))
+                    if ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.ends_with('Z') =>
+                {
+                    (Some(ts.to_string()), rest)
+                }
+                _ => (None, line),
+            };
+            homelab_core::logs::Line {
+                ts,
+                stream: stream.to_string(),
+                text: homelab_core::logs::bound_line(text),
+            }
+        })
+        .collect()
 }
 
 /// A stats answer as the counters [`crate::stats`] works with.
@@ -450,6 +529,30 @@ fn health_from_status(status: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_log_output_as_lines() {
+        let got = log_lines(
+            "stderr",
+            "2026-12-07T10:00:00.123456789Z ready on :8080\n2026-12-07T10:00:01.5Z  two spaces\r\nno time here\n",
+        );
+        let got: Vec<(Option<&str>, &str, &str)> = got
+            .iter()
+            .map(|l| (l.ts.as_deref(), l.stream.as_str(), l.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some("2026-12-07T10:00:00.123456789Z"),
+                    "stderr",
+                    "ready on :8080"
+                ),
+                (Some("2026-12-07T10:00:01.5Z"), "stderr", " two spaces"),
+                (None, "stderr", "no time here"),
+            ]
+        );
+    }
 
     #[test]
     fn label_scopes_take_docker_filter_syntax() {

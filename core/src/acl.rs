@@ -7,8 +7,8 @@
 //!   Home Assistant's discovery prefix;
 //! - Home Assistant (`@home-assistant`): reads the homelab's state, the
 //!   nodes' status and agent state; uses its discovery prefix;
-//! - a node: writes only its own events, status and agent state; reads
-//!   only its own commands, acks and config.
+//! - a node: writes only its own events, status, agent state and logs
+//!   replies; reads only its own commands, acks, config and logs requests.
 //!
 //! A subscription is allowed when every topic its filter can match is
 //! readable ([`covers`]): a node that asks for `homelab/#` is refused,
@@ -97,6 +97,8 @@ pub fn rules(topics: &Topics, who: &Who) -> Vec<Rule> {
             rule(Access::Read, topics.commands(node)),
             rule(Access::Read, topics.acks(node)),
             rule(Access::Read, topics.node_config(node)),
+            rule(Access::Read, topics.logs_request(node)),
+            rule(Access::Write, topics.logs_reply(node)),
         ],
     }
 }

@@ -43,6 +43,8 @@ pub enum Context {
     Approval,
     /// The observer's retained world state (`state/…`).
     State,
+    /// A container logs request and its replies ([`crate::logs`]).
+    Logs,
 }
 
 impl Context {
@@ -54,6 +56,7 @@ impl Context {
             Context::Ack => b"homelab/v1/ack\0",
             Context::Approval => b"homelab/v1/approval\0",
             Context::State => b"homelab/v1/state\0",
+            Context::Logs => b"homelab/v1/logs\0",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod fsutil;
 pub mod identity;
 pub mod layout;
+pub mod logs;
 pub mod maintenance;
 pub mod name;
 pub mod nodeconfig;

@@ -77,6 +77,23 @@ impl Topics {
     pub fn commands(&self, node: &Name) -> String {
         format!("{}/commands/{node}", self.prefix)
     }
+    /// Container logs asked of the node's agent ([`crate::logs`]).
+    pub fn logs_request(&self, node: &Name) -> String {
+        format!("{}/logs/{node}/request", self.prefix)
+    }
+    /// The agent's answers to them.
+    pub fn logs_reply(&self, node: &Name) -> String {
+        format!("{}/logs/{node}/reply", self.prefix)
+    }
+    pub fn logs_reply_all(&self) -> String {
+        format!("{}/logs/+/reply", self.prefix)
+    }
+    /// The node of a logs reply topic.
+    pub fn parse_logs_reply(&self, topic: &str) -> Option<Result<Name, crate::NameError>> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/logs/")?;
+        let node = rest.strip_suffix("/reply")?;
+        (!node.contains('/')).then(|| Name::parse(node))
+    }
 
     /// The node of an events topic, `<prefix>/events/<node>`. `Err` carries a
     /// reason when the topic is an events topic with a bad node level.

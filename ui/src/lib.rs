@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod history;
+pub mod logs;
 pub mod pages;
 pub mod present;
 pub mod repo;
@@ -101,6 +102,11 @@ pub struct AppState {
     /// Set while the UI has lost the broker: what the banner says.
     pub broker_down: Arc<std::sync::Mutex<Option<String>>>,
     inventory: Arc<std::sync::Mutex<InventoryCache>>,
+    /// Container logs requests waiting for their agents' replies.
+    pub logs: logs::Waiting,
+    /// Fleet mode: the control plane's keys and the enrolled nodes, to
+    /// sign and seal logs requests and open their replies.
+    pub fleet: Option<homelab_core::fleet::Fleet>,
 }
 
 /// What an agent last said of itself (read leniently: an older agent may
@@ -252,6 +258,8 @@ impl AppState {
             repo: None,
             broker_down: Default::default(),
             inventory: Default::default(),
+            logs: Default::default(),
+            fleet: None,
         }
     }
 }
@@ -266,6 +274,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         config.topics.node_agent_all(),
         format!("{prefix}/actions/+/approve"),
         format!("{prefix}/actions/+/reject"),
+        config.topics.logs_reply_all(),
     ];
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let mut state = AppState::new(config.layout.clone(), token);
@@ -274,6 +283,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     state.metrics = config.metrics.clone();
     state.mqtt_approvals = config.mqtt_approvals;
     state.repo = config.repo.clone();
+    state.fleet = homelab_core::fleet::Fleet::load(&config.layout)?;
     *state.vitals.lock().expect("vitals lock") = load_vitals(&config.layout);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -317,6 +327,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
 /// Approve/reject requests over MQTT, and live updates for the stream.
 async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
+    if let Some(node) = state.topics.parse_logs_reply(&message.topic) {
+        if let Ok(node) = node {
+            logs::on_reply(state, &node, &message.payload);
+        }
+        return;
+    }
     if let Some(node) = state.topics.parse_node_agent(&message.topic) {
         let Ok(node) = node else { return };
         match serde_json::from_slice::<AgentReport>(&message.payload) {
@@ -503,6 +519,11 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/services", get(pages::services))
         .route("/nodes/{node}", get(pages::node))
+        .route("/nodes/{node}/logs/{container}", get(logs::page))
+        .route(
+            "/api/nodes/{node}/containers/{container}/logs",
+            get(logs::api),
+        )
         .route("/actions", get(pages::actions_page))
         .route("/actions/{id}", get(pages::action_page))
         .route("/incidents", get(pages::incidents_page))

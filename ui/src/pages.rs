@@ -120,7 +120,7 @@ impl DesiredLine {
 
 /// The frame of a page, and the CSRF cookie to set if the browser has
 /// none yet.
-fn frame(
+pub(crate) fn frame(
     state: &AppState,
     headers: &HeaderMap,
     here: &'static str,
@@ -178,7 +178,7 @@ fn frame_counted(
 }
 
 /// A rendered page, with the CSRF cookie when it is new.
-fn respond(html: String, set_csrf: Option<String>) -> Response {
+pub(crate) fn respond(html: String, set_csrf: Option<String>) -> Response {
     let html = Html(html);
     match set_csrf {
         Some(cookie) => ([(header::SET_COOKIE, cookie)], html).into_response(),
@@ -186,7 +186,7 @@ fn respond(html: String, set_csrf: Option<String>) -> Response {
     }
 }
 
-fn render(page: impl Template) -> Result<String, AppError> {
+pub(crate) fn render(page: impl Template) -> Result<String, AppError> {
     Ok(page.render().context("render page")?)
 }
 

@@ -10,7 +10,9 @@ const busy = () => {
   const a = document.activeElement;
   return a && (a.tagName === 'INPUT' || a.tagName === 'SELECT' || a.tagName === 'TEXTAREA');
 };
-const frozen = () => new URLSearchParams(location.search).has('before');
+// An older page of the event log, or a container's logs (each refetch
+// would ask the node's agent again), stays as it is.
+const frozen = () => new URLSearchParams(location.search).has('before') || !!document.getElementById('log');
 async function refresh() {
   timer = null;
   if (busy() || frozen()) return;
@@ -79,3 +81,48 @@ const readout = (event) => {
 };
 document.addEventListener('pointerover', readout);
 document.addEventListener('pointerdown', readout);
+
+// A container's logs, followed live: new lines are added as the agent
+// sends them, while the page is open.
+const follow = document.getElementById('log-follow');
+if (follow) {
+  follow.hidden = false;
+  let source = null;
+  const state = document.getElementById('log-state');
+  const log = document.getElementById('log');
+  follow.addEventListener('click', () => {
+    if (source) {
+      source.close();
+      source = null;
+      follow.textContent = 'Follow live';
+      state.textContent = 'stopped';
+      return;
+    }
+    source = new EventSource(follow.dataset.url);
+    follow.textContent = 'Stop';
+    state.textContent = 'following…';
+    source.onmessage = (message) => {
+      let data = {};
+      try { data = JSON.parse(message.data); } catch (_) { return; }
+      if (data.error) {
+        state.textContent = 'stopped: ' + data.error;
+        source.close();
+        source = null;
+        follow.textContent = 'Follow live';
+        return;
+      }
+      const end = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      for (const line of data.lines || []) {
+        const span = document.createElement('span');
+        span.className = line.stream === 'stderr' ? 'line stderr' : 'line';
+        const time = document.createElement('time');
+        time.className = 'muted';
+        time.textContent = line.ts || '';
+        span.append(time, ' ' + line.text, '\n');
+        log.append(span);
+      }
+      if (data.dropped) state.textContent = 'following… (' + data.dropped + ' lines skipped: more than the agent sends per second)';
+      if (end) log.scrollTop = log.scrollHeight;
+    };
+  });
+}

@@ -446,6 +446,8 @@ async fn the_openapi_document_describes_the_router() {
         "GET /",
         "GET /services",
         "GET /nodes/{node}",
+        "GET /nodes/{node}/logs/{container}",
+        "GET /api/nodes/{node}/containers/{container}/logs",
         "GET /actions",
         "GET /actions/{id}",
         "GET /incidents",
