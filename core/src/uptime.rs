@@ -378,6 +378,7 @@ mod tests {
             count: None,
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         }
     }
 

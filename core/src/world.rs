@@ -171,6 +171,26 @@ pub struct Incident {
     /// The maintenance window that covers it now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<crate::maintenance::Active>,
+    /// When the observer first knew of it: long after `opened_at` when it
+    /// came in an edge node's backlog.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::option"
+    )]
+    pub noticed_at: Option<Timestamp>,
+}
+
+/// `incidents` with `noticed_at` as `before` had it for the same incident
+/// (id and `opened_at`), else `now`.
+pub fn noticed(incidents: &mut [Incident], before: &[Incident], now: Timestamp) {
+    for incident in incidents {
+        incident.noticed_at = before
+            .iter()
+            .find(|b| b.id == incident.id && b.opened_at == incident.opened_at)
+            .and_then(|b| b.noticed_at)
+            .or(Some(now));
+    }
 }
 
 /// An incident that closed, in `world/incident_history.json` (oldest
@@ -327,6 +347,7 @@ pub fn repo_incidents(status: &crate::repo::RepoStatus, now: Timestamp) -> Vec<I
             count: Some(invalid.problems.len() as u64),
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         });
     }
     if let Some(failing) = status.unreachable() {
@@ -344,6 +365,7 @@ pub fn repo_incidents(status: &crate::repo::RepoStatus, now: Timestamp) -> Vec<I
             count: Some(failing.failures as u64),
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         });
     }
     out
@@ -417,6 +439,7 @@ mod tests {
             count: None,
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         };
         let ended = |id: &str, opened: i64, at: i64| ResolvedIncident {
             incident: inc(id, opened),
@@ -457,6 +480,33 @@ mod tests {
     }
 
     #[test]
+    fn an_incident_is_noticed_once() {
+        let t = |m: i64| -> Timestamp {
+            "2026-12-07T10:00:00Z".parse::<Timestamp>().unwrap() + chrono::TimeDelta::minutes(m)
+        };
+        let inc = |id: &str, opened: i64, noticed: Option<i64>| Incident {
+            id: id.into(),
+            kind: "service_not_running".into(),
+            node: Name::parse("piha").unwrap(),
+            service: None,
+            severity: crate::Severity::Warning,
+            message: String::new(),
+            opened_at: t(opened),
+            count: None,
+            last_seen: None,
+            maintenance: None,
+            noticed_at: noticed.map(t),
+        };
+        let before = vec![inc("a", 0, Some(1)), inc("b", 0, Some(2))];
+        // a is the same; b opened again later; c is new (from a backlog,
+        // an hour old).
+        let mut now = vec![inc("a", 0, None), inc("b", 5, None), inc("c", -60, None)];
+        noticed(&mut now, &before, t(10));
+        let got: Vec<Option<Timestamp>> = now.iter().map(|i| i.noticed_at).collect();
+        assert_eq!(got, vec![Some(t(1)), Some(t(10)), Some(t(10))]);
+    }
+
+    #[test]
     fn what_the_history_holds_is_not_added_again() {
         let t = |m: i64| -> Timestamp {
             "2026-12-07T10:00:00Z".parse::<Timestamp>().unwrap() + chrono::TimeDelta::minutes(m)
@@ -473,6 +523,7 @@ mod tests {
                 count: None,
                 last_seen: None,
                 maintenance: None,
+                noticed_at: None,
             },
             resolved_at: t(30),
         };
@@ -507,6 +558,7 @@ mod tests {
             count: None,
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         };
         let a = incident("a", "2026-11-24T10:00:00Z");
         let b = incident("b", "2026-11-24T10:00:00Z");

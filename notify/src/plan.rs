@@ -223,6 +223,7 @@ mod tests {
             count: None,
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         }
     }
 

@@ -295,6 +295,7 @@ fn repo_problems(
             count: Some(lines.len() as u64),
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         })
         .collect()
 }
@@ -925,6 +926,7 @@ impl Observer {
                     count: None,
                     last_seen: None,
                     maintenance: None,
+                    noticed_at: None,
                 });
             }
         }
@@ -989,7 +991,8 @@ impl Observer {
         let nodes: Vec<_> = self.world.nodes.values().cloned().collect();
         let services: Vec<_> = self.world.services.values().cloned().collect();
         let now = Utc::now();
-        let incidents = self.incidents(now);
+        let mut incidents = self.incidents(now);
+        homelab_core::world::noticed(&mut incidents, &self.last_incidents, now);
         // Closed at the events' own times, also what opened and ended
         // between two writes (a replayed backlog).
         let ended = self.world.take_closed();
@@ -1008,7 +1011,11 @@ impl Observer {
             },
             now,
         );
-        let closed = homelab_core::world::not_yet_in(closed, &self.history);
+        let mut closed = homelab_core::world::not_yet_in(closed, &self.history);
+        // One that began and ended between two writes is known from now.
+        for c in &mut closed {
+            c.incident.noticed_at.get_or_insert(now);
+        }
         self.last_incidents = incidents.clone();
         // Only files whose content changed are written, with one fsync of
         // the directory for all of them.

@@ -95,6 +95,7 @@ pub fn ended(
             count: None,
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         },
         resolved_at: after.map_or(at, |(_, since)| since).max(before.1),
     })
@@ -395,6 +396,7 @@ impl World {
             count: event.data.get("count").and_then(|c| c.as_u64()),
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         };
         if self
             .alerts
@@ -550,6 +552,7 @@ impl World {
             count: None,
             last_seen: None,
             maintenance: None,
+            noticed_at: None,
         };
         for (name, spec) in &inventory.nodes {
             let seen = self.nodes.contains_key(name)

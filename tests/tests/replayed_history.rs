@@ -60,11 +60,14 @@ async fn a_replayed_backlog_keeps_its_incidents_and_their_times() {
     let (_, page) = system.get("/incidents").await;
     let row = page
         .split("<tr ")
-        .find(|r| {
-            r.contains(r#"id="incident-service_not_running:edge1:app""#) && r.contains("resolved")
-        })
+        .find(|r| r.contains(r#"data-incident="service_not_running:edge1:app""#))
         .unwrap_or_else(|| panic!("app's incident on the page: {page}"));
     assert!(row.contains(&format!(r#"datetime="{}""#, at(120))), "{row}");
+    // It reached the observer two hours after it began, and says so.
+    assert!(
+        row.contains("reported 2 h after it began: it came in a backlog"),
+        "{row}"
+    );
     system.stop().await.unwrap();
 }
 

@@ -79,6 +79,7 @@ fn write_world(layout: &Layout) {
                     count: None,
                     last_seen: None,
                     maintenance: None,
+                    noticed_at: None,
                 });
                 let action = Action::new(
                     ActionKind::ContainerRestart,

@@ -379,6 +379,24 @@ pub struct IncidentView {
     pub lasted: String,
     pub count: u64,
     pub maintenance: String,
+    /// The row's element id: one per row (a resolved incident carries
+    /// its opening time, as the same incident may have closed before).
+    pub row: String,
+    /// "reported 2 h 5 min after it began": when it reached the observer
+    /// long after its event (an edge node's backlog).
+    pub late: Option<String>,
+}
+
+/// How late an incident reached the observer, in words, when it matters
+/// (a minute or more).
+pub fn arrival_delay(opened: Timestamp, noticed: Option<Timestamp>) -> Option<String> {
+    let secs = (noticed? - opened).num_seconds();
+    (secs >= 60).then(|| {
+        format!(
+            "reported {} after it began: it came in a backlog",
+            present::duration(secs as u64)
+        )
+    })
 }
 
 impl IncidentView {
@@ -416,6 +434,11 @@ impl IncidentView {
                 .as_ref()
                 .map(|m| m.window.to_string())
                 .unwrap_or_default(),
+            row: match resolved {
+                None => format!("incident-{}", i.id),
+                Some(_) => format!("incident-{}-{}", i.id, i.opened_at.timestamp_millis()),
+            },
+            late: arrival_delay(i.opened_at, i.noticed_at),
         }
     }
 }
@@ -2053,6 +2076,35 @@ pub async fn events_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_incident_that_arrived_late_says_so() {
+        let t = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let opened = t("2026-12-07T10:00:00Z");
+        // (noticed, shown)
+        let cases = [
+            (None, None),
+            (Some("2026-12-07T10:00:02Z"), None),
+            (Some("2026-12-07T10:00:59Z"), None),
+            (
+                Some("2026-12-07T10:01:00Z"),
+                Some("reported 1 min after it began: it came in a backlog"),
+            ),
+            (
+                Some("2026-12-07T12:05:00Z"),
+                Some("reported 2 h 5 min after it began: it came in a backlog"),
+            ),
+            // A clock behind: never negative.
+            (Some("2026-12-07T09:00:00Z"), None),
+        ];
+        for (noticed, shown) in cases {
+            assert_eq!(
+                arrival_delay(opened, noticed.map(t)).as_deref(),
+                shown,
+                "{noticed:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_search_matches_every_word() {
