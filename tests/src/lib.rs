@@ -751,6 +751,54 @@ pub fn ensure(cond: bool, what: &str) -> Result<()> {
 /// The test image built by `.ci/test-image`.
 pub const IMAGE: &str = "homelab-test/busybox:latest";
 
+/// Removes the container when the test ends, passed or failed.
+pub struct Removal(pub String);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Starts a container of the test image as service `service` (Compose's
+/// label) running `script` in `sh -c`; removed when the guard drops.
+pub async fn start_script_container(
+    docker: &bollard::Docker,
+    name: &str,
+    service: &str,
+    script: &str,
+) -> Removal {
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        labels: Some(std::collections::HashMap::from([(
+            "com.docker.compose.service".to_string(),
+            service.to_string(),
+        )])),
+        ..Default::default()
+    };
+    let options = bollard::query_parameters::CreateContainerOptions {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    docker
+        .create_container(Some(options), body)
+        .await
+        .expect("create test container");
+    let removal = Removal(name.to_string());
+    docker
+        .start_container(name, None)
+        .await
+        .expect("start test container");
+    removal
+}
+
+/// What a chatty container writes: a hello, one complaint on stderr, then
+/// `tick N` five times a second.
+pub const CHATTY: &str = "echo hello from the container; echo oops >&2; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done";
+
 /// The machine's Docker engine with the test image, or `None` (the test
 /// then says loudly that it skips; under `HOMELAB_REQUIRE_DOCKER=1`, as in
 /// CI, a missing engine or image fails it).

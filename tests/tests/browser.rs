@@ -153,6 +153,141 @@ async fn fits(client: &Client, what: &str) {
     );
 }
 
+/// Clicks what `css` finds. The page swaps its content in place on live
+/// updates: an element found just before a swap is stale by the click, so
+/// it is found again.
+async fn click(client: &Client, css: &str) {
+    for _ in 0..20 {
+        let found = client.find(Locator::Css(css)).await;
+        match found {
+            Ok(element) => match element.click().await {
+                Ok(_) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("click {css}: {e}"),
+            },
+            Err(e) => panic!("find {css}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} went stale twenty times");
+}
+
+/// Logs in with the page's form.
+async fn log_in(client: &Client) {
+    let token = client
+        .find(Locator::Css("#login input[name=token]"))
+        .await
+        .unwrap();
+    token.send_keys(TOKEN).await.unwrap();
+    click(client, "#login button[type=submit]").await;
+    page_shows(client, "the page logged in", |s| {
+        !s.contains(r#"id="login""#)
+    })
+    .await;
+}
+
+/// The highest `tick N` in the page's log.
+async fn last_tick(client: &Client) -> u64 {
+    let text = client
+        .execute("return document.getElementById('log').textContent;", vec![])
+        .await
+        .unwrap();
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.rsplit("tick ").next()?.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A real container's logs through a real agent, in the browser: refused
+/// before the operator logs in, the last lines after, then followed live
+/// without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_reads_and_follows_a_containers_logs() {
+    let Some(docker) = docker().await else { return };
+    let Some((_driver, port)) = driver().await else {
+        return;
+    };
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let service = format!("chat-{}", &tag[tag.len() - 8..]);
+    let container = format!("homelab-test-{service}");
+    let _removal = start_script_container(&docker, &container, &service, CHATTY).await;
+    let repo = write_repo(&[
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  dockhost: {role: server}\n",
+        ),
+        (
+            "hosts/dockhost/services.yaml",
+            &format!("services:\n  {service}: {{}}\n"),
+        ),
+    ]);
+    let system = System::start(
+        repo,
+        Options {
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = browser(port, 1280, 900).await;
+    let url = format!("http://{}", system.http);
+    // The node page links the container's logs.
+    client.goto(&format!("{url}/nodes/dockhost")).await.unwrap();
+    page_shows(&client, "the container and its logs link", |s| {
+        s.contains(&format!(r#"href="/nodes/dockhost/logs/{container}""#))
+    })
+    .await;
+    click(
+        &client,
+        &format!("a[href='/nodes/dockhost/logs/{container}']"),
+    )
+    .await;
+    page_shows(&client, "the refusal while logged out", |s| {
+        s.contains("Log in to read container logs")
+    })
+    .await;
+    assert!(!client
+        .source()
+        .await
+        .unwrap()
+        .contains("hello from the container"));
+    log_in(&client).await;
+    client
+        .goto(&format!("{url}/nodes/dockhost/logs/{container}"))
+        .await
+        .unwrap();
+    page_shows(&client, "the container's last lines", |s| {
+        s.contains("hello from the container") && s.contains(r#"class="line stderr""#)
+    })
+    .await;
+    screenshot(&client, "logs-1280.png").await;
+    mark(&client).await;
+    let before = last_tick(&client).await;
+    click(&client, "#log-follow").await;
+    let deadline = tokio::time::Instant::now() + T;
+    while last_tick(&client).await < before + 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new lines followed after tick {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(still_marked(&client).await, "followed without a reload");
+    let state = client
+        .execute(
+            "return document.getElementById('log-state').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, "following…");
+    system.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it() {
     let Some((_driver, port)) = driver().await else {
@@ -192,23 +327,7 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     )
     .await;
 
-    // Log in with the form.
-    let token = client
-        .find(Locator::Css("#login input[name=token]"))
-        .await
-        .unwrap();
-    token.send_keys(TOKEN).await.unwrap();
-    client
-        .find(Locator::Css("#login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    page_shows(&client, "the page logged in", |s| {
-        !s.contains(r#"id="login""#)
-    })
-    .await;
+    log_in(&client).await;
 
     // app goes down: the action appears on the open page, without a
     // reload (the mark set before survives).
@@ -235,15 +354,11 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
 
     // Approve with its button; the command goes out; the agent's outcome
     // completes it, and the actions page shows that, live too.
-    client
-        .find(Locator::Css(&format!(
-            "#action-{id} form[action$='/approve'] button.approve"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &client,
+        &format!("#action-{id} form[action$='/approve'] button.approve"),
+    )
+    .await;
     let command = probe.expect("homelab/commands/n1", T, |_| true).await;
     let command: Value = serde_json::from_slice(&command).unwrap();
     assert_eq!(command["action_id"], id);

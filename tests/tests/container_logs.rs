@@ -6,59 +6,13 @@
 //!
 //! Needs the image `homelab-test/busybox:latest` (`.ci/test-image`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::CreateContainerOptions;
 use homelab_tests::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(30);
-
-/// Removes the container when the test ends, passed or failed.
-struct Removal(String);
-
-impl Drop for Removal {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .output();
-    }
-}
-
-/// A container that says hello, complains once on stderr, then ticks five
-/// times a second.
-async fn chatty(docker: &bollard::Docker, name: &str, service: &str) -> Removal {
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        cmd: Some(vec![
-            "sh".into(),
-            "-c".into(),
-            "echo hello from the container; echo oops >&2; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done".into(),
-        ]),
-        labels: Some(HashMap::from([(
-            "com.docker.compose.service".to_string(),
-            service.to_string(),
-        )])),
-        ..Default::default()
-    };
-    let options = CreateContainerOptions {
-        name: Some(name.into()),
-        ..Default::default()
-    };
-    docker
-        .create_container(Some(options), body)
-        .await
-        .expect("create test container");
-    let removal = Removal(name.to_string());
-    docker
-        .start_container(name, None)
-        .await
-        .expect("start test container");
-    removal
-}
 
 fn repo(service: &str) -> tempfile::TempDir {
     write_repo(&[
@@ -125,7 +79,7 @@ async fn a_containers_logs_through_its_agent_for_an_operator_only() {
     let tag = ulid::Ulid::generate().to_string().to_lowercase();
     let service = format!("chat-{}", &tag[tag.len() - 8..]);
     let container = format!("homelab-test-{service}");
-    let _removal = chatty(&docker, &container, &service).await;
+    let _removal = start_script_container(&docker, &container, &service, CHATTY).await;
     let system = System::start(
         repo(&service),
         Options {
@@ -276,7 +230,7 @@ async fn in_fleet_mode_the_logs_are_sealed_on_the_bus() {
     let tag = ulid::Ulid::generate().to_string().to_lowercase();
     let service = format!("chat-{}", &tag[tag.len() - 8..]);
     let container = format!("homelab-test-{service}");
-    let _removal = chatty(&docker, &container, &service).await;
+    let _removal = start_script_container(&docker, &container, &service, CHATTY).await;
     let system = System::start(
         repo(&service),
         Options {

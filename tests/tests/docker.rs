@@ -21,17 +21,6 @@ use homelab_tests::*;
 const T: Duration = Duration::from_secs(30);
 use serde_json::Value;
 
-/// Removes the container when the test ends, passed or failed.
-struct Removal(String);
-
-impl Drop for Removal {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .output();
-    }
-}
-
 async fn start_container(docker: &Docker, name: &str, service: &str) -> Removal {
     let body = ContainerCreateBody {
         cmd: Some(vec!["sleep".into(), "3600".into()]),
