@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 runs="${RUNS:-10000000}"
-targets="${*:-event command node_config envelope enrol_token front desired}"
+targets="${*:-event command node_config envelope enrol_token front desired logs}"
 cargo +nightly fuzz build -O >/dev/null
 for target in $targets; do
   log="$(mktemp)"

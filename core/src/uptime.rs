@@ -292,7 +292,11 @@ pub fn bar(
         })
         .collect();
     let mut put = |class: Class, from: i64, to: i64, scale: f64| {
-        for s in out.iter_mut() {
+        // Only the segments the span overlaps.
+        let lo = ((from - first).div_euclid(step)).max(0);
+        let hi = ((to - 1 - first).div_euclid(step)).min(count as i64 - 1);
+        for i in lo..=hi {
+            let s = &mut out[i as usize];
             let overlap = to.min(s.start + s.len) - from.max(s.start);
             if overlap <= 0 {
                 continue;

@@ -47,6 +47,35 @@ pub fn command(data: &[u8]) {
     }
 }
 
+/// A container logs request as an agent reads it once its envelope is
+/// opened, and a reply as the UI reads it: what is accepted survives a
+/// round trip, a request is checked without a panic, and any text is cut
+/// to its bound on a character.
+pub fn logs(data: &[u8]) {
+    use homelab_core::logs;
+    if let Ok(request) = serde_json::from_slice::<logs::Request>(data) {
+        let now = "2026-12-07T10:00:00Z".parse().expect("a time");
+        let _ = request.check(piha(), now, true);
+        let _ = request.check(piha(), now, false);
+        let again = serde_json::to_vec(&request).expect("a request serializes");
+        assert_eq!(
+            serde_json::from_slice::<logs::Request>(&again).expect("a request reads back"),
+            request
+        );
+    }
+    if let Ok(reply) = serde_json::from_slice::<logs::Reply>(data) {
+        let again = serde_json::to_vec(&reply).expect("a reply serializes");
+        assert_eq!(
+            serde_json::from_slice::<logs::Reply>(&again).expect("a reply reads back"),
+            reply
+        );
+    }
+    let text = String::from_utf8_lossy(data);
+    let cut = logs::bound_line(&text);
+    assert!(cut.len() <= logs::MAX_LINE_BYTES);
+    let _ = logs::container_name_ok(&text);
+}
+
 /// A node config as an agent reads it once its envelope is opened: for
 /// this node and for another.
 pub fn node_config(data: &[u8]) {
@@ -210,7 +239,7 @@ mod tests {
     /// under `regressions/`) goes through its target again.
     #[test]
     fn the_corpus_replays_without_a_panic() {
-        let targets: [(&str, fn(&[u8])); 7] = [
+        let targets: [(&str, fn(&[u8])); 8] = [
             ("event", event),
             ("command", command),
             ("node_config", node_config),
@@ -218,6 +247,7 @@ mod tests {
             ("enrol_token", enrol_token),
             ("desired", desired),
             ("front", front),
+            ("logs", logs),
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for (name, target) in targets {
@@ -291,6 +321,16 @@ mod tests {
         for (i, c) in commands.iter().enumerate() {
             Command::from_payload(c.as_bytes()).expect("a good command seed");
             write("command", &format!("seed-{i}"), c.as_bytes());
+        }
+
+        // Logs requests and replies.
+        let logs = [
+            r#"{"v":1,"id":"01JF","node":"piha","container":"zigbee2mqtt-1","lines":200,"follow_secs":0,"issued_at":"2026-12-07T10:00:00Z","deadline":"2026-12-07T10:00:10Z","reply_key":"AAAA"}"#,
+            r#"{"v":1,"id":"01JG","node":"piha","container":"web-1","lines":0,"follow_secs":120,"since":1765100000,"issued_at":"2026-12-07T10:00:00Z","deadline":"2026-12-07T10:00:10Z"}"#,
+            r#"{"v":1,"id":"01JF","node":"piha","seq":0,"lines":[{"ts":"2026-12-07T10:00:00.123456789Z","stream":"stderr","text":"oops"}],"dropped":3,"done":true,"error":"no container x on piha"}"#,
+        ];
+        for (i, l) in logs.iter().enumerate() {
+            write("logs", &format!("seed-{i}"), l.as_bytes());
         }
 
         // Node configs built from the example repo, as the supervisor does.

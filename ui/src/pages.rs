@@ -559,6 +559,11 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
     let world = world(state)?;
     let inventory = crate::inventory(state);
     let tracks = crate::status_history(state)?;
+    // Each node's own tracks (not its services'), looked up once.
+    let mut node_tracks: HashMap<&Name, Vec<&homelab_core::uptime::Track>> = HashMap::new();
+    for t in tracks.iter().filter(|t| t.service.is_none()) {
+        node_tracks.entry(&t.node).or_default().push(t);
+    }
     let agents = state.agents.lock().expect("agents lock");
     // healthy, unhealthy, stopped, missing.
     let mut by_node: HashMap<&Name, (usize, usize, usize, usize)> = HashMap::new();
@@ -626,11 +631,15 @@ fn node_cards(state: &AppState, now: &Timestamp) -> Result<Vec<NodeCard>, AppErr
                 let names: Vec<Name> = std::iter::once(name.clone())
                     .chain(spec.map(|s| s.aliases.clone()).unwrap_or_default())
                     .collect();
+                let mine: Vec<&homelab_core::uptime::Track> = names
+                    .iter()
+                    .flat_map(|n| node_tracks.get(n).into_iter().flatten().copied())
+                    .collect();
                 let day = crate::status::rows(&crate::status::Inputs {
                     names: &names,
                     first_seen: Some(n.first_seen),
                     services: &[],
-                    tracks: &tracks,
+                    tracks: &mine,
                     open: &world.incidents,
                     now: *now,
                 })
@@ -1174,6 +1183,8 @@ pub async fn node(
     }
     services.sort();
     let tracks = crate::status_history(&state)?;
+    let tracks: Vec<&homelab_core::uptime::Track> =
+        tracks.iter().filter(|t| names.contains(&t.node)).collect();
     let status = crate::status::rows(&crate::status::Inputs {
         names: &names,
         first_seen: world

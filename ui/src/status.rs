@@ -51,7 +51,9 @@ pub struct Inputs<'a> {
     pub first_seen: Option<Timestamp>,
     /// Its services (seen or wanted), in the order to show.
     pub services: &'a [Name],
-    pub tracks: &'a [Track],
+    /// The status history's tracks of this node (under any of its names);
+    /// others are passed over.
+    pub tracks: &'a [&'a Track],
     /// The incidents open now (all nodes': those of this one are picked).
     pub open: &'a [Incident],
     pub now: Timestamp,
@@ -64,7 +66,7 @@ pub fn rows(inputs: &Inputs) -> Vec<StatusRow> {
         .first()
         .map(|n| n.to_string())
         .unwrap_or_default();
-    let mine = |t: &&Track| inputs.names.contains(&t.node);
+    let mine = |t: &&&Track| inputs.names.contains(&t.node);
     let node_buckets: Vec<&Bucket> = inputs
         .tracks
         .iter()
@@ -323,7 +325,7 @@ mod tests {
             names: &names,
             first_seen: Some(t("2026-11-20T00:00:00Z")),
             services: &services,
-            tracks: &tracks,
+            tracks: &tracks.iter().collect::<Vec<_>>(),
             open: &open,
             now,
         });
