@@ -373,6 +373,23 @@ pub async fn http_request(
     Ok((status, body))
 }
 
+/// A GET of a server-sent event stream (with the operator token if
+/// given), left open: read what it sends from the socket.
+pub async fn sse_connect(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Accept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 /// One HTTP/1.1 exchange with the given headers (a browser's cookies,
 /// origin, form body): status, the response's header block, its body.
 pub async fn http_exchange(

@@ -477,17 +477,23 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
 
     // Cheap to keep open: n1's agent reports every few seconds with
     // nothing new to show (its heartbeat); the page fetches nothing for
-    // those, and once when a figure changes.
+    // those, and a new figure is written into its card in place, without
+    // a fetch either. What it costs is counted from the browser's own
+    // entries (the page's fetches) and from the stream as a second client
+    // gets it.
     let fetches = || async {
         laptop
             .execute(
-                "return performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch' && e.name === location.href).length;",
+                "return performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch' && e.name === location.href).map(e => e.transferSize);",
                 vec![],
             )
             .await
             .unwrap()
-            .as_u64()
+            .as_array()
             .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect::<Vec<u64>>()
     };
     // A change first, seen on the page: what the page loaded with is
     // behind it, and the count starts from a page that is up to date.
@@ -499,6 +505,12 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
     })
     .await;
     let before = fetches().await;
+    let mut stream = sse_connect(system.http, "/api/stream", None).await;
+    let mut head = [0u8; 1024];
+    let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut head)
+        .await
+        .unwrap();
+    mark(&laptop).await;
     for _ in 0..8 {
         probe
             .publish_retained("homelab/nodes/n1/agent", agent_status("n1", 0.75))
@@ -513,11 +525,34 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
         s.contains("<dd>0.99</dd>")
     })
     .await;
+    let after = fetches().await;
     assert_eq!(
-        fetches().await - before,
-        1,
-        "one fetch for the one real change, none for 8 heartbeats"
+        after.len() - before.len(),
+        0,
+        "no fetch for 8 heartbeats and a new load: {after:?}"
     );
+    assert!(still_marked(&laptop).await, "the card changed in place");
+    // The stream's bytes for those nine reports: one message.
+    let mut streamed = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+        streamed.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&streamed);
+    assert_eq!(text.matches("data:").count(), 1, "{text}");
+    // An idle homelab's agents report every 30 s: two reports a minute a
+    // node, each with a new load at worst. For this page's two nodes:
+    let per_minute = 2 * 2 * streamed.len();
+    println!("idle overview: {} B per report on the stream, no fetch; {per_minute} B a minute for 2 nodes", streamed.len());
+    assert!(per_minute < 20 * 1024, "{per_minute} B a minute");
     laptop.goto(&format!("{url}/nodes/n1")).await.unwrap();
     page_shows(&laptop, "n1's page", |s| s.contains("<polyline points=")).await;
     screenshot(&laptop, "node-1280.png").await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use homelab_tests::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -47,11 +47,7 @@ async fn sse_until(
     timeout: Duration,
     enough: impl Fn(&str) -> bool,
 ) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = sse_connect(addr, path, Some(TOKEN)).await;
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + timeout;

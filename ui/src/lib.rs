@@ -131,11 +131,23 @@ impl AgentReport {
     /// an open page. An agent reports every few seconds; most reports
     /// change nothing a reader can see.
     pub fn shown(&self) -> String {
-        let vitals = self.vitals.as_ref().map(|v| {
+        format!("{:?} {}", self.shown_vitals(), self.shown_rest())
+    }
+
+    /// The vitals as the node card prints them: load, memory, disk, and
+    /// the disk's class (`warning` at 90 % or more).
+    pub fn shown_vitals(&self) -> Option<[String; 4]> {
+        self.vitals.as_ref().map(|v| {
             let at = self.updated.unwrap_or_default();
             let view = pages::VitalsView::new(v, &at, &at);
-            format!("{} | {} | {}", view.load, view.memory, view.disk)
-        });
+            let class = if view.disk_pct >= 90.0 { "warning" } else { "" };
+            [view.load, view.memory, view.disk, class.to_string()]
+        })
+    }
+
+    /// All the pages show of it but the vitals: a change here has them
+    /// fetched again.
+    fn shown_rest(&self) -> String {
         let uplink = self.uplink.as_ref().map(|u| {
             format!(
                 "{:?} {:?} {:?} {:?}",
@@ -146,10 +158,38 @@ impl AgentReport {
             )
         });
         format!(
-            "{} {:?} {vitals:?} {uplink:?}",
+            "{} {:?} {uplink:?}",
             self.outbox_events, self.oldest_unacked
         )
     }
+
+    /// What an open page is told of this report after `before`: nothing
+    /// when it shows the same, the new figures alone when only the vitals
+    /// changed and the page had some (it writes them into the card in
+    /// place, no fetch), else that it should fetch again.
+    pub fn update_after(&self, before: Option<&AgentReport>) -> Update {
+        let Some(before) = before else {
+            return Update::Fetch;
+        };
+        match (
+            before.shown_rest() == self.shown_rest(),
+            before.shown_vitals(),
+            self.shown_vitals(),
+        ) {
+            (true, a, b) if a == b => Update::Nothing,
+            (true, Some(_), Some(figures)) => Update::Vitals(figures),
+            _ => Update::Fetch,
+        }
+    }
+}
+
+/// See [`AgentReport::update_after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    Nothing,
+    /// Load, memory, disk and the disk's class.
+    Vitals([String; 4]),
+    Fetch,
 }
 
 /// The inventory as the pages need it.
@@ -341,17 +381,36 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
                     let at = report.updated.unwrap_or_else(Utc::now);
                     record_vitals(state, &node, history::Sample::of(vitals, at));
                 }
-                let shown = report.shown();
-                let before = state
+                let update = {
+                    let agents = state.agents.lock().expect("agents lock");
+                    report.update_after(agents.get(&node))
+                };
+                // The card that shows it: the inventory's name for an alias.
+                let inventory = inventory(state);
+                let card = inventory
+                    .nodes
+                    .iter()
+                    .find(|(_, spec)| spec.aliases.contains(&node))
+                    .map_or_else(|| node.clone(), |(name, _)| name.clone());
+                state
                     .agents
                     .lock()
                     .expect("agents lock")
                     .insert(node, report);
                 // Open pages update only when what they show changed.
-                if before.is_none_or(|b| b.shown() != shown) {
-                    let _ = state
-                        .stream
-                        .send(json!({"topic": message.topic}).to_string());
+                match update {
+                    Update::Nothing => {}
+                    Update::Vitals([load, memory, disk, disk_class]) => {
+                        let _ = state.stream.send(
+                            json!({"vitals": {"node": card, "load": load, "memory": memory, "disk": disk, "disk_class": disk_class}})
+                                .to_string(),
+                        );
+                    }
+                    Update::Fetch => {
+                        let _ = state
+                            .stream
+                            .send(json!({"topic": message.topic}).to_string());
+                    }
                 }
             }
             Err(_) if message.payload.is_empty() => {
@@ -1441,5 +1500,40 @@ mod tests {
         assert_ne!(report("2026-12-07T10:00:05Z", 0.99, 0).shown(), base);
         assert_ne!(report("2026-12-07T10:00:05Z", 0.611, 3).shown(), base);
         assert_ne!(AgentReport::default().shown(), base);
+        // What the page is told: (before, after, update).
+        let first = report("2026-12-07T10:00:00Z", 0.611, 0);
+        let cases = [
+            (None, first.clone(), Update::Fetch),
+            (
+                Some(first.clone()),
+                report("2026-12-07T10:00:05Z", 0.612, 0),
+                Update::Nothing,
+            ),
+            (
+                Some(first.clone()),
+                report("2026-12-07T10:00:05Z", 0.99, 0),
+                Update::Vitals([
+                    "0.99".into(),
+                    "75 % of 8.0 GB".into(),
+                    "41 % (/, 50.0 GB free)".into(),
+                    String::new(),
+                ]),
+            ),
+            // The outbox on an edge card: fetched.
+            (
+                Some(first.clone()),
+                report("2026-12-07T10:00:05Z", 0.99, 3),
+                Update::Fetch,
+            ),
+            // The first figures: the card has no place for them yet.
+            (Some(AgentReport::default()), first.clone(), Update::Fetch),
+        ];
+        for (before, after, update) in cases {
+            assert_eq!(
+                after.update_after(before.as_ref()),
+                update,
+                "{before:?} → {after:?}"
+            );
+        }
     }
 }

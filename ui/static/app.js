@@ -41,6 +41,20 @@ source.onmessage = (message) => {
   let change = {};
   try { change = JSON.parse(message.data); } catch (_) { /* a bare ping */ }
   if (change.events !== undefined && !document.getElementById('events')) return;
+  // A node's new figures alone are written into its card in place: no
+  // fetch. A page without that card has nothing to change; one whose card
+  // shows no figures yet fetches.
+  if (change.vitals) {
+    const card = document.getElementById('node-' + change.vitals.node);
+    if (!card) return;
+    const dd = card.querySelectorAll('dl.vitals dd');
+    if (dd.length !== 3) { schedule(); return; }
+    dd[0].textContent = change.vitals.load;
+    dd[1].textContent = change.vitals.memory;
+    dd[2].textContent = change.vitals.disk;
+    dd[2].className = change.vitals.disk_class;
+    return;
+  }
   schedule();
 };
 // After a reconnect (the server restarted), catch up once; the first
