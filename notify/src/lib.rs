@@ -245,6 +245,28 @@ fn write_ledger(path: &Path, told: &BTreeMap<String, Told>) -> Result<()> {
     fsutil::write_atomic(path, &fsutil::json_bytes(&Ledger { v: 1, entries })?)
 }
 
+/// ntfy's headers for a notice: its title, the link a tap opens, a tag;
+/// for a pending action also a button that opens the action's page, where
+/// the operator decides (a view action: no secret rides in the message).
+pub fn ntfy_headers(notice: &Notice) -> Vec<(&'static str, String)> {
+    let tag = match notice.said {
+        Said::ActionPending => "question",
+        Said::IncidentOpened => "warning",
+        Said::IncidentResolved => "white_check_mark",
+    };
+    let mut headers = vec![
+        ("Title", notice.title.clone()),
+        ("Click", notice.link.clone()),
+        ("Tags", tag.to_string()),
+    ];
+    // ntfy's action syntax separates fields by commas and actions by
+    // semicolons: a link holding either is left to the Click header.
+    if notice.said == Said::ActionPending && !notice.link.contains([',', ';']) {
+        headers.push(("Actions", format!("view, Open to decide, {}", notice.link)));
+    }
+    headers
+}
+
 /// Sends one notice to one channel (blocking HTTP, 10 s at most).
 pub fn send(agent: &ureq::Agent, channel: &Channel, notice: &Notice, now: Timestamp) -> Result<()> {
     let result = match channel {
@@ -264,16 +286,11 @@ pub fn send(agent: &ureq::Agent, channel: &Channel, notice: &Notice, now: Timest
                 .to_string(),
             ),
         Channel::Ntfy(ntfy) => {
-            let tag = match notice.said {
-                Said::ActionPending => "question",
-                Said::IncidentOpened => "warning",
-                Said::IncidentResolved => "white_check_mark",
-            };
-            let mut request = agent
-                .post(format!("{}/{}", ntfy.url.trim_end_matches('/'), ntfy.topic))
-                .header("Title", &notice.title)
-                .header("Click", &notice.link)
-                .header("Tags", tag);
+            let mut request =
+                agent.post(format!("{}/{}", ntfy.url.trim_end_matches('/'), ntfy.topic));
+            for (name, value) in ntfy_headers(notice) {
+                request = request.header(name, &value);
+            }
             if let Some(token) = &ntfy.token {
                 request = request.header("Authorization", &format!("Bearer {token}"));
             }
@@ -432,6 +449,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ntfy_offers_a_button_only_for_an_action() {
+        let notice = |said: Said, link: &str| Notice {
+            subject: "s".into(),
+            said,
+            title: "Approve? Restart app on n1".into(),
+            text: "t".into(),
+            link: link.into(),
+        };
+        let actions = |n: &Notice| {
+            ntfy_headers(n)
+                .into_iter()
+                .find(|(name, _)| *name == "Actions")
+                .map(|(_, v)| v)
+        };
+        let link = "https://lab.example/actions/container-restart-n1-app";
+        assert_eq!(
+            actions(&notice(Said::ActionPending, link)).as_deref(),
+            Some("view, Open to decide, https://lab.example/actions/container-restart-n1-app")
+        );
+        assert_eq!(actions(&notice(Said::IncidentOpened, link)), None);
+        assert_eq!(actions(&notice(Said::ActionPending, "https://x/a,b")), None);
+        let headers = ntfy_headers(&notice(Said::IncidentResolved, link));
+        assert_eq!(headers[2], ("Tags", "white_check_mark".to_string()));
+    }
 
     #[test]
     fn the_file_is_checked_at_the_edge() {

@@ -190,6 +190,11 @@ async fn pending_actions_and_incidents_reach_the_operator_once_with_links() {
         "http://lab.example:18180/actions/container-restart-n1-app"
     );
     assert_eq!(pushed.headers["tags"], "question");
+    // A button that opens the action's page, to decide there.
+    assert_eq!(
+        pushed.headers["actions"],
+        "view, Open to decide, http://lab.example:18180/actions/container-restart-n1-app"
+    );
     assert!(
         pushed.body.contains("containers_not_running"),
         "{}",
