@@ -779,23 +779,20 @@ impl Drop for Removal {
     }
 }
 
-/// Starts a container of the test image as service `service` (Compose's
-/// label) running `script` in `sh -c`; removed when the guard drops.
-pub async fn start_script_container(
+/// Creates and starts a test container from `body` as service `service`
+/// (the image and Compose's service label filled in); removed when the
+/// guard drops.
+pub async fn start_with(
     docker: &bollard::Docker,
     name: &str,
     service: &str,
-    script: &str,
+    mut body: bollard::models::ContainerCreateBody,
 ) -> Removal {
-    let body = bollard::models::ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
-        labels: Some(std::collections::HashMap::from([(
-            "com.docker.compose.service".to_string(),
-            service.to_string(),
-        )])),
-        ..Default::default()
-    };
+    body.image = Some(IMAGE.into());
+    body.labels = Some(std::collections::HashMap::from([(
+        "com.docker.compose.service".to_string(),
+        service.to_string(),
+    )]));
     let options = bollard::query_parameters::CreateContainerOptions {
         name: Some(name.into()),
         ..Default::default()
@@ -810,6 +807,20 @@ pub async fn start_script_container(
         .await
         .expect("start test container");
     removal
+}
+
+/// [`start_with`] a container running `script` in `sh -c`.
+pub async fn start_script_container(
+    docker: &bollard::Docker,
+    name: &str,
+    service: &str,
+    script: &str,
+) -> Removal {
+    let body = bollard::models::ContainerCreateBody {
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    };
+    start_with(docker, name, service, body).await
 }
 
 /// What a chatty container writes: a hello, one complaint on stderr, then

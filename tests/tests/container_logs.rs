@@ -40,6 +40,30 @@ async fn online(system: &System) {
     .await;
 }
 
+/// A chatty container on the engine and the system with its local agent
+/// as `dockhost` (in fleet mode if `fleet`), once that node is online:
+/// the system, the container's name, the test's tag and the container's
+/// guard. `None` without Docker (skipped loudly).
+async fn started(fleet: bool) -> Option<(System, String, String, Removal)> {
+    let docker = docker().await?;
+    let tag = ulid::Ulid::generate().to_string().to_lowercase();
+    let service = format!("chat-{}", &tag[tag.len() - 8..]);
+    let container = format!("homelab-test-{service}");
+    let removal = start_script_container(&docker, &container, &service, CHATTY).await;
+    let system = System::start(
+        repo(&service),
+        Options {
+            fleet,
+            agent_node: Some("dockhost"),
+            sync_interval: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    online(&system).await;
+    Some((system, container, tag, removal))
+}
+
 /// Reads a server-sent event stream until `enough` holds for what came.
 async fn sse_until(
     addr: std::net::SocketAddr,
@@ -71,21 +95,9 @@ fn ticks(text: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_containers_logs_through_its_agent_for_an_operator_only() {
-    let Some(docker) = docker().await else { return };
-    let tag = ulid::Ulid::generate().to_string().to_lowercase();
-    let service = format!("chat-{}", &tag[tag.len() - 8..]);
-    let container = format!("homelab-test-{service}");
-    let _removal = start_script_container(&docker, &container, &service, CHATTY).await;
-    let system = System::start(
-        repo(&service),
-        Options {
-            agent_node: Some("dockhost"),
-            sync_interval: Duration::from_secs(2),
-            ..Default::default()
-        },
-    )
-    .await;
-    online(&system).await;
+    let Some((system, container, tag, _removal)) = started(false).await else {
+        return;
+    };
     let api = format!("/api/nodes/dockhost/containers/{container}/logs");
     let page = format!("/nodes/dockhost/logs/{container}");
 
@@ -222,22 +234,9 @@ async fn a_containers_logs_through_its_agent_for_an_operator_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_fleet_mode_the_logs_are_sealed_on_the_bus() {
-    let Some(docker) = docker().await else { return };
-    let tag = ulid::Ulid::generate().to_string().to_lowercase();
-    let service = format!("chat-{}", &tag[tag.len() - 8..]);
-    let container = format!("homelab-test-{service}");
-    let _removal = start_script_container(&docker, &container, &service, CHATTY).await;
-    let system = System::start(
-        repo(&service),
-        Options {
-            fleet: true,
-            agent_node: Some("dockhost"),
-            sync_interval: Duration::from_secs(2),
-            ..Default::default()
-        },
-    )
-    .await;
-    online(&system).await;
+    let Some((system, container, _, _removal)) = started(true).await else {
+        return;
+    };
     // The control plane's own login sees what crosses the bus.
     let fleet = homelab_core::fleet::Fleet::load(&homelab_core::Layout::new(system.root()))
         .unwrap()

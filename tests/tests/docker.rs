@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, StopContainerOptions,
-};
+use bollard::query_parameters::{InspectContainerOptions, StopContainerOptions};
 use bollard::Docker;
 use homelab_tests::*;
 
@@ -179,35 +177,6 @@ async fn agent_reports_docker_unreachable_and_keeps_running() {
     probe
         .expect("homelab/nodes/lonely/status", T, |p| p == b"offline")
         .await;
-}
-
-/// Creates and starts a labelled test container from `body` (image and
-/// labels filled in); removed when the test ends.
-async fn start_with(
-    docker: &Docker,
-    name: &str,
-    service: &str,
-    mut body: ContainerCreateBody,
-) -> Removal {
-    body.image = Some(IMAGE.into());
-    body.labels = Some(HashMap::from([(
-        "com.docker.compose.service".to_string(),
-        service.to_string(),
-    )]));
-    let options = CreateContainerOptions {
-        name: Some(name.into()),
-        ..Default::default()
-    };
-    docker
-        .create_container(Some(options), body)
-        .await
-        .expect("create test container");
-    let removal = Removal(name.to_string());
-    docker
-        .start_container(name, None)
-        .await
-        .expect("start test container");
-    removal
 }
 
 /// A container whose HEALTHCHECK fails is reported `service_unhealthy` and
