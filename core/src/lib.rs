@@ -6,6 +6,7 @@
 pub mod acl;
 pub mod action;
 pub mod agentstatus;
+pub mod audit;
 pub mod command;
 pub mod desired;
 pub mod event;
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod maintenance;
 pub mod name;
 pub mod nodeconfig;
+pub mod operator;
 pub mod repo;
 pub mod sealbox;
 pub mod store;

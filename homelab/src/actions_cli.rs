@@ -35,8 +35,9 @@ pub enum ActionsCommand {
         /// Why, kept in the action's history.
         #[arg(long)]
         note: Option<String>,
-        /// Who decides (default: $USER).
-        #[arg(long)]
+        /// Ignored: who decides is the operator of the token (kept so
+        /// scripts of earlier releases keep working).
+        #[arg(long, hide = true)]
         by: Option<String>,
     },
     /// Rejects a pending action.
@@ -44,7 +45,8 @@ pub enum ActionsCommand {
         id: String,
         #[arg(long)]
         note: Option<String>,
-        #[arg(long)]
+        /// Ignored, as for approve.
+        #[arg(long, hide = true)]
         by: Option<String>,
     },
 }

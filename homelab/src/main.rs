@@ -357,6 +357,24 @@ enum Commands {
         #[command(subcommand)]
         command: homelab::repo_cli::RepoCommand,
     },
+    /// Named operators: who logs in on the page and decides.
+    Operator {
+        #[command(subcommand)]
+        command: homelab::operator_cli::OperatorCommand,
+    },
+    /// The audit trail: every decision and every login, newest first.
+    Audit {
+        /// Only this operator.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Not older than this (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validates the desired-state repo; prints every problem with file and line.
     Check {
         #[command(flatten)]
@@ -366,6 +384,44 @@ enum Commands {
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     homelab_core::time::parse_duration(raw)
+}
+
+/// `homelab audit`.
+fn audit(
+    root: &std::path::Path,
+    operator: Option<String>,
+    since: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> ExitCode {
+    let since = match since.map(chrono::DateTime::parse_from_rfc3339).transpose() {
+        Ok(since) => since.map(|s| s.with_timezone(&chrono::Utc)),
+        Err(error) => {
+            eprintln!("homelab audit: --since: {error} (RFC 3339, e.g. 2026-12-07T00:00:00Z)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = homelab_core::audit::Filter {
+        operator,
+        since,
+        what: None,
+    };
+    match homelab_core::audit::read(&Layout::new(root), &filter, limit.max(1)) {
+        Ok(entries) if json => {
+            for e in &entries {
+                println!("{}", serde_json::to_string(e).expect("entry serializes"));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(entries) => {
+            print!("{}", homelab::operator_cli::audit_text(&entries));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("homelab audit: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn node_name(raw: Option<String>) -> Result<Name> {
@@ -402,6 +458,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Commands::Operator { command } = &cli.command {
+        let layout = Layout::new(&cli.globals.root);
+        return match homelab::operator_cli::run(&layout, command.clone(), chrono::Utc::now()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab operator: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Commands::Audit {
+        operator,
+        since,
+        limit,
+        json,
+    } = &cli.command
+    {
+        return audit(
+            &cli.globals.root,
+            operator.clone(),
+            since.as_deref(),
+            *limit,
+            *json,
+        );
     }
     if let Commands::Actions {
         url,
@@ -732,6 +816,8 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Check { .. }
         | Commands::Emit { .. }
         | Commands::Actions { .. }
+        | Commands::Operator { .. }
+        | Commands::Audit { .. }
         | Commands::Repo { .. }
         | Commands::Tls { .. }
         | Commands::Node { .. }

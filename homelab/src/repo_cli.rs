@@ -31,8 +31,9 @@ pub enum RepoCommand {
     Pin {
         /// A commit's name, or a prefix of it (at least 4 hex digits).
         commit: String,
-        /// Who pins it (default: $USER).
-        #[arg(long)]
+        /// Ignored: who decides is the operator of the token (kept so
+        /// scripts of earlier releases keep working).
+        #[arg(long, hide = true)]
         by: Option<String>,
     },
     /// The branch's head is the desired state again.

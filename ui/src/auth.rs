@@ -52,3 +52,52 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 pub fn matches(expected: &str, given: &str) -> bool {
     crate::websec::same(expected, given)
 }
+
+/// Who a request is: [`operator::ADMIN`] for the operator token (bearer or
+/// its session), else the named operator whose API token or live session
+/// it carries ([`homelab_core::operator`]). Reads the operator's file, so
+/// a removed operator or a new password is refused at once.
+pub fn who(layout: &Layout, admin_token: &str, headers: &HeaderMap) -> Option<String> {
+    use homelab_core::operator;
+    if let Some(bearer) = bearer(headers) {
+        if matches(admin_token, &bearer) {
+            return Some(operator::ADMIN.into());
+        }
+        let (name, secret) = operator::parse_token(&bearer)?;
+        let found = operator::read(layout, &name).ok().flatten()?;
+        return found.token_ok(secret).then(|| name.to_string());
+    }
+    let cookie = crate::websec::cookie(headers, crate::websec::SESSION_COOKIE)?;
+    if crate::websec::same(&crate::websec::session_value(admin_token), cookie) {
+        return Some(operator::ADMIN.into());
+    }
+    let name = operator::session_name(cookie)?;
+    let found = operator::read(layout, &name).ok().flatten()?;
+    found
+        .session_ok(cookie, admin_token)
+        .then(|| name.to_string())
+}
+
+/// A login's verdict: the session cookie's value for the operator `name`
+/// with `password`, or None. `admin` logs in with the operator token.
+/// Slow on purpose for a named operator (argon2): call it off the runtime.
+pub fn login(layout: &Layout, admin_token: &str, name: &str, password: &str) -> Option<String> {
+    use homelab_core::operator;
+    if name == operator::ADMIN {
+        return matches(admin_token, password).then(|| crate::websec::session_value(admin_token));
+    }
+    let found = homelab_core::Name::parse(name)
+        .ok()
+        .and_then(|name| operator::read(layout, &name).ok().flatten());
+    let Some(found) = found else {
+        // As slow as a wrong password, so a try does not tell whether the
+        // name exists.
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let dummy = DUMMY.get_or_init(|| homelab_core::identity::hash_password("dummy"));
+        homelab_core::identity::verify_password(password, dummy);
+        return None;
+    };
+    found
+        .password_ok(password)
+        .then(|| operator::session_for(&found, admin_token))
+}

@@ -448,18 +448,14 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
             }
         };
         let (id, decision) = request;
-        let by = decision.by.unwrap_or_else(|| "mqtt".into());
-        match decide(
-            state,
-            &id,
-            to,
-            &format!("mqtt:{by}"),
-            decision.note.as_deref().unwrap_or(""),
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(error) => warn!(%id, error = %error.message(), "decision over mqtt not applied"),
+        // Open mode: the bus cannot say who published, so the name is the
+        // one sent, marked as such.
+        let by = format!("mqtt:{}", decision.by.as_deref().unwrap_or("mqtt"));
+        let note = decision.note.as_deref().unwrap_or("");
+        let decided = decide(state, &id, to, &by, note).await;
+        audit_decision(state, &by, "mqtt", &None, &id, to, note, &decided);
+        if let Err(error) = decided {
+            warn!(%id, error = %error.message(), "decision over mqtt not applied");
         }
         return;
     }
@@ -592,6 +588,9 @@ pub fn app(state: AppState) -> Router {
         .route("/repo", get(pages::repo_page))
         .route("/repo/{verb}", post(page_repo))
         .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/audit", get(pages::audit_page))
+        .route("/api/audit", get(api_audit))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/summary", get(summary))
         .route("/metrics", get(metrics_page))
@@ -691,7 +690,7 @@ async fn script() -> Response {
 /// as in tests that call the router directly).
 pub(crate) type Client = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
 
-fn client_ip(client: &Client) -> std::net::IpAddr {
+pub(crate) fn client_ip(client: &Client) -> std::net::IpAddr {
     client
         .as_ref()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip())
@@ -773,21 +772,19 @@ impl From<anyhow::Error> for AppError {
     }
 }
 
-/// Whether the request carries the operator token (bearer) or the session
-/// cookie the login set.
-pub(crate) fn authed(state: &AppState, headers: &HeaderMap) -> bool {
-    auth::bearer(headers).is_some_and(|t| auth::matches(&state.token, &t))
-        || websec::cookie(headers, websec::SESSION_COOKIE)
-            .is_some_and(|c| websec::same(&websec::session_value(&state.token), c))
+/// The operator the request is from (its bearer token or the session
+/// cookie the login set), if any ([`auth::who`]).
+pub(crate) fn operator(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    auth::who(&state.layout, &state.token, headers)
 }
 
-/// [`authed`], under the login limit: a wrong token or cookie counts as a
-/// failed login of the client's address.
+/// [`operator`], under the login limit: a wrong token or cookie counts as a
+/// failed login of the client's address. The operator's name.
 pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     client: &Client,
-) -> Result<(), AppError> {
+) -> Result<String, AppError> {
     let ip = client_ip(client);
     let now = std::time::Instant::now();
     let mut limiter = state.limiter.lock().expect("limiter lock");
@@ -795,8 +792,8 @@ pub(crate) fn authorize(
         metrics::counter!("homelab_http_logins_limited_total").increment(1);
         return Err(AppError::TooMany(wait));
     }
-    if authed(state, headers) {
-        return Ok(());
+    if let Some(name) = operator(state, headers) {
+        return Ok(name);
     }
     let presented = auth::bearer(headers).is_some()
         || websec::cookie(headers, websec::SESSION_COOKIE).is_some();
@@ -806,6 +803,15 @@ pub(crate) fn authorize(
         warn!(client = %ip, "wrong operator token or session");
     }
     Err(AppError::Unauthorized)
+}
+
+/// Appends to the audit trail; a trail that cannot be written is logged
+/// and counted (the decision it records has happened).
+pub(crate) fn audit(state: &AppState, entry: homelab_core::audit::Entry) {
+    if let Err(error) = homelab_core::audit::append(&state.layout, &entry) {
+        metrics::counter!("homelab_audit_write_errors_total").increment(1);
+        warn!(error = format!("{error:#}"), "audit entry not written");
+    }
 }
 
 /// A world file as last parsed: a request parses it again only when the
@@ -1074,15 +1080,16 @@ async fn api_decision(
     Path((id, verb)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Action>, AppError> {
-    authorize(&state, &headers, &client)?;
+    let by = authorize(&state, &headers, &client)?;
     let to = parse_verb(&verb)?;
     let id = parse_id(&id)?;
+    // The body's `by` is not believed: who decided is who logged in.
     let decision = parse_decision(&body)
         .map_err(|e| AppError::BadRequest(format!("bad request body: {e}")))?;
-    let by = decision.by.unwrap_or_else(|| "api".into());
-    Ok(Json(
-        decide(&state, &id, to, &by, decision.note.as_deref().unwrap_or("")).await?,
-    ))
+    let note = decision.note.as_deref().unwrap_or("");
+    let decided = decide(&state, &id, to, &by, note).await;
+    audit_decision(&state, &by, "api", &client, &id, to, note, &decided);
+    Ok(Json(decided?))
 }
 
 #[derive(Deserialize)]
@@ -1126,7 +1133,7 @@ async fn page_decision(
     if !websec::csrf_ok(&headers, &form.csrf) {
         return Err(csrf_refused());
     }
-    authorize(&state, &headers, &client)?;
+    let by = authorize(&state, &headers, &client)?;
     let to = parse_verb(&verb)?;
     let id = parse_id(&id)?;
     let note = form.note.trim();
@@ -1148,7 +1155,9 @@ async fn page_decision(
             )));
         }
     }
-    decide(&state, &id, to, "ui", note).await?;
+    let decided = decide(&state, &id, to, &by, note).await;
+    audit_decision(&state, &by, "page", &client, &id, to, note, &decided);
+    decided?;
     Ok(Redirect::to(back_to(&form.back)).into_response())
 }
 
@@ -1174,15 +1183,48 @@ async fn page_repo(
     if !websec::csrf_ok(&headers, &form.csrf) {
         return Err(csrf_refused());
     }
-    authorize(&state, &headers, &client)?;
+    let by = authorize(&state, &headers, &client)?;
     match verb.as_str() {
         "pin" => {
-            repo::write_pin(&state, &form.commit, "ui")?;
+            repo::write_pin(&state, &form.commit, &by)?;
+            repo::audit_pin(&state, &by, "page", &client, Some(&form.commit));
         }
-        "unpin" => repo::remove_pin(&state, "ui")?,
+        "unpin" => {
+            repo::remove_pin(&state, &by)?;
+            repo::audit_pin(&state, &by, "page", &client, None);
+        }
         _ => return Err(AppError::NotFound("no such page".into())),
     }
     Ok(Redirect::to(back_to(&form.back)).into_response())
+}
+
+/// The trail's line for a decision: taken, or refused with the reason.
+#[allow(clippy::too_many_arguments)]
+fn audit_decision(
+    state: &AppState,
+    by: &str,
+    via: &str,
+    client: &Client,
+    id: &Name,
+    to: ActionState,
+    note: &str,
+    decided: &Result<Action, AppError>,
+) {
+    use homelab_core::audit::{Entry, What};
+    let what = if to == ActionState::Approved {
+        What::Approve
+    } else {
+        What::Reject
+    };
+    let entry = Entry::new(by, what, via, decided.is_ok(), Utc::now())
+        .target(id.as_str())
+        .client(client_ip(client));
+    let entry = match decided {
+        Ok(_) => entry.detail(note),
+        Err(AppError::Conflict(why) | AppError::NotFound(why)) => entry.detail(why),
+        Err(_) => entry.detail("not taken"),
+    };
+    audit(state, entry);
 }
 
 /// Moves a pending action to approved or rejected; the loser of a race with
@@ -1224,6 +1266,25 @@ async fn decide(
         }
     }
     Ok(action)
+}
+
+/// `GET /api/audit?operator=&since=&limit=`: the trail, newest first, for
+/// an operator (it names operators and their addresses).
+async fn api_audit(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    query: Result<Query<pages::AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<homelab_core::audit::Entry>>, AppError> {
+    authorize(&state, &headers, &client)?;
+    let Query(query) = query.map_err(|e| rejected("query", e))?;
+    let filter = query.filter()?;
+    let limit = query.limit.unwrap_or(500).clamp(1, 5000);
+    Ok(Json(homelab_core::audit::read(
+        &state.layout,
+        &filter,
+        limit,
+    )?))
 }
 
 /// Newest first, [`search`]ed a page at a time: `node`, `service`, `type`,
@@ -1391,6 +1452,13 @@ fn json_word<T: serde::Serialize>(v: &T) -> String {
 
 #[derive(Deserialize)]
 struct LoginForm {
+    /// The operator's name; `admin` (the default) with the operator token.
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    /// The form of earlier releases: the operator token alone.
+    #[serde(default)]
     token: String,
     #[serde(default)]
     csrf: String,
@@ -1403,39 +1471,99 @@ fn csrf_refused() -> AppError {
     )
 }
 
-/// The login form: the session cookie for the right token; a wrong one
-/// counts against the address ([`websec::Limiter`]).
+/// The login form: the session cookie for an operator's name and password
+/// (or the operator token as `admin`); a wrong one counts against the
+/// address ([`websec::Limiter`]). Each try goes to the audit trail.
 async fn login(
     State(state): State<AppState>,
     client: Client,
     headers: HeaderMap,
     form: Result<axum::Form<LoginForm>, FormRejection>,
 ) -> Result<Response, AppError> {
+    use homelab_core::audit::{Entry, What};
     let axum::Form(form) = form.map_err(|e| rejected("form", e))?;
     if !websec::csrf_ok(&headers, &form.csrf) {
         return Err(csrf_refused());
     }
     let ip = client_ip(&client);
     let now = std::time::Instant::now();
-    let mut limiter = state.limiter.lock().expect("limiter lock");
-    if let Err(wait) = limiter.check(ip, now) {
+    if let Err(wait) = state.limiter.lock().expect("limiter lock").check(ip, now) {
         metrics::counter!("homelab_http_logins_limited_total").increment(1);
         return Err(AppError::TooMany(wait));
     }
-    if !auth::matches(&state.token, form.token.trim()) {
-        limiter.fail(ip, now);
-        metrics::counter!("homelab_http_login_failures_total").increment(1);
-        warn!(client = %ip, "failed login");
-        return Err(AppError::Unauthorized);
+    let (name, password) = if form.password.is_empty() && !form.token.is_empty() {
+        (homelab_core::operator::ADMIN.to_string(), form.token)
+    } else {
+        let name = form.name.trim().to_ascii_lowercase();
+        let name = if name.is_empty() {
+            homelab_core::operator::ADMIN.into()
+        } else {
+            name
+        };
+        (name, form.password)
+    };
+    let password = password.trim().to_string();
+    if password.is_empty() {
+        return Err(AppError::BadRequest(
+            "the password is empty: an operator's password, or the operator token as admin".into(),
+        ));
     }
-    drop(limiter);
-    info!(client = %ip, "operator logged in");
+    let (layout, token, tried) = (state.layout.clone(), state.token.clone(), name.clone());
+    let session =
+        tokio::task::spawn_blocking(move || auth::login(&layout, &token, &tried, &password))
+            .await
+            .context("login task")?;
+    let Some(session) = session else {
+        state.limiter.lock().expect("limiter lock").fail(ip, now);
+        metrics::counter!("homelab_http_login_failures_total").increment(1);
+        warn!(client = %ip, operator = %homelab_core::audit::clean(&name, 64), "failed login");
+        audit(
+            &state,
+            Entry::new(&name, What::Login, "page", false, Utc::now())
+                .client(ip)
+                .detail("wrong name or password"),
+        );
+        return Err(AppError::Unauthorized);
+    };
+    info!(client = %ip, operator = %name, "operator logged in");
+    audit(
+        &state,
+        Entry::new(&name, What::Login, "page", true, Utc::now()).client(ip),
+    );
     let cookie = websec::set_cookie(
         websec::SESSION_COOKIE,
-        &websec::session_value(&state.token),
+        &session,
         2_592_000,
         websec::over_tls(&headers),
     );
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Ends this browser's session (the cookie is removed).
+async fn logout(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    form: Result<axum::Form<LogoutForm>, FormRejection>,
+) -> Result<Response, AppError> {
+    use homelab_core::audit::{Entry, What};
+    let axum::Form(form) = form.map_err(|e| rejected("form", e))?;
+    if !websec::csrf_ok(&headers, &form.csrf) {
+        return Err(csrf_refused());
+    }
+    if let Some(name) = operator(&state, &headers) {
+        audit(
+            &state,
+            Entry::new(&name, What::Logout, "page", true, Utc::now()).client(client_ip(&client)),
+        );
+    }
+    let cookie = websec::set_cookie(websec::SESSION_COOKIE, "", 0, websec::over_tls(&headers));
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
 }
 

@@ -324,6 +324,14 @@ pub async fn page(
                 axum::http::StatusCode::OK
             }
             Some(reported) => {
+                audit_read(
+                    &state,
+                    page.frame.operator.as_deref(),
+                    &reported,
+                    &container,
+                    "page",
+                    false,
+                );
                 let (rx, _asked) = ask(&state, &reported, &container, lines, 0, None).await?;
                 let got = collect(rx, &reported).await;
                 page.shown = got.lines.iter().map(LineView::of).collect();
@@ -348,9 +356,9 @@ pub async fn api(
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| rejected("query", e))?;
-    if !crate::authed(&state, &headers) {
+    let Some(by) = crate::operator(&state, &headers) else {
         return Err(AppError::Unauthorized);
-    }
+    };
     let (name, lines) = checked(&node, &container, query.lines)?;
     let follow = match query.follow.as_deref() {
         None | Some("0") => false,
@@ -366,11 +374,28 @@ pub async fn api(
             "{name} is not online: its logs can be read once its agent is back"
         )));
     };
+    audit_read(&state, Some(&by), &reported, &container, "api", follow);
     if !follow {
         let (rx, _asked) = ask(&state, &reported, &container, lines, 0, None).await?;
         return Ok(Json(collect(rx, &reported).await).into_response());
     }
-    Ok(follow_stream(state, reported, container, lines).into_response())
+    Ok(follow_stream(state, headers, reported, container, lines).into_response())
+}
+
+/// The trail's line for reading (or following) a container's logs.
+fn audit_read(
+    state: &AppState,
+    by: Option<&str>,
+    node: &Name,
+    container: &str,
+    via: &str,
+    follow: bool,
+) {
+    use homelab_core::audit::{Entry, What};
+    let entry = Entry::new(by.unwrap_or("?"), What::Logs, via, true, chrono::Utc::now())
+        .target(&format!("{node}/{container}"))
+        .detail(if follow { "follow" } else { "" });
+    crate::audit(state, entry);
 }
 
 /// Lines as server-sent events (`data: {"lines": […]}`, and `{"error"}`
@@ -378,6 +403,7 @@ pub async fn api(
 /// the last line's second for as long as the client listens.
 fn follow_stream(
     state: AppState,
+    headers: HeaderMap,
     node: Name,
     container: String,
     lines: u32,
@@ -388,6 +414,12 @@ fn follow_stream(
         let mut last_seen: Option<String> = None;
         let mut first = true;
         loop {
+            // A removed operator, or one with a new password, stops
+            // reading at once.
+            if crate::operator(&state, &headers).is_none() {
+                let _ = tx.send(error_event("your login ended: log in again")).await;
+                return;
+            }
             let tail = if first { lines } else { 0 };
             first = false;
             let (mut replies, _asked) =

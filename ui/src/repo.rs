@@ -140,7 +140,9 @@ pub async fn sync(
 #[serde(deny_unknown_fields)]
 struct PinBody {
     commit: String,
+    /// Accepted from clients of earlier releases, not believed.
     #[serde(default)]
+    #[allow(dead_code)]
     by: Option<String>,
 }
 
@@ -184,6 +186,28 @@ pub fn remove_pin(state: &AppState, by: &str) -> Result<(), AppError> {
     }
 }
 
+/// The trail's line for a pin (`commit`) or an unpin.
+pub(crate) fn audit_pin(
+    state: &AppState,
+    by: &str,
+    via: &str,
+    client: &Client,
+    commit: Option<&str>,
+) {
+    use homelab_core::audit::{Entry, What};
+    let what = if commit.is_some() {
+        What::Pin
+    } else {
+        What::Unpin
+    };
+    let mut entry =
+        Entry::new(by, what, via, true, chrono::Utc::now()).client(crate::client_ip(client));
+    if let Some(commit) = commit {
+        entry = entry.target(commit);
+    }
+    crate::audit(state, entry);
+}
+
 /// `POST /api/repo/pin` (operator token): `{"commit": "3f2a91c", "by": …}`.
 pub async fn pin(
     State(state): State<AppState>,
@@ -191,10 +215,12 @@ pub async fn pin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
-    authorize(&state, &headers, &client)?;
+    let by = authorize(&state, &headers, &client)?;
+    // The body's `by` is not believed: who pinned is who logged in.
     let body: PinBody = serde_json::from_slice(&body)
         .map_err(|e| AppError::BadRequest(format!("bad request body: {e}")))?;
-    let pin = write_pin(&state, &body.commit, body.by.as_deref().unwrap_or("api"))?;
+    let pin = write_pin(&state, &body.commit, &by)?;
+    audit_pin(&state, &by, "api", &client, Some(&pin.commit));
     Ok((StatusCode::ACCEPTED, Json(pin)).into_response())
 }
 
@@ -204,8 +230,9 @@ pub async fn unpin(
     client: Client,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    authorize(&state, &headers, &client)?;
-    remove_pin(&state, "api")?;
+    let by = authorize(&state, &headers, &client)?;
+    remove_pin(&state, &by)?;
+    audit_pin(&state, &by, "api", &client, None);
     Ok((StatusCode::ACCEPTED, Json(json!({"pinned": false}))).into_response())
 }
 

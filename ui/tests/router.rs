@@ -305,6 +305,10 @@ async fn decisions_need_the_token_and_say_what_is_wrong() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let action: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(action["state"], "approved");
+    assert_eq!(
+        action["history"][1]["by"], "admin",
+        "who decided is the token's operator, not the body's \"by\": {body}"
+    );
     assert!(site.layout.action_file(ActionState::Approved, &id).exists());
     let (status, _, body) = site
         .call(
@@ -346,8 +350,9 @@ async fn decisions_need_the_token_and_say_what_is_wrong() {
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
-        "a login without a token: {body}"
+        "a login without a password: {body}"
     );
+    assert!(error_of(&body).contains("password"), "{body}");
     assert!(site
         .layout
         .action_file(ActionState::Pending, &other)
@@ -454,6 +459,9 @@ async fn the_openapi_document_describes_the_router() {
         "GET /incidents/{id}",
         "GET /events",
         "POST /login",
+        "POST /logout",
+        "GET /audit",
+        "GET /api/audit",
         "GET /healthz",
         "GET /summary",
         "GET /metrics",
