@@ -20,9 +20,11 @@
 //! never logged.
 
 pub mod plan;
+pub mod telegram;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -70,7 +72,7 @@ fn default_ntfy() -> String {
     "https://ntfy.sh".into()
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Telegram {
     pub bot_token: String,
@@ -78,6 +80,26 @@ pub struct Telegram {
     /// The Bot API's address (a local Bot API server, or a test's).
     #[serde(default = "default_telegram")]
     pub api: String,
+    /// Approvals by button: operator name → Telegram user id. Empty: the
+    /// messages carry no buttons and no updates are read.
+    #[serde(default)]
+    pub operators: BTreeMap<String, i64>,
+    /// How long one `getUpdates` long-poll waits (default 25s).
+    #[serde(default)]
+    pub poll: Option<String>,
+}
+
+impl Telegram {
+    /// Whether presses are taken.
+    pub fn approvals(&self) -> bool {
+        !self.operators.is_empty()
+    }
+    pub fn poll_for(&self) -> Duration {
+        self.poll
+            .as_deref()
+            .and_then(|p| homelab_core::time::parse_duration(p).ok())
+            .unwrap_or(Duration::from_secs(25))
+    }
 }
 
 impl std::fmt::Debug for Telegram {
@@ -85,6 +107,7 @@ impl std::fmt::Debug for Telegram {
         f.debug_struct("Telegram")
             .field("chat_id", &self.chat_id)
             .field("api", &self.api)
+            .field("operators", &self.operators)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +195,25 @@ impl Settings {
             }
             if telegram.chat_id.trim().is_empty() {
                 bail!("telegram.chat_id is empty");
+            }
+            for (name, id) in &telegram.operators {
+                let ok = homelab_core::Name::parse(name).is_ok_and(|n| n.as_str() == name);
+                if !ok {
+                    bail!("telegram.operators: {name:?} is not an operator's name (homelab operator list)");
+                }
+                if *id <= 0 {
+                    bail!("telegram.operators.{name}: a Telegram user id is a positive number (the bot sees it in the user's first message; @userinfobot tells it)");
+                }
+            }
+            if telegram.approvals() && telegram.chat_id.trim().parse::<i64>().is_err() {
+                bail!("telegram.chat_id: approvals need the chat's numeric id (e.g. -1001234), not {:?}", telegram.chat_id);
+            }
+            if let Some(poll) = &telegram.poll {
+                let poll = homelab_core::time::parse_duration(poll)
+                    .map_err(|e| anyhow::anyhow!("telegram.poll: {e}"))?;
+                if poll > Duration::from_secs(50) {
+                    bail!("telegram.poll: at most 50s");
+                }
             }
             channels.push(Channel::Telegram(telegram));
         }
@@ -321,7 +363,7 @@ pub fn send(agent: &ureq::Agent, channel: &Channel, notice: &Notice, now: Timest
     }
 }
 
-fn error_kind(error: &ureq::Error) -> &'static str {
+pub(crate) fn error_kind(error: &ureq::Error) -> &'static str {
     match error {
         ureq::Error::Timeout(_) => "timeout",
         ureq::Error::Io(_) => "connection failed",
@@ -353,6 +395,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .into();
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Telegram's buttons: the settings for the poll, the messages sent.
+    let (approvals_tx, approvals_rx) = tokio::sync::watch::channel::<Option<Telegram>>(None);
+    let tg_state = Arc::new(Mutex::new(telegram::State::read(&layout)));
+    let poller = tokio::spawn(poll_updates(
+        layout.clone(),
+        approvals_rx,
+        tg_state.clone(),
+        shutdown.clone(),
+    ));
     info!("notifier started");
     loop {
         tokio::select! {
@@ -380,6 +431,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 continue;
             }
         };
+        let approvals = settings.channels.iter().find_map(|c| match c {
+            Channel::Telegram(t) if t.approvals() => Some(t.clone()),
+            _ => None,
+        });
+        approvals_tx.send_if_modified(|now| {
+            let changed = *now != approvals;
+            *now = approvals.clone();
+            changed
+        });
+        if let Some(tg) = &approvals {
+            let (layout, bot, state) = (
+                layout.clone(),
+                telegram::Bot::new(tg, Duration::from_secs(0)),
+                tg_state.clone(),
+            );
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut state = state.lock().expect("telegram state lock");
+                state.forget_before(chrono::Utc::now() - chrono::Duration::days(7));
+                if telegram::follow_outcomes(&layout, &bot, &mut state) {
+                    if let Err(error) = state.write(&layout) {
+                        warn!(error = format!("{error:#}"), "telegram state not written");
+                    }
+                }
+            })
+            .await;
+        }
         let incidents: Vec<homelab_core::world::Incident> =
             match std::fs::read(layout.world_incidents()) {
                 Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
@@ -410,8 +487,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             for notice in notices {
                 let (agent, channel_owned, notice_owned) =
                     (http.clone(), channel.clone(), notice.clone());
-                let sent = tokio::task::spawn_blocking(move || {
-                    send(&agent, &channel_owned, &notice_owned, now)
+                let buttons = match channel {
+                    Channel::Telegram(tg) if tg.approvals() => pending
+                        .iter()
+                        .find(|a| plan::action_subject(a) == notice.subject)
+                        .cloned(),
+                    _ => None,
+                };
+                let (layout, tg_state) = (layout.clone(), tg_state.clone());
+                let sent = tokio::task::spawn_blocking(move || match (&channel_owned, buttons) {
+                    (Channel::Telegram(tg), Some(action)) => {
+                        send_with_buttons(&layout, tg, &tg_state, &notice_owned, &action)
+                    }
+                    _ => send(&agent, &channel_owned, &notice_owned, now),
                 })
                 .await
                 .context("send task")
@@ -442,8 +530,140 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         }
     }
+    drop(approvals_tx);
+    let _ = poller.await;
     info!("notifier stopped");
     Ok(())
+}
+
+/// A pending action's Telegram message, with its Approve and Reject
+/// buttons; the message is followed from then on.
+fn send_with_buttons(
+    layout: &Layout,
+    tg: &Telegram,
+    state: &Mutex<telegram::State>,
+    notice: &Notice,
+    action: &homelab_core::Action,
+) -> Result<()> {
+    let bot = telegram::Bot::new(tg, Duration::from_secs(0));
+    let text = format!("{}\n{}\n{}", notice.title, notice.text, notice.link);
+    let (chat_id, message_id) = telegram::send_pending(&bot, &tg.chat_id, &text)
+        .map_err(|e| anyhow::anyhow!("telegram answered {e}"))?;
+    let mut state = state.lock().expect("telegram state lock");
+    state.messages.push(telegram::Sent {
+        chat_id,
+        message_id,
+        action: action.id.clone(),
+        created_ms: action.created_at.timestamp_millis(),
+        text,
+        shown: "pending".into(),
+        at: chrono::Utc::now(),
+    });
+    state.write(layout)
+}
+
+/// Long-polls the bot's updates while approvals are configured, and acts
+/// on each press ([`telegram::take`]).
+async fn poll_updates(
+    layout: Layout,
+    mut settings: tokio::sync::watch::Receiver<Option<Telegram>>,
+    state: Arc<Mutex<telegram::State>>,
+    shutdown: CancellationToken,
+) {
+    use telegram::BotError;
+    const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    let mut backoff = Duration::from_secs(1);
+    let mut conflict_said = false;
+    let pause = |wait: Duration| {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = tokio::time::sleep(wait) => true,
+            }
+        }
+    };
+    loop {
+        let current = settings.borrow_and_update().clone();
+        let Some(tg) = current else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = settings.changed() => if changed.is_err() { return } else { continue },
+            }
+        };
+        let poll = tg.poll_for();
+        let bot = telegram::Bot::new(&tg, poll);
+        let offset = state.lock().expect("telegram state lock").offset;
+        let asked = {
+            let bot = bot.clone();
+            tokio::task::spawn_blocking(move || telegram::get_updates(&bot, offset, poll))
+        };
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = asked => got,
+        };
+        let wait = match got {
+            Ok(Ok(updates)) => {
+                backoff = Duration::from_secs(1);
+                if conflict_said {
+                    info!("telegram: updates are read again");
+                    conflict_said = false;
+                }
+                if updates.is_empty() {
+                    continue;
+                }
+                let (layout, state) = (layout.clone(), state.clone());
+                let taken = tokio::task::spawn_blocking(move || {
+                    let mut state = state.lock().expect("telegram state lock");
+                    telegram::take(&layout, &bot, &tg, &mut state, &updates)
+                })
+                .await;
+                match taken {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => {
+                        warn!(error = format!("{error:#}"), "telegram: updates not taken");
+                        backoff
+                    }
+                    Err(error) => {
+                        warn!(%error, "telegram: update task failed");
+                        backoff
+                    }
+                }
+            }
+            Ok(Err(BotError::RetryAfter(wait))) => {
+                warn!(
+                    wait_s = wait.as_secs(),
+                    "telegram: too many requests; waiting as asked"
+                );
+                metrics::counter!("homelab_telegram_poll_errors_total", "kind" => "429")
+                    .increment(1);
+                wait
+            }
+            Ok(Err(BotError::Conflict(description))) => {
+                if !conflict_said {
+                    warn!(%description, "telegram: another program reads this bot's updates (or a webhook is set): stop the other instance, or call deleteWebhook; tried again with a backoff");
+                    conflict_said = true;
+                }
+                metrics::counter!("homelab_telegram_poll_errors_total", "kind" => "409")
+                    .increment(1);
+                backoff
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "telegram: updates not read; tried again with a backoff");
+                metrics::counter!("homelab_telegram_poll_errors_total", "kind" => "other")
+                    .increment(1);
+                backoff
+            }
+            Err(error) => {
+                warn!(%error, "telegram: poll task failed");
+                backoff
+            }
+        };
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !pause(wait).await {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -497,6 +717,22 @@ mod tests {
             (
                 "telegram: {bot_token: \"1:a\", chat_id: \" \"}\n",
                 "chat_id",
+            ),
+            (
+                "telegram: {bot_token: \"1:a\", chat_id: \"@lab\", operators: {ann: 5}}\n",
+                "numeric id",
+            ),
+            (
+                "telegram: {bot_token: \"1:a\", chat_id: \"-1\", operators: {\"../x\": 5}}\n",
+                "not an operator's name",
+            ),
+            (
+                "telegram: {bot_token: \"1:a\", chat_id: \"-1\", operators: {ann: -5}}\n",
+                "positive number",
+            ),
+            (
+                "telegram: {bot_token: \"1:a\", chat_id: \"-1\", poll: 2m}\n",
+                "at most 50s",
             ),
             ("limits: {repeat_after: soon}\n", "repeat_after"),
             ("limits: {per_minute: 0}\n", "per_minute"),
