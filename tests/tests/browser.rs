@@ -173,16 +173,29 @@ async fn click(client: &Client, css: &str) {
     panic!("{css} went stale twenty times");
 }
 
-/// Logs in with the page's form.
+/// Logs in with the page's form as admin, with the operator token.
 async fn log_in(client: &Client) {
-    let token = client
-        .find(Locator::Css("#login input[name=token]"))
+    log_in_as(client, "admin", TOKEN).await;
+}
+
+/// Logs in with the page's form as `name`.
+async fn log_in_as(client: &Client, name: &str, password: &str) {
+    let field = |css: &'static str| client.find(Locator::Css(css));
+    field("#login input[name=name]")
+        .await
+        .unwrap()
+        .send_keys(name)
         .await
         .unwrap();
-    token.send_keys(TOKEN).await.unwrap();
+    field("#login input[name=password]")
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
     click(client, "#login button[type=submit]").await;
     page_shows(client, "the page logged in", |s| {
-        !s.contains(r#"id="login""#)
+        s.contains(&format!(r#"<b id="operator">{name}</b>"#))
     })
     .await;
 }
@@ -395,7 +408,7 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
             .as_array()
             .unwrap()
             .iter()
-            .any(|t| t["state"] == "approved" && t["by"] == "ui"),
+            .any(|t| t["state"] == "approved" && t["by"] == "admin"),
         "{completed}"
     );
     fits(&client, "the actions page").await;
@@ -578,5 +591,140 @@ async fn on_a_phone_the_operator_logs_in_sees_an_action_arrive_and_approves_it()
         screenshot(&dark, &format!("overview-{width}-dark.png")).await;
         dark.close().await.unwrap();
     }
+    system.stop().await.unwrap();
+}
+
+/// Two operators in two browsers: ann approves, the action's history and
+/// the audit page say it was ann; bob is removed while his page is open,
+/// and its Approve button no longer decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_decide_and_the_history_says_who() {
+    use homelab::operator_cli::{run as operator, OperatorCommand};
+    let Some((_driver, port)) = driver().await else {
+        return;
+    };
+    let repo = write_repo(&[
+        ("inventory/topology.yaml", "nodes:\n  n1: {role: server}\n"),
+        (
+            "hosts/n1/services.yaml",
+            "services:\n  app: {grace_period: 0s}\n  db: {grace_period: 0s}\n",
+        ),
+    ]);
+    let system = System::start(repo, Options::default()).await;
+    let layout = homelab_core::Layout::new(system.root.path());
+    // The operators, as `homelab operator add` makes them; the password
+    // is the word after "password:".
+    let add = |name: &str| {
+        let text = operator(
+            &layout,
+            OperatorCommand::Add { name: name.into() },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        text.split("password:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    let (ann_password, bob_password) = (add("ann"), add("bob"));
+    let probe = Probe::connect(system.mqtt, &["homelab/commands/n1"]).await;
+    probe
+        .report("n1", "online", &[("app", "exited"), ("db", "exited")])
+        .await;
+    let (app, db) = ("container-restart-n1-app", "container-restart-n1-db");
+    wait_for("both actions pending", T, || async {
+        system.action_file("pending", app).exists() && system.action_file("pending", db).exists()
+    })
+    .await;
+
+    let url = format!("http://{}", system.http);
+    let ann = browser(port, 1280, 900).await;
+    let bob = browser(port, 1280, 900).await;
+    for (client, name, password) in [(&ann, "ann", &ann_password), (&bob, "bob", &bob_password)] {
+        client.goto(&format!("{url}/actions")).await.unwrap();
+        log_in_as(client, name, password).await;
+        client.goto(&format!("{url}/actions")).await.unwrap();
+        page_shows(client, "both pending actions with buttons", |s| {
+            [app, db].iter().all(|id| {
+                s.contains(&format!(r#"id="action-{id}""#))
+                    && s.contains(&format!(r#"action="/actions/{id}/approve""#))
+            })
+        })
+        .await;
+    }
+
+    // Ann approves app; the history says ann, on bob's screen too.
+    click(
+        &ann,
+        &format!("#action-{app} form[action$='/approve'] button.approve"),
+    )
+    .await;
+    wait_for("app approved", T, || async {
+        !system.action_file("pending", app).exists()
+    })
+    .await;
+    bob.goto(&format!("{url}/actions/{app}")).await.unwrap();
+    page_shows(&bob, "the history naming ann", |s| {
+        s.contains("<b>approved</b>") && s.contains(" by ann: approved by operator")
+    })
+    .await;
+
+    // Bob is removed while his actions page is open: its button is
+    // refused, db stays pending, and the page asks him to log in.
+    bob.goto(&format!("{url}/actions")).await.unwrap();
+    page_shows(&bob, "db's approve button", |s| {
+        s.contains(&format!(r#"action="/actions/{db}/approve""#))
+    })
+    .await;
+    operator(
+        &layout,
+        OperatorCommand::Remove { name: "bob".into() },
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    click(
+        &bob,
+        &format!("#action-{db} form[action$='/approve'] button.approve"),
+    )
+    .await;
+    page_shows(&bob, "the refusal", |s| {
+        s.contains("log in as an operator first")
+    })
+    .await;
+    assert!(
+        system.action_file("pending", db).exists(),
+        "bob's press decided nothing"
+    );
+    bob.goto(&format!("{url}/actions")).await.unwrap();
+    page_shows(&bob, "the login form again", |s| {
+        s.contains(r#"id="login""#) && !s.contains(r#"id="operator""#)
+    })
+    .await;
+
+    // The audit page, as ann sees it: her approval once, bob's refusal.
+    ann.goto(&format!("{url}/audit")).await.unwrap();
+    page_shows(&ann, "the audit trail", |s| s.contains(r#"id="audit""#)).await;
+    let rows: Vec<String> = ann
+        .execute(
+            "return [...document.querySelectorAll('#audit tbody tr')].map(r => [...r.cells].map(c => c.textContent.trim()).slice(1, 5).join(' '));",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let approvals: Vec<&String> = rows.iter().filter(|r| r.contains(" approve ")).collect();
+    assert_eq!(approvals, [&format!("ann approve {app} page")], "{rows:#?}");
+    assert!(
+        rows.iter().any(|r| r == "bob ✗ refused login  session"),
+        "bob's press after his removal: {rows:#?}"
+    );
+    screenshot(&ann, "audit-1280.png").await;
+    ann.close().await.unwrap();
+    bob.close().await.unwrap();
     system.stop().await.unwrap();
 }

@@ -200,7 +200,7 @@ async fn the_page_is_locked_down_and_forms_need_their_csrf_value() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|t| t["state"] == "approved" && t["by"] == "ui"),
+            .any(|t| t["state"] == "approved" && t["by"] == "admin"),
         "{approved}"
     );
 

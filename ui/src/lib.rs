@@ -721,7 +721,10 @@ impl AppError {
             | AppError::NotFound(m)
             | AppError::Conflict(m)
             | AppError::Unavailable(m) => m.clone(),
-            AppError::Unauthorized => "operator token required (Authorization: Bearer …)".into(),
+            AppError::Unauthorized => {
+                "log in as an operator first, or send an operator's token (Authorization: Bearer …)"
+                    .into()
+            }
             AppError::Unsigned(m) => m.clone(),
             AppError::Forbidden(m) => m.clone(),
             AppError::MethodNotAllowed => {
@@ -799,8 +802,30 @@ pub(crate) fn authorize(
         || websec::cookie(headers, websec::SESSION_COOKIE).is_some();
     if presented {
         limiter.fail(ip, now);
+        drop(limiter);
         metrics::counter!("homelab_http_login_failures_total").increment(1);
         warn!(client = %ip, "wrong operator token or session");
+        // Who it claims to be, where it says so: a removed operator's
+        // open page, or someone trying tokens.
+        let claimed = auth::bearer(headers)
+            .and_then(|t| homelab_core::operator::parse_token(&t).map(|(n, _)| n))
+            .or_else(|| {
+                websec::cookie(headers, websec::SESSION_COOKIE)
+                    .and_then(homelab_core::operator::session_name)
+            })
+            .map_or_else(|| "?".to_string(), |n| n.to_string());
+        audit(
+            state,
+            homelab_core::audit::Entry::new(
+                &claimed,
+                homelab_core::audit::What::Login,
+                "session",
+                false,
+                Utc::now(),
+            )
+            .client(ip)
+            .detail("a token or session that is not (or no longer) valid"),
+        );
     }
     Err(AppError::Unauthorized)
 }

@@ -272,7 +272,12 @@ async fn each_decision_is_recorded_by_the_operator_of_the_login() {
             "ann login page false -".to_string(),
             "eve login page false -".to_string(),
             "bob login page false -".to_string(),
+            // bob's secret under ann's name
+            "ann login session false -".to_string(),
             "bob login page true -".to_string(),
+            // the removed ann's page, and bob's after his new password
+            "ann login session false -".to_string(),
+            "bob login session false -".to_string(),
         ]
     );
     assert!(entries.iter().all(|e| e["client"].is_string()));
@@ -307,7 +312,8 @@ async fn each_decision_is_recorded_by_the_operator_of_the_login() {
     assert!(page.contains("✗ refused"), "bob's refused login: {page}");
     // And the file under the root holds it, one line each.
     let on_disk = audit::read(&site.layout, &audit::Filter::default(), 100).unwrap();
-    assert_eq!(on_disk.len(), lines.len());
+    assert_eq!(on_disk.len(), lines.len() + 1, "and the wrong token since");
+    assert_eq!((on_disk[0].operator.as_str(), on_disk[0].ok), ("?", false));
     assert_eq!(
         on_disk.iter().filter(|e| e.what == What::Approve).count(),
         2
