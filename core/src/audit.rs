@@ -110,12 +110,12 @@ impl Entry {
 }
 
 fn dir(layout: &Layout) -> PathBuf {
-    layout.root().join("audit")
+    layout.audit_dir()
 }
 
 /// Appends `entry` and fsyncs it.
 pub fn append(layout: &Layout, entry: &Entry) -> Result<()> {
-    let path = dir(layout).join(format!("{}.jsonl", entry.ts.format("%Y-%m-%d")));
+    let path = layout.audit_file(entry.ts.date_naive());
     let mut line = serde_json::to_vec(entry).context("audit entry serializes")?;
     line.push(b'\n');
     let mut file = crate::fsutil::open_append(&path)?;

@@ -110,6 +110,21 @@ impl Layout {
     pub fn config_dir(&self) -> PathBuf {
         self.root.join("config")
     }
+    /// `config/operators/`: one file per named operator ([`crate::operator`]).
+    pub fn operators_dir(&self) -> PathBuf {
+        self.config_dir().join("operators")
+    }
+    pub fn operator_file(&self, name: &Name) -> PathBuf {
+        self.operators_dir().join(format!("{name}.json"))
+    }
+    /// `audit/`: the audit trail, a file per UTC day ([`crate::audit`]).
+    pub fn audit_dir(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+    pub fn audit_file(&self, date: NaiveDate) -> PathBuf {
+        self.audit_dir()
+            .join(format!("{}.jsonl", date.format("%Y-%m-%d")))
+    }
     pub fn ui_token_file(&self) -> PathBuf {
         self.config_dir().join("ui").join("token")
     }

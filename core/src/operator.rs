@@ -60,11 +60,11 @@ pub fn check_new_name(raw: &str) -> Result<Name> {
 }
 
 fn dir(layout: &Layout) -> PathBuf {
-    layout.config_dir().join("operators")
+    layout.operators_dir()
 }
 
 fn file(layout: &Layout, name: &Name) -> PathBuf {
-    dir(layout).join(format!("{name}.json"))
+    layout.operator_file(name)
 }
 
 /// Random secret: 24 bytes, hex.
