@@ -302,6 +302,18 @@ mod tests {
         assert_eq!(read(&layout, &ann.name).unwrap(), None);
     }
 
+    proptest::proptest! {
+        /// Tokens and cookies come from outside: any text is answered, and
+        /// a name taken from one is a valid name, as written.
+        #[test]
+        fn any_token_or_cookie_is_answered_safely(raw in "\\PC{0,200}") {
+            for name in [parse_token(&raw).map(|(n, _)| n), session_name(&raw)].into_iter().flatten() {
+                proptest::prop_assert!(raw.contains(name.as_str()));
+                proptest::prop_assert!(!name.as_str().contains('/'));
+            }
+        }
+    }
+
     #[test]
     fn new_names_are_checked() {
         for (raw, ok) in [
