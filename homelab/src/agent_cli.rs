@@ -20,6 +20,16 @@ pub struct Globals {
     /// MQTT topic prefix.
     #[arg(long, default_value = homelab_core::topics::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
+    /// How logs are written to stderr: `text` (colours only on a
+    /// terminal) or `json`, one object a line, for log collectors.
+    #[arg(
+        long,
+        env = "HOMELAB_LOG_FORMAT",
+        default_value = "text",
+        value_enum,
+        global = true
+    )]
+    pub log_format: crate::LogFormat,
 }
 
 #[derive(Subcommand)]

@@ -434,8 +434,8 @@ fn node_name(raw: Option<String>) -> Result<Name> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    homelab::init_logging();
     let cli = Cli::parse();
+    homelab::init_logging(cli.globals.log_format);
     if let Commands::Check { repo } = &cli.command {
         if homelab_repo::source::is_url(&repo.repo) {
             eprintln!("homelab check takes a folder or a checkout (its working tree), not a URL: clone it and check the clone");

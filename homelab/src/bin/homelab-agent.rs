@@ -25,8 +25,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    homelab::init_logging();
     let cli = Cli::parse();
+    homelab::init_logging(cli.globals.log_format);
     if let Some(AgentQuery::Status { node, json }) = cli.query {
         return match agent_cli::status(&cli.globals.root, node, json) {
             Ok(text) => {
