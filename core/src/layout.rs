@@ -22,6 +22,10 @@ impl Layout {
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// `format.json`: the root's format version ([`crate::format`]).
+    pub fn format_file(&self) -> PathBuf {
+        self.root.join("format.json")
+    }
     pub fn events_dir(&self) -> PathBuf {
         self.root.join("events")
     }

@@ -13,6 +13,7 @@ pub mod event;
 pub mod eventlog;
 pub mod feed;
 pub mod fleet;
+pub mod format;
 pub mod fsutil;
 pub mod identity;
 pub mod layout;

@@ -309,6 +309,24 @@ fn local_agent_identity(
 /// disconnect as an ERROR, so its logs are off unless asked for
 /// (RUST_LOG=info,rumqttd=warn). Colours only on a terminal: journald,
 /// `docker logs` and log files would show the escape codes raw.
+/// Checks the runtime root's format before a component uses it
+/// ([`homelab_core::format`]): an older root is upgraded, a newer one
+/// refused with what to do.
+pub fn open_root(root: &std::path::Path) -> Result<()> {
+    use homelab_core::format::{self, Opened};
+    let binary = concat!("homelab ", env!("CARGO_PKG_VERSION"));
+    match format::open(&Layout::new(root), binary)? {
+        Opened::Upgraded { from } => info!(
+            root = %root.display(),
+            from,
+            to = format::CURRENT,
+            "runtime root upgraded to this release's format"
+        ),
+        Opened::New | Opened::Current => {}
+    }
+    Ok(())
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

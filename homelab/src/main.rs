@@ -549,6 +549,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Err(error) = homelab::open_root(&cli.globals.root) {
+        eprintln!("homelab: {error:#}");
+        return ExitCode::FAILURE;
+    }
     let runtime = if let Commands::Agent { .. } = &cli.command {
         agent_cli::runtime()
     } else {

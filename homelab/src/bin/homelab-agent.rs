@@ -39,6 +39,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Err(error) = homelab::open_root(&cli.globals.root) {
+        eprintln!("homelab-agent: {error:#}");
+        return ExitCode::FAILURE;
+    }
     let shutdown = CancellationToken::new();
     let result = agent_cli::runtime().block_on(async {
         homelab::cancel_on_signals(shutdown.clone());
