@@ -357,6 +357,17 @@ enum Commands {
         #[command(subcommand)]
         command: homelab::repo_cli::RepoCommand,
     },
+    /// Writes the runtime root's state to one file (tar + zstd) while the
+    /// system runs: events, actions, world, audit, config and secrets.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+        /// Leave out config/ (tokens, operators, TLS keys, logins).
+        #[arg(long)]
+        no_secrets: bool,
+    },
+    /// Brings a backup back into an empty runtime root (--root).
+    Restore { file: PathBuf },
     /// Named operators: who logs in on the page and decides.
     Operator {
         #[command(subcommand)]
@@ -455,6 +466,54 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("homelab agent status: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Commands::Backup { out, no_secrets } = &cli.command {
+        let layout = Layout::new(&cli.globals.root);
+        return match homelab::backup::backup(&layout, out, !no_secrets) {
+            Ok(m) => {
+                println!(
+                    "backup of {} written to {}: {} files, {} bytes before compression{}",
+                    cli.globals.root.display(),
+                    out.display(),
+                    m.files,
+                    m.bytes,
+                    if m.secrets {
+                        ""
+                    } else {
+                        ", without config/ (no secrets)"
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab backup: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Commands::Restore { file } = &cli.command {
+        let layout = Layout::new(&cli.globals.root);
+        return match homelab::backup::restore(&layout, file) {
+            Ok(m) => {
+                println!(
+                    "restored {} files of the backup made {} by {} into {}{}",
+                    m.files,
+                    m.at,
+                    m.written_by,
+                    cli.globals.root.display(),
+                    if m.secrets {
+                        ""
+                    } else {
+                        "; it held no secrets: the ui makes a new operator token, nodes must be enrolled again"
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("homelab restore: {error:#}");
                 ExitCode::FAILURE
             }
         };
@@ -821,6 +880,8 @@ async fn run(cli: Cli) -> Result<()> {
         | Commands::Emit { .. }
         | Commands::Actions { .. }
         | Commands::Operator { .. }
+        | Commands::Backup { .. }
+        | Commands::Restore { .. }
         | Commands::Audit { .. }
         | Commands::Repo { .. }
         | Commands::Tls { .. }
