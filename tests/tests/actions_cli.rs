@@ -153,7 +153,8 @@ async fn operator_lists_shows_and_decides_from_a_shell() {
         .clone();
     assert_eq!(
         (decision["by"].as_str(), decision["why"].as_str()),
-        (Some("alice"), Some("looks right"))
+        // The token's operator, not --by: admin, the operator token.
+        (Some("admin"), Some("looks right"))
     );
 
     // Deciding again is a conflict, said as such.

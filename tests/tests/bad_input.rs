@@ -197,7 +197,7 @@ async fn bad_http_and_mqtt_requests_get_clear_errors() {
             .post("/api/actions/redeploy-n1-app/reject", None, None)
             .await,
         401,
-        "operator token",
+        "operator's token",
     );
     check(
         system.get("/api/actions?state=bogus").await,

@@ -310,7 +310,7 @@ async fn commits_drive_the_loop_from_push_to_running_container() {
     assert_eq!(deployments.len(), 2, "{deployments:#?}");
     assert_eq!(deployments[0]["commit"]["sha"], c3.as_str());
     assert_eq!(deployments[0]["ok"], true);
-    assert_eq!(deployments[0]["approved_by"], "api");
+    assert_eq!(deployments[0]["approved_by"], "admin");
     assert_eq!(deployments[1]["commit"]["sha"], c1.as_str());
     wait_for("the matrix says what is deployed", T, || async {
         let page = system.get("/services").await.1;
