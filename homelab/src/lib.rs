@@ -17,6 +17,7 @@ use tracing::{error, info};
 pub mod actions_cli;
 pub mod agent_cli;
 pub mod backup;
+pub mod doctor;
 pub mod fleet_cli;
 pub mod operator_cli;
 pub mod repo_cli;

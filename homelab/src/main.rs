@@ -357,6 +357,31 @@ enum Commands {
         #[command(subcommand)]
         command: homelab::repo_cli::RepoCommand,
     },
+    /// Checks this host: Docker, the broker and the login, TLS certificates,
+    /// the clock, free disk, secrets' modes, the repo, notifications. Each
+    /// finding with its fix; exit status 1 if anything fails.
+    Doctor {
+        /// The broker, as the agent's or the components' --broker.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// This node (its enrolment is checked; default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, env = "DOCKER_HOST")]
+        docker_host: Option<String>,
+        /// The desired-state repo (a folder or a git URL) to check.
+        #[arg(long)]
+        repo: Option<String>,
+        /// The control plane's page, for the clock.
+        #[arg(long, env = "HOMELAB_URL", default_value = "http://127.0.0.1:18180")]
+        url: String,
+        /// Send a test message to each notification channel.
+        #[arg(long)]
+        send_test: bool,
+        /// How long each probe waits.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Writes the runtime root's state to one file (tar + zstd) while the
     /// system runs: events, actions, world, audit, config and secrets.
     Backup {
@@ -468,6 +493,44 @@ fn main() -> ExitCode {
                 eprintln!("homelab agent status: {error:#}");
                 ExitCode::FAILURE
             }
+        };
+    }
+    if let Commands::Doctor {
+        broker,
+        node,
+        docker_host,
+        repo,
+        url,
+        send_test,
+        timeout,
+    } = &cli.command
+    {
+        let node = match node.as_deref().map(Name::parse).transpose() {
+            Ok(node) => node,
+            Err(error) => {
+                eprintln!("homelab doctor: --node: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let options = homelab::doctor::Options {
+            root: cli.globals.root.clone(),
+            broker: broker.clone(),
+            node,
+            docker_host: docker_host.clone(),
+            repo: repo.clone(),
+            url: url.clone(),
+            send_test: *send_test,
+            timeout: *timeout,
+        };
+        let findings = tokio::runtime::Runtime::new()
+            .expect("tokio runtime")
+            .block_on(homelab::doctor::run(&options));
+        let (text, good) = homelab::doctor::render(&findings);
+        print!("{text}");
+        return if good {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         };
     }
     if let Commands::Backup { out, no_secrets } = &cli.command {
@@ -881,6 +944,7 @@ async fn run(cli: Cli) -> Result<()> {
         | Commands::Actions { .. }
         | Commands::Operator { .. }
         | Commands::Backup { .. }
+        | Commands::Doctor { .. }
         | Commands::Restore { .. }
         | Commands::Audit { .. }
         | Commands::Repo { .. }

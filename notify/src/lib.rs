@@ -309,6 +309,24 @@ pub fn ntfy_headers(notice: &Notice) -> Vec<(&'static str, String)> {
     headers
 }
 
+/// A test message to `channel` (`homelab doctor --send-test`), blocking.
+pub fn send_test(channel: &Channel, base_url: &str) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(true)
+        .build()
+        .into();
+    let notice = Notice {
+        subject: "test".into(),
+        said: Said::IncidentResolved,
+        title: "homelab: a test message".into(),
+        text: "If you read this, homelab can reach you here (homelab doctor --send-test).".into(),
+        link: base_url.trim_end_matches('/').to_string(),
+    };
+    send(&agent, channel, &notice, chrono::Utc::now())
+}
+
 /// Sends one notice to one channel (blocking HTTP, 10 s at most).
 pub fn send(agent: &ureq::Agent, channel: &Channel, notice: &Notice, now: Timestamp) -> Result<()> {
     let result = match channel {
