@@ -755,9 +755,11 @@ async fn docker_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         }
         if let Err(error) = result {
             if reachable != Some(false) {
+                let error_text = format!("{error:#}");
                 warn!(
-                    error = format!("{error:#}"),
-                    "docker engine unreachable; retrying with backoff"
+                    error = %error_text,
+                    "docker engine unreachable: {}; retrying with backoff",
+                    docker_advice(&error_text)
                 );
                 agent.emit(
                     kinds::DOCKER_UNREACHABLE,
@@ -1708,5 +1710,42 @@ async fn carry_out(
             }
             Err(error) => (false, format!("{error:#}"), json!({})),
         },
+    }
+}
+
+/// What to do when Docker cannot be reached, from the error's text. Pure.
+pub fn docker_advice(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("no such file") || e.contains("not found") {
+        "the Docker socket is missing: is Docker installed and running (`systemctl status docker`)? in a container, mount it (-v /var/run/docker.sock:/var/run/docker.sock); or --docker-host"
+    } else if e.contains("permission denied") {
+        "this user may not use the Docker socket: add it to the docker group (or run the agent's container with the socket mounted)"
+    } else if e.contains("connection refused") {
+        "nothing answers at the Docker address: is the engine running, and --docker-host right?"
+    } else {
+        "is the engine running and --docker-host right? `homelab doctor` checks it"
+    }
+}
+
+#[cfg(test)]
+mod advice_tests {
+    use super::docker_advice;
+
+    #[test]
+    fn docker_errors_say_what_to_do() {
+        for (error, says) in [
+            (
+                "ping docker: error trying to connect: No such file or directory (os error 2)",
+                "socket is missing",
+            ),
+            (
+                "ping docker: Permission denied (os error 13)",
+                "docker group",
+            ),
+            ("Connection refused (os error 111)", "nothing answers"),
+            ("timed out", "homelab doctor"),
+        ] {
+            assert!(docker_advice(error).contains(says), "{error}");
+        }
     }
 }

@@ -66,3 +66,50 @@ fn json_logs_are_one_object_a_line() {
         assert!(listening["timestamp"].is_string());
     }
 }
+
+/// An agent pointed at a broker that is not there says so at once, with
+/// what to do, not only in debug logs.
+#[test]
+fn an_unreachable_broker_is_said_with_what_to_do() {
+    let root = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .arg("--root")
+        .arg(root.path())
+        .args([
+            "agent",
+            "--node",
+            "lonely",
+            "--broker",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = None;
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("cannot reach the broker") {
+            said = Some(line);
+            break;
+        }
+        seen.push(line);
+        if seen.len() > 200 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = said.unwrap_or_else(|| panic!("{seen:#?}"));
+    assert!(said.contains(" WARN "), "{said}");
+    assert!(
+        said.contains(&format!("nothing listens at 127.0.0.1:{port}")),
+        "{said}"
+    );
+    assert!(said.contains("homelab doctor --broker"), "{said}");
+}

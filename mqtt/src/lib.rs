@@ -462,6 +462,36 @@ fn failure(error: &rumqttc::ConnectionError) -> Failure {
     }
 }
 
+/// What a user should do when the broker cannot be reached, from the
+/// error's text: a certificate problem says which, the rest says where to
+/// look. Pure.
+pub fn unreachable_advice(broker: &str, error: &str) -> String {
+    let e = error.to_ascii_lowercase();
+    let doctor = format!("`homelab doctor --broker {broker}` checks it");
+    if e.contains("expired") {
+        "the broker's TLS certificate has expired: on the control host `homelab doctor` says when, and `homelab tls init --force --name HOST` makes new ones (then enrol the nodes again)".to_string()
+    } else if e.contains("notvalidforname") || e.contains("not valid for name") {
+        format!("the broker's certificate does not name {broker}: dial a name given to `homelab tls init --name`, or make one that names it")
+    } else if e.contains("unknownissuer")
+        || e.contains("unknown issuer")
+        || e.contains("badsignature")
+    {
+        "the broker's certificate is not signed by the fleet's CA this host holds: enrol this node again with the token `homelab node rotate NODE` prints".to_string()
+    } else if e.contains("refused") {
+        format!("nothing listens at {broker}: is the broker (`homelab up`, or Mosquitto) running there, on that port? {doctor}")
+    } else if e.contains("lookup") || e.contains("resolve") || e.contains("name or service") {
+        format!("the name in {broker} does not resolve from here: check it, and this host's DNS; {doctor}")
+    } else {
+        format!("is the broker running and reachable from here (a firewall, a down link)? {doctor}")
+    }
+}
+
+/// Whether the `n`th failed connect in a row is said at WARN: the first,
+/// then every 30th (about every 15 min at the 30 s backoff ceiling).
+fn say_unreachable(n: u32) -> bool {
+    n == 1 || n.is_multiple_of(30)
+}
+
 /// The wait after a refused login: between this and 5 min, doubling.
 const REFUSED_MIN: Duration = Duration::from_secs(15);
 const REFUSED_MAX: Duration = Duration::from_secs(300);
@@ -593,6 +623,7 @@ async fn drive(
     };
     let mut delays = backoff();
     let mut refusals = 0u32;
+    let mut unreachable = 0u32;
     let mut connected = false;
     // While subscriptions are unconfirmed on this connection: when to ask
     // again, and the request still waiting for room in the queue.
@@ -638,6 +669,7 @@ async fn drive(
                     info!(client = %config.client_id, broker = %config.broker, "mqtt login accepted again");
                 }
                 refusals = 0;
+                unreachable = 0;
                 connected = true;
                 info!(client = %config.client_id, broker = %config.broker, session_present = ack.session_present, "mqtt connected");
                 if config.subscriptions.is_empty() {
@@ -724,7 +756,14 @@ async fn drive(
                     }
                     Failure::Transient => {
                         if !was_connected {
-                            debug!(client = %config.client_id, %error, "mqtt connect failed");
+                            unreachable += 1;
+                            if say_unreachable(unreachable) {
+                                let advice = unreachable_advice(&config.broker, &error.to_string());
+                                warn!(client = %config.client_id, broker = %config.broker, %error, attempts = unreachable,
+                                    "cannot reach the broker: {advice}; trying again with a backoff");
+                            } else {
+                                debug!(client = %config.client_id, %error, "mqtt connect failed");
+                            }
                         }
                         delays.next().unwrap_or(Duration::from_secs(30))
                     }
@@ -744,6 +783,39 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_broker_is_said_with_what_to_do() {
+        let b = "mqtts://vps:8883";
+        for (error, says) in [
+            (
+                "TLS: invalid peer certificate: Expired",
+                "certificate has expired",
+            ),
+            (
+                "TLS: invalid peer certificate: NotValidForName",
+                "does not name mqtts://vps:8883",
+            ),
+            (
+                "TLS: invalid peer certificate: UnknownIssuer",
+                "not signed by the fleet's CA",
+            ),
+            (
+                "I/O: Connection refused (os error 111)",
+                "nothing listens at mqtts://vps:8883",
+            ),
+            (
+                "I/O: failed to lookup address information: Name or service not known",
+                "does not resolve",
+            ),
+            ("Timeout", "reachable from here"),
+        ] {
+            let advice = unreachable_advice(b, error);
+            assert!(advice.contains(says), "{error}: {advice}");
+        }
+        let said: Vec<u32> = (1..=61).filter(|n| say_unreachable(*n)).collect();
+        assert_eq!(said, [1, 30, 60]);
+    }
 
     #[test]
     fn addresses() {
