@@ -357,6 +357,12 @@ enum Commands {
         #[command(subcommand)]
         command: homelab::repo_cli::RepoCommand,
     },
+    /// Exit status 0 when the control plane's page answers /healthz (a
+    /// container's healthcheck: the image has no curl).
+    Health {
+        #[arg(long, env = "HOMELAB_URL", default_value = "http://127.0.0.1:18180")]
+        url: String,
+    },
     /// Checks this host: Docker, the broker and the login, TLS certificates,
     /// the clock, free disk, secrets' modes, the repo, notifications. Each
     /// finding with its fix; exit status 1 if anything fails.
@@ -491,6 +497,20 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("homelab agent status: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Commands::Health { url } = &cli.command {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build()
+            .into();
+        let url = format!("{}/healthz", url.trim_end_matches('/'));
+        return match agent.get(&url).call() {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("homelab health: {url}: {error}");
                 ExitCode::FAILURE
             }
         };
@@ -945,6 +965,7 @@ async fn run(cli: Cli) -> Result<()> {
         | Commands::Operator { .. }
         | Commands::Backup { .. }
         | Commands::Doctor { .. }
+        | Commands::Health { .. }
         | Commands::Restore { .. }
         | Commands::Audit { .. }
         | Commands::Repo { .. }
