@@ -315,6 +315,23 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
     let actions = json(http, "/api/actions?state=all");
     assert!(events > 0);
 
+    // The control plane's memory, idle with its one node.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &format!("{}_homelab_1", control.0),
+    ])
+    .0;
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(rss_kb > 0, "the control plane's RSS");
+
     // down and up: everything is still there.
     let (_, err, ok) =
         run(compose(&control.0, &control.1, &control.2).args(["down", "--timeout", "20"]));
@@ -336,10 +353,11 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
     );
 
     eprintln!(
-        "\n== compose ==\ncontrol plane image {:.1} MB, agent image {:.1} MB (debug build, stripped)\ndocker-compose up -d to /healthz answering: {:.1} s; to Docker's \"healthy\" (its first check is one 5 s interval in): {:.1} s\n",
+        "\n== compose ==\ncontrol plane image {:.1} MB, agent image {:.1} MB (debug build, stripped)\ndocker-compose up -d to /healthz answering: {:.1} s; to Docker's \"healthy\" (its first check is one 5 s interval in): {:.1} s\ncontrol plane's RSS idle with one node: {:.1} MB\n",
         image_size(&control_image),
         image_size(&agent_image),
         to_answer.as_secs_f64(),
-        to_healthy.as_secs_f64()
+        to_healthy.as_secs_f64(),
+        rss_kb as f64 / 1024.0
     );
 }
