@@ -3,8 +3,6 @@
 //! and the event log as the original did; `--no-secrets` leaves config/
 //! out; a root that holds data is not restored into.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,34 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{free_port, Proc};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer
-        .starts_with("HTTP/1.1 200")
-        .then(|| answer.split_once("\r\n\r\n").unwrap().1.to_string())
-}
+use common::{copy_dir, free_port, get_ok as get, up_command, Proc};
 
 fn homelab(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_homelab"))
@@ -54,22 +25,7 @@ fn homelab(root: &Path, args: &[&str]) -> Output {
 fn up(root: &Path, repo: &Path) -> (Proc, u16) {
     let http = free_port();
     let child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_homelab"))
-            .args([
-                "up",
-                "--no-agent",
-                "--retention",
-                "3650d",
-                "--compress-after",
-                "3650d",
-            ])
-            .args(["--mqtt", &format!("127.0.0.1:{}", free_port())])
-            .args(["--http", &format!("127.0.0.1:{http}")])
-            .arg("--root")
-            .arg(root)
-            .arg("--repo")
-            .arg(repo)
-            .stdout(Stdio::null())
+        up_command(root, repo, (free_port(), http))
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

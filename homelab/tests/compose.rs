@@ -12,8 +12,6 @@
 //! checks the file's `-900` and starts the stack with an override file
 //! that sets it to 0.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::free_port;
+use common::{free_port, get_ok as get, run};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -30,17 +28,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn run(command: &mut Command) -> (String, String, bool) {
-    match command.output() {
-        Ok(out) => (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            out.status.success(),
-        ),
-        Err(error) => (String::new(), error.to_string(), false),
-    }
 }
 
 fn docker(args: &[&str]) -> (String, String, bool) {
@@ -85,20 +72,6 @@ fn compose(project: &str, files: &[PathBuf], env: &[(String, String)]) -> Comman
     }
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer
-        .starts_with("HTTP/1.1 200")
-        .then(|| answer.split_once("\r\n\r\n").unwrap().1.to_string())
 }
 
 fn json(port: u16, path: &str) -> Value {

@@ -13,16 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(command: &mut Command) -> (String, String, bool) {
-    match command.output() {
-        Ok(out) => (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            out.status.success(),
-        ),
-        Err(error) => (String::new(), error.to_string(), false),
-    }
-}
+mod common;
+use common::run;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,13 +5,13 @@
 //! their fix, exit 1.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, Proc};
+use common::{free_port, healthy, Proc};
 
 fn doctor(root: &Path, args: &[&str]) -> (bool, String) {
     let Output {
@@ -32,16 +32,6 @@ fn doctor(root: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&stderr)
     );
     (status.success(), text)
-}
-
-fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
 }
 
 /// A webhook receiver: the first request's body.

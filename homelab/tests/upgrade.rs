@@ -4,69 +4,19 @@
 //! release's format; a root from a newer format is refused with a clear
 //! message and left as it is.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::{free_port, Proc};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let status = answer.get(9..12)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
+use common::{copy_dir, free_port, http_get as get, up_command, Proc};
 
 fn json(port: u16, path: &str) -> Value {
     let (status, body) = get(port, path).unwrap();
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: {body}"))
-}
-
-fn up(root: &Path, repo: &Path, (mqtt, http): (u16, u16)) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_homelab"));
-    command
-        .args([
-            "up",
-            "--no-agent",
-            "--retention",
-            "3650d",
-            "--compress-after",
-            "3650d",
-        ])
-        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .arg("--root")
-        .arg(root)
-        .arg("--repo")
-        .arg(repo)
-        .stdout(Stdio::null());
-    command
 }
 
 #[test]
@@ -79,7 +29,7 @@ fn a_root_of_the_previous_release_starts_with_everything_in_it() {
     assert!(!root.join("format.json").exists());
     let http = free_port();
     let child = Proc(
-        up(&root, &repo, (free_port(), http))
+        up_command(&root, &repo, (free_port(), http))
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -156,7 +106,7 @@ fn a_root_of_a_newer_format_is_refused_and_left_alone() {
     std::fs::write(repo.join("inventory/topology.yaml"), "nodes: {}\n").unwrap();
     let newer = br#"{"v":99,"written_by":"homelab 9.0.0"}"#;
     std::fs::write(root.join("format.json"), newer).unwrap();
-    let output = up(&root, &repo, (free_port(), free_port()))
+    let output = up_command(&root, &repo, (free_port(), free_port()))
         .stderr(Stdio::piped())
         .output()
         .unwrap();
