@@ -267,30 +267,13 @@ async fn docker(options: &Options) -> Finding {
             )
         }
     };
-    let client = match tokio::time::timeout(options.timeout, client.negotiate_version()).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(error)) => {
-            return finding(
-                "docker",
-                Level::Fail,
-                format!("Docker at {host} does not answer: {error}"),
-                fix,
-            )
-        }
-        Err(_) => {
-            return finding(
-                "docker",
-                Level::Fail,
-                format!(
-                    "Docker at {host} did not answer within {} s",
-                    options.timeout.as_secs()
-                ),
-                fix,
-            )
-        }
-    };
-    let version = tokio::time::timeout(options.timeout, client.version()).await;
-    match version {
+    // bollard does not negotiate the API version by itself.
+    let asked = tokio::time::timeout(options.timeout, async {
+        let client = client.negotiate_version().await?;
+        client.version().await
+    })
+    .await;
+    match asked {
         Ok(Ok(v)) => finding(
             "docker",
             Level::Ok,

@@ -2,9 +2,12 @@
 //! ctrl-c (SIGINT), exits cleanly and promptly.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::healthy;
 
 /// Ports from a counter below the ephemeral range, so the two tests here
 /// (run at once) never pick the same port for their child processes.
@@ -18,17 +21,6 @@ fn free_port() -> u16 {
             return port;
         }
     }
-}
-
-fn healthy(port: u16) -> bool {
-    use std::io::Write;
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
 }
 
 fn stops_cleanly_on(signal: i32) {

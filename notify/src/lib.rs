@@ -309,14 +309,21 @@ pub fn ntfy_headers(notice: &Notice) -> Vec<(&'static str, String)> {
     headers
 }
 
-/// A test message to `channel` (`homelab doctor --send-test`), blocking.
-pub fn send_test(channel: &Channel, base_url: &str) -> Result<()> {
+/// The HTTP client of every channel: 10 s at most, a status that is not
+/// 2xx is an error. HTTPS with the same TLS stack as the rest (ureq takes
+/// the process's provider; installed already by another component is fine).
+fn http_agent() -> ureq::Agent {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(true)
         .build()
-        .into();
+        .into()
+}
+
+/// A test message to `channel` (`homelab doctor --send-test`), blocking.
+pub fn send_test(channel: &Channel, base_url: &str) -> Result<()> {
+    let agent = http_agent();
     let notice = Notice {
         subject: "test".into(),
         said: Said::IncidentResolved,
@@ -403,14 +410,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut told = read_ledger(&ledger_path);
     let mut sent_at: BTreeMap<String, Vec<Timestamp>> = BTreeMap::new();
     let mut last_problem: Option<String> = None;
-    // HTTPS with the same TLS stack as the rest (ureq takes the process's
-    // provider); installed already by another component is fine.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(true)
-        .build()
-        .into();
+    let http = http_agent();
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Telegram's buttons: the settings for the poll, the messages sent.

@@ -10,7 +10,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
 use homelab_core::Layout;
-use rand::RngExt;
 
 /// Loads the token, creating the file if needed.
 pub fn load_token(layout: &Layout, from_env: Option<String>) -> Result<String> {
@@ -24,8 +23,7 @@ pub fn load_token(layout: &Layout, from_env: Option<String>) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     }
-    let bytes: [u8; 24] = rand::rng().random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = homelab_core::operator::new_secret();
     std::fs::create_dir_all(path.parent().expect("token file has a folder"))?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -84,11 +84,9 @@ pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> String
     format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
 }
 
-/// Compares in time independent of where the first difference is.
-pub fn same(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+/// Compares in time independent of where the first difference is (the
+/// one comparison the operators' tokens and sessions use too).
+pub use homelab_core::operator::same;
 
 /// Why a POST is refused as cross-site, if it is: a browser's
 /// `Sec-Fetch-Site: cross-site|same-site`, or an `Origin` naming another
