@@ -61,6 +61,7 @@ use homelab_core::identity;
 
 use anyhow::{bail, Context, Result};
 use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
+use rustls_pki_types::{pem, pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -262,7 +263,7 @@ type Front = (tokio::net::TcpListener, tokio_rustls::TlsAcceptor);
 fn tls_front(tls: &TlsListener) -> Result<Front> {
     let read =
         |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
-    let certs = rustls_pemfile::certs(&mut &read(&tls.cert)?[..])
+    let certs = CertificateDer::pem_slice_iter(&read(&tls.cert)?)
         .collect::<std::result::Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", tls.cert.display()))?;
     anyhow::ensure!(
@@ -270,11 +271,12 @@ fn tls_front(tls: &TlsListener) -> Result<Front> {
         "no certificate in {}",
         tls.cert.display()
     );
-    let key = rustls_pemfile::private_key(&mut &read(&tls.key)?[..])
-        .with_context(|| format!("{} is not a PEM key", tls.key.display()))?
-        .with_context(|| format!("no private key in {}", tls.key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?).map_err(|e| match e {
+        pem::Error::NoItemsFound => anyhow::anyhow!("no private key in {}", tls.key.display()),
+        e => anyhow::anyhow!("{} is not a PEM key: {e}", tls.key.display()),
+    })?;
     let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .context("TLS versions")?

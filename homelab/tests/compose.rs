@@ -3,7 +3,7 @@
 //! FROM scratch from this build's binaries by `packaging/*-image/build`,
 //! started with `packaging/compose/docker-compose.yml` and
 //! `packaging/compose/agent/docker-compose.yml`. The stack comes up
-//! healthy, `/summary` answers, the agent joins over TLS with the token
+//! healthy, `/summary` answers, five agents join over TLS with the tokens
 //! `homelab node add` printed, and `down` then `up` keeps every event and
 //! action. Prints the images' sizes and the time to healthy.
 //!
@@ -22,6 +22,9 @@ mod common;
 use common::{free_port, get_ok as get, run};
 
 const T: Duration = Duration::from_secs(60);
+
+/// The fleet of the test: five nodes, as the figure asks.
+const NODES: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -162,7 +165,10 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
     std::fs::create_dir_all(&root).unwrap();
     let repo = data.path().join("repo");
     for (path, text) in [
-        ("inventory/topology.yaml", "nodes:\n  n1: {role: server}\n"),
+        (
+            "inventory/topology.yaml",
+            "nodes:\n  n1: {role: server}\n  n2: {role: server}\n  n3: {role: server}\n  n4: {role: server}\n  n5: {role: server}\n",
+        ),
         (
             "hosts/n1/services.yaml",
             "services:\n  app: {grace_period: 0s}\n",
@@ -193,12 +199,19 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
         "--port",
         &mqtts.to_string(),
     ]);
-    let printed = homelab(&["node", "add", "n1"]);
-    let token = printed
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("HOMELAB_ENROLL="))
-        .expect("the printed command has the token")
-        .to_string();
+    // Five nodes, each with the token `homelab node add` printed for it.
+    let tokens: Vec<(String, String)> = NODES
+        .iter()
+        .map(|node| {
+            let printed = homelab(&["node", "add", node]);
+            let token = printed
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("HOMELAB_ENROLL="))
+                .expect("the printed command has the token")
+                .to_string();
+            (node.to_string(), token)
+        })
+        .collect();
     assert!(
         run(Command::new("chown")
             .args(["-R", "1000:1000"])
@@ -254,28 +267,32 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
     let summary = json(http, "/summary");
     assert!(summary["nodes"]["total"].is_number(), "{summary}");
 
-    // An agent's stack joins over TLS.
-    let agent_env: Vec<(String, String)> = [
-        ("HOMELAB_AGENT_IMAGE", agent_image.clone()),
-        ("HOMELAB_NODE", "n1".to_string()),
-        ("HOMELAB_BROKER", format!("mqtts://127.0.0.1:{mqtts}")),
-        ("HOMELAB_ENROLL", token),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let agent = (
-        format!("homelab-test-{tag}-agent"),
-        vec![repo_root().join("packaging/compose/agent/docker-compose.yml")],
-        agent_env,
-    );
-    cleanup.stacks.push(agent.clone());
-    up(&agent);
-    wait_for("n1 online through its agent", || {
+    // An agent's stack per node joins over TLS.
+    for (node, token) in &tokens {
+        let agent_env: Vec<(String, String)> = [
+            ("HOMELAB_AGENT_IMAGE", agent_image.clone()),
+            ("HOMELAB_NODE", node.clone()),
+            ("HOMELAB_BROKER", format!("mqtts://127.0.0.1:{mqtts}")),
+            ("HOMELAB_ENROLL", token.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let agent = (
+            format!("homelab-test-{tag}-{node}"),
+            vec![repo_root().join("packaging/compose/agent/docker-compose.yml")],
+            agent_env,
+        );
+        cleanup.stacks.push(agent.clone());
+        up(&agent);
+    }
+    wait_for("the five nodes online through their agents", || {
         json(http, "/api/nodes").as_array().is_some_and(|nodes| {
-            nodes
-                .iter()
-                .any(|n| n["node"] == "n1" && n["status"] == "online")
+            NODES.iter().all(|node| {
+                nodes
+                    .iter()
+                    .any(|n| n["node"] == *node && n["status"] == "online")
+            })
         })
     });
     // app is desired and missing: the supervisor proposes its redeploy.
@@ -288,7 +305,7 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
     let actions = json(http, "/api/actions?state=all");
     assert!(events > 0);
 
-    // The control plane's memory, idle with its one node.
+    // The control plane's memory, idle with its five nodes.
     std::thread::sleep(Duration::from_secs(2));
     let pid = docker(&[
         "inspect",
@@ -326,7 +343,7 @@ fn the_control_plane_runs_as_a_compose_stack_and_an_agent_joins() {
     );
 
     eprintln!(
-        "\n== compose ==\ncontrol plane image {:.1} MB, agent image {:.1} MB (debug build, stripped)\ndocker-compose up -d to /healthz answering: {:.1} s; to Docker's \"healthy\" (its first check is one 5 s interval in): {:.1} s\ncontrol plane's RSS idle with one node: {:.1} MB\n",
+        "\n== compose ==\ncontrol plane image {:.1} MB, agent image {:.1} MB (debug build, stripped)\ndocker-compose up -d to /healthz answering: {:.1} s; to Docker's \"healthy\" (its first check is one 5 s interval in): {:.1} s\ncontrol plane's RSS idle with five nodes: {:.1} MB\n",
         image_size(&control_image),
         image_size(&agent_image),
         to_answer.as_secs_f64(),

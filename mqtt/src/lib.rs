@@ -31,6 +31,7 @@ use anyhow::{Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -391,15 +392,14 @@ impl Mqtt {
 /// system's roots): the fleet's own CA.
 pub fn tls_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    let mut reader = std::io::BufReader::new(ca_pem.as_bytes());
-    for cert in rustls_pemfile::certs(&mut reader) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
             .add(cert.context("the CA is not PEM")?)
             .context("the CA is not a certificate")?;
     }
     anyhow::ensure!(!roots.is_empty(), "no certificate in the CA PEM");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .context("TLS versions")?

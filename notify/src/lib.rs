@@ -311,9 +311,9 @@ pub fn ntfy_headers(notice: &Notice) -> Vec<(&'static str, String)> {
 
 /// The HTTP client of every channel: 10 s at most, a status that is not
 /// 2xx is an error. HTTPS with the same TLS stack as the rest (ureq takes
-/// the process's provider; installed already by another component is fine).
+/// the process's provider, ring as everywhere; installed already by another component is fine).
 fn http_agent() -> ureq::Agent {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(true)

@@ -60,7 +60,7 @@ async fn dark_browser(port: u16, width: u32, height: u32) -> Client {
 }
 
 async fn browser_with(port: u16, width: u32, height: u32, extra: &[&str]) -> Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut args = vec![
         "--headless=new",
         "--no-sandbox",
