@@ -387,86 +387,188 @@ pub fn plan(inputs: Inputs<'_>, settings: &Settings, now: Timestamp) -> Plan {
 /// nothing about any other node. Inputs outside the scope are skipped
 /// before anything is indexed, so a pass for one node costs little
 /// whatever the size of the fleet.
+///
+/// Each rule of the module's doc is one function below, composed here:
+/// per node [`Judge::disk`], [`Judge::service`] for each desired service,
+/// [`Judge::unanswered_websocket`] and [`Judge::ha_alerts`]; then
+/// [`Judge::approvals`] and [`Judge::cancels`] over the whole pass.
 pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: &Scope) -> Plan {
-    let Inputs {
-        desired,
-        nodes,
-        services,
-        open,
-        finished,
-        events,
-        changes,
-    } = inputs;
-    let names = scope.names(desired);
-    let in_scope = |name: &Name| names.as_ref().is_none_or(|names| names.contains(name));
-    // World under canonical node names (an alias reports for its node).
-    let mut node_by_name: BTreeMap<Name, &NodeState> = BTreeMap::new();
-    for node in nodes.iter().filter(|n| in_scope(&n.node)) {
-        let name = desired.canonical(&node.node);
-        if node_by_name
-            .get(&name)
-            .is_none_or(|n| n.last_seen < node.last_seen)
-        {
-            node_by_name.insert(name, node);
+    let judge = Judge::new(inputs, settings, now, scope);
+    let mut pass = Pass::default();
+    let no_services = BTreeMap::new();
+    for node in judge.nodes() {
+        if !judge.judged(node) {
+            continue;
+        }
+        let services = judge.desired.hosts.get(node).unwrap_or(&no_services);
+        judge.disk(&mut pass, node);
+        for (service, spec) in services {
+            judge.service(&mut pass, node, service, spec);
+        }
+        judge.unanswered_websocket(&mut pass, node, services);
+        judge.ha_alerts(&mut pass, node);
+    }
+    judge.approvals(&mut pass);
+    judge.cancels(&mut pass);
+    pass.plan
+}
+
+/// What a pass has decided so far.
+#[derive(Default)]
+struct Pass {
+    plan: Plan,
+    /// Ids whose drift holds now (grace and guards aside): a pending one
+    /// stays.
+    drifting: BTreeSet<Name>,
+    /// Nodes with a `disk_pressure` that says low: a pending cleanup may go.
+    disk_relieved: BTreeSet<Name>,
+}
+
+/// What every rule reads: the inputs for the nodes in scope, indexed under
+/// canonical node names (an alias reports for its node).
+struct Judge<'a> {
+    desired: &'a Desired,
+    settings: &'a Settings,
+    now: Timestamp,
+    changes: &'a BTreeMap<(Name, Name), crate::changes::Change>,
+    names: Option<BTreeSet<Name>>,
+    node_by_name: BTreeMap<Name, &'a NodeState>,
+    service_by_key: BTreeMap<(Name, Name), &'a ServiceState>,
+    recent: Recent<'a>,
+    open: Vec<&'a Action>,
+    open_by_id: BTreeMap<&'a Name, &'a Action>,
+    /// The latest time each id finished (one id may have finished in
+    /// several states: cancelled once, completed later).
+    finished_at: BTreeMap<&'a Name, Timestamp>,
+    /// The latest time each id completed.
+    completed_at: BTreeMap<&'a Name, Timestamp>,
+    ha: Name,
+}
+
+impl<'a> Judge<'a> {
+    fn new(inputs: Inputs<'a>, settings: &'a Settings, now: Timestamp, scope: &Scope) -> Self {
+        let Inputs {
+            desired,
+            nodes,
+            services,
+            open,
+            finished,
+            events,
+            changes,
+        } = inputs;
+        let names = scope.names(desired);
+        let in_scope = |name: &Name| names.as_ref().is_none_or(|names| names.contains(name));
+        let mut node_by_name: BTreeMap<Name, &NodeState> = BTreeMap::new();
+        for node in nodes.iter().filter(|n| in_scope(&n.node)) {
+            let name = desired.canonical(&node.node);
+            if node_by_name
+                .get(&name)
+                .is_none_or(|n| n.last_seen < node.last_seen)
+            {
+                node_by_name.insert(name, node);
+            }
+        }
+        let service_by_key = services
+            .iter()
+            .filter(|s| in_scope(&s.node))
+            .map(|s| ((desired.canonical(&s.node), s.service.clone()), s))
+            .collect();
+        let recent = Recent::index(desired, events.iter().filter(|e| in_scope(&e.node)));
+        let open: Vec<&Action> = open.iter().filter(|a| in_scope(&a.node)).collect();
+        let open_by_id = open.iter().map(|a| (&a.id, *a)).collect();
+        let mut finished_at = BTreeMap::new();
+        let mut completed_at = BTreeMap::new();
+        for action in finished.iter().filter(|a| in_scope(&a.node)) {
+            keep_latest(&mut finished_at, &action.id, action.updated_at, |t| *t);
+            if action.state == ActionState::Completed {
+                keep_latest(&mut completed_at, &action.id, action.updated_at, |t| *t);
+            }
+        }
+        Judge {
+            desired,
+            settings,
+            now,
+            changes,
+            names,
+            node_by_name,
+            service_by_key,
+            recent,
+            open,
+            open_by_id,
+            finished_at,
+            completed_at,
+            ha: Name::parse(HOMEASSISTANT).expect("a valid name"),
         }
     }
-    let mut service_by_key: BTreeMap<(Name, Name), &ServiceState> = BTreeMap::new();
-    for service in services.iter().filter(|s| in_scope(&s.node)) {
-        service_by_key.insert(
-            (desired.canonical(&service.node), service.service.clone()),
-            service,
-        );
+
+    fn in_scope(&self, name: &Name) -> bool {
+        self.names.as_ref().is_none_or(|names| names.contains(name))
     }
-    let recent = Recent::index(desired, events.iter().filter(|e| in_scope(&e.node)));
-    let loop_window =
-        chrono::TimeDelta::from_std(settings.loop_window).unwrap_or(chrono::TimeDelta::MAX);
-    let open: Vec<&Action> = open.iter().filter(|a| in_scope(&a.node)).collect();
-    let open_by_id: BTreeMap<&Name, &Action> = open.iter().map(|a| (&a.id, *a)).collect();
-    // One id may have finished in several states (cancelled once, completed
-    // later): the latest counts.
-    let mut finished_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
-    let mut completed_at: BTreeMap<&Name, Timestamp> = BTreeMap::new();
-    for action in finished.iter().filter(|a| in_scope(&a.node)) {
-        keep_latest(&mut finished_at, &action.id, action.updated_at, |t| *t);
-        if action.state == ActionState::Completed {
-            keep_latest(&mut completed_at, &action.id, action.updated_at, |t| *t);
-        }
+
+    /// Every node of the inventory (and any with services listed) in
+    /// scope: disk and Home Assistant rules hold for a node without
+    /// desired services too.
+    fn nodes(&self) -> BTreeSet<&'a Name> {
+        let desired = self.desired;
+        desired
+            .topology
+            .nodes
+            .keys()
+            .chain(desired.hosts.keys())
+            .filter(|node| self.in_scope(node))
+            .collect()
     }
-    let judged = |node: &Name| {
-        !desired.frozen.contains(node)
-            && node_by_name
+
+    /// Whether a node is judged at all: its desired state is known, and it
+    /// is online with a Docker snapshot.
+    fn judged(&self, node: &Name) -> bool {
+        !self.desired.frozen.contains(node)
+            && self
+                .node_by_name
                 .get(node)
                 .is_some_and(|n| n.status == NodeStatus::Online && n.docker == DockerStatus::Ok)
-    };
-    let ha = Name::parse(HOMEASSISTANT).expect("a valid name");
-    let ha_suppressed = |node: &Name| {
-        let key = (node.clone(), ha.clone());
-        recent
+    }
+
+    /// Home Assistant rules wait while homeassistant is down or just was.
+    fn ha_suppressed(&self, node: &Name) -> bool {
+        let key = (node.clone(), self.ha.clone());
+        self.recent
             .down
             .get(&key)
-            .is_some_and(|times| times.iter().any(|t| now - *t < HA_SUPPRESS))
-            || service_by_key
+            .is_some_and(|times| times.iter().any(|t| self.now - *t < HA_SUPPRESS))
+            || self
+                .service_by_key
                 .get(&key)
                 .is_some_and(|s| s.status == ServiceStatus::NotRunning)
-    };
+    }
 
-    let mut plan = Plan::default();
-    // Ids whose drift holds now (grace and guards aside).
-    let mut drifting: BTreeSet<Name> = BTreeSet::new();
-    // Nodes with a disk_pressure that says low: a pending cleanup may go.
-    let mut disk_relieved: BTreeSet<Name> = BTreeSet::new();
-    let propose = |plan: &mut Plan,
-                   drifting: &mut BTreeSet<Name>,
-                   node: &Name,
-                   service: Option<&Name>,
-                   drift: Drift,
-                   grace: Duration,
-                   blocked: bool| {
+    fn in_window(&self, node: &Name, service: Option<&Name>) -> bool {
+        self.desired
+            .in_maintenance(node, service, self.now)
+            .is_some()
+    }
+
+    /// Proposes the action for `drift` unless a guard holds: `blocked` (a
+    /// window, a loop, a cooldown), its grace not yet lasted, its id open,
+    /// or its id finished since this drift began. Either way the drift is
+    /// recorded as holding.
+    fn propose(
+        &self,
+        pass: &mut Pass,
+        node: &Name,
+        service: Option<&Name>,
+        drift: Drift,
+        grace: Duration,
+        blocked: bool,
+    ) {
         let id = Action::id_for(drift.kind, node, service);
-        drifting.insert(id.clone());
-        let lasted = (now - drift.since).to_std().unwrap_or(Duration::ZERO);
-        let answered = finished_at.get(&id).is_some_and(|at| *at >= drift.since);
-        if blocked || lasted < grace || open_by_id.contains_key(&id) || answered {
+        pass.drifting.insert(id.clone());
+        let lasted = (self.now - drift.since).to_std().unwrap_or(Duration::ZERO);
+        let answered = self
+            .finished_at
+            .get(&id)
+            .is_some_and(|at| *at >= drift.since);
+        if blocked || lasted < grace || self.open_by_id.contains_key(&id) || answered {
             return;
         }
         let mut action = Action::new(
@@ -476,37 +578,21 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
             drift.risk,
             drift.reason,
             &drift.message,
-            now,
+            self.now,
         );
-        let reporting = &node_by_name[node].node;
+        let reporting = &self.node_by_name[node].node;
         if reporting != node {
             action.target = Some(reporting.clone());
         }
-        plan.create.push(action);
-    };
+        pass.plan.create.push(action);
+    }
 
-    // Every node of the inventory (and any with services listed): disk and
-    // Home Assistant rules hold for a node without desired services too.
-    let no_services = BTreeMap::new();
-    let all_nodes: BTreeSet<&Name> = desired
-        .topology
-        .nodes
-        .keys()
-        .chain(desired.hosts.keys())
-        .filter(|node| in_scope(node))
-        .collect();
-    for node in all_nodes {
-        let services = desired.hosts.get(node).unwrap_or(&no_services);
-        if !judged(node) {
-            continue;
-        }
-        let node_state = node_by_name[node];
-        let node_window = desired.in_maintenance(node, None, now).is_some();
-
-        // Disk: under pressure while any mount's latest report is high
-        // (dated from the earliest of those); relieved once every mount
-        // reported is low again.
-        let mounts: Vec<&Event> = recent
+    /// Disk: under pressure while any mount's latest report is high (dated
+    /// from the earliest of those) → `disk_cleanup`; relieved once every
+    /// mount reported is low again.
+    fn disk(&self, pass: &mut Pass, node: &Name) {
+        let mounts: Vec<&Event> = self
+            .recent
             .disk
             .range((node.clone(), String::new())..)
             .take_while(|((n, _), _)| n == node)
@@ -525,161 +611,214 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
                     message: event.message.clone(),
                     since: event.ts,
                 };
-                let grace = settings.default_grace;
-                propose(
-                    &mut plan,
-                    &mut drifting,
+                let blocked = self.in_window(node, None);
+                self.propose(
+                    pass,
                     node,
                     None,
                     drift,
-                    grace,
-                    node_window,
+                    self.settings.default_grace,
+                    blocked,
                 );
             }
             None if !mounts.is_empty() => {
-                disk_relieved.insert(node.clone());
+                pass.disk_relieved.insert(node.clone());
             }
             None => {}
         }
+    }
 
-        for (service, spec) in services {
-            let key = (node.clone(), service.clone());
-            let in_window = desired.in_maintenance(node, Some(service), now).is_some();
-            let world = service_by_key.get(&key).copied();
-            let mut drift = managed(spec).then(|| drift(node_state, world)).flatten();
-            // Answering MQTT is part of running.
-            if drift.is_none() && managed(spec) {
-                if let Some(event) = recent.unreachable.get(&key) {
-                    let recovered = recent.recovered.get(&key).is_some_and(|t| *t >= event.ts);
-                    if !recovered {
-                        drift = Some(Drift {
-                            kind: ActionKind::ContainerRestart,
-                            risk: Risk::Low,
-                            reason: kinds::MQTT_UNREACHABLE,
-                            message: event.message.clone(),
-                            since: event.ts,
-                        });
-                    }
-                }
-            }
-            // Home Assistant's dead websocket, where a restart may answer it.
-            if service == &ha && drift.is_none() && managed(spec) {
-                if let Some(event) = recent
-                    .websocket
-                    .get(node)
-                    .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
-                {
-                    let cooling = completed_at
-                        .get(&Action::id_for(
-                            ActionKind::ContainerRestart,
-                            node,
-                            Some(service),
-                        ))
-                        .is_some_and(|at| now - *at < HA_RESTART_COOLDOWN);
-                    let drift = Drift {
-                        kind: ActionKind::ContainerRestart,
-                        risk: Risk::Low,
-                        reason: HA_WEBSOCKET_DEAD,
-                        message: event.message.clone(),
-                        since: event.ts,
-                    };
-                    let blocked = cooling || in_window || ha_suppressed(node);
-                    let grace = spec.grace_period.unwrap_or(settings.default_grace);
-                    propose(
-                        &mut plan,
-                        &mut drifting,
-                        node,
-                        Some(service),
-                        drift,
-                        grace,
-                        blocked,
-                    );
-                    continue;
-                }
-            }
-            // The repo changed its compose files since they were deployed:
-            // a redeploy, at once (a commit is deliberate; no grace).
-            if drift.is_none() && managed(spec) {
-                if let Some(change) = changes.get(&key) {
-                    let drift = Drift {
-                        kind: ActionKind::Redeploy,
-                        risk: Risk::Guarded,
-                        reason: DESIRED_CHANGED,
-                        message: format!(
-                            "the repo changed the compose files of {service}{}",
-                            change
-                                .from_commit
-                                .as_deref()
-                                .map(|c| format!(" since {}", &c[..c.len().min(7)]))
-                                .unwrap_or_default()
-                        ),
-                        since: change.since,
-                    };
-                    propose(
-                        &mut plan,
-                        &mut drifting,
-                        node,
-                        Some(service),
-                        drift,
-                        Duration::ZERO,
-                        in_window,
-                    );
-                    continue;
-                }
-            }
-            let Some(drift) = drift else { continue };
-            // A restart loop: one alert with the count, no new action.
-            let downs = recent.down.get(&key).map_or(0, |times| {
-                times.iter().filter(|t| now - **t < loop_window).count()
-            });
-            let looping = downs >= settings.loop_threshold;
-            if looping && !in_window && recent.may_alert(node, Some(service), RESTART_LOOP, now) {
-                plan.alerts.push(Alert {
-                    node: node.clone(),
-                    service: Some(service.clone()),
-                    trigger: RESTART_LOOP.into(),
-                    severity: Severity::Error,
-                    message: format!(
-                        "{service} went down {downs} times in {}; no more actions are proposed for it until it settles",
-                        humanize(settings.loop_window)
-                    ),
-                    count: downs,
-                });
-            }
-            let grace = spec.grace_period.unwrap_or(settings.default_grace);
-            // A window for the whole node covers each of its services.
-            let blocked = looping || in_window;
-            propose(
-                &mut plan,
-                &mut drifting,
+    /// One desired service: the first rule that finds a drift proposes.
+    /// Docker's view or an unanswered MQTT check (guarded by the restart
+    /// loop), else homeassistant's dead websocket (guarded by its
+    /// cooldown), else a compose change in the repo (no grace).
+    fn service(&self, pass: &mut Pass, node: &Name, service: &Name, spec: &ServiceSpec) {
+        if !managed(spec) {
+            return;
+        }
+        let key = (node.clone(), service.clone());
+        let in_window = self.in_window(node, Some(service));
+        let grace = spec.grace_period.unwrap_or(self.settings.default_grace);
+        let docker = drift(
+            self.node_by_name[node],
+            self.service_by_key.get(&key).copied(),
+        );
+        if let Some(drift) = docker.or_else(|| self.unreachable(&key)) {
+            let looping = self.restart_loop(pass, node, service, in_window);
+            self.propose(
+                pass,
                 node,
                 Some(service),
                 drift,
                 grace,
-                blocked,
+                looping || in_window,
             );
+        } else if let Some((drift, cooling)) = self.dead_websocket(node, service) {
+            let blocked = cooling || in_window || self.ha_suppressed(node);
+            self.propose(pass, node, Some(service), drift, grace, blocked);
+        } else if let Some(drift) = self.desired_changed(&key) {
+            self.propose(pass, node, Some(service), drift, Duration::ZERO, in_window);
         }
+    }
 
-        // A dead websocket no restart may answer (homeassistant opted out,
-        // remediation off, or not listed): an alert instead.
-        if !services.get(&ha).is_some_and(managed) {
-            if let Some(event) = recent
-                .websocket
-                .get(node)
-                .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
-            {
-                let quiet =
-                    desired.in_maintenance(node, Some(&ha), now).is_some() || ha_suppressed(node);
-                websocket_alert(&mut plan, &recent, node, event, quiet, now);
-            }
+    /// Answering MQTT is part of running: an `mqtt_unreachable` not
+    /// followed by a recovery → `container_restart`.
+    fn unreachable(&self, key: &(Name, Name)) -> Option<Drift> {
+        let event = self.recent.unreachable.get(key)?;
+        let recovered = self
+            .recent
+            .recovered
+            .get(key)
+            .is_some_and(|t| *t >= event.ts);
+        (!recovered).then(|| Drift {
+            kind: ActionKind::ContainerRestart,
+            risk: Risk::Low,
+            reason: kinds::MQTT_UNREACHABLE,
+            message: event.message.clone(),
+            since: event.ts,
+        })
+    }
+
+    /// homeassistant's dead websocket, where a restart may answer it: the
+    /// drift, and whether the last restart is too recent to restart again.
+    fn dead_websocket(&self, node: &Name, service: &Name) -> Option<(Drift, bool)> {
+        if service != &self.ha {
+            return None;
         }
+        let event = self
+            .recent
+            .websocket
+            .get(node)
+            .filter(|e| e.kind == HA_WEBSOCKET_DEAD)?;
+        let cooling = self
+            .completed_at
+            .get(&Action::id_for(
+                ActionKind::ContainerRestart,
+                node,
+                Some(service),
+            ))
+            .is_some_and(|at| self.now - *at < HA_RESTART_COOLDOWN);
+        let drift = Drift {
+            kind: ActionKind::ContainerRestart,
+            risk: Risk::Low,
+            reason: HA_WEBSOCKET_DEAD,
+            message: event.message.clone(),
+            since: event.ts,
+        };
+        Some((drift, cooling))
+    }
 
-        // Other Home Assistant events: alert only.
-        for ((ha_node, trigger), list) in recent.ha.range((node.clone(), String::new())..) {
+    /// The repo changed the service's compose files since they were
+    /// deployed → `redeploy` (a commit is deliberate: no grace).
+    fn desired_changed(&self, key: &(Name, Name)) -> Option<Drift> {
+        let change = self.changes.get(key)?;
+        Some(Drift {
+            kind: ActionKind::Redeploy,
+            risk: Risk::Guarded,
+            reason: DESIRED_CHANGED,
+            message: format!(
+                "the repo changed the compose files of {}{}",
+                key.1,
+                change
+                    .from_commit
+                    .as_deref()
+                    .map(|c| format!(" since {}", &c[..c.len().min(7)]))
+                    .unwrap_or_default()
+            ),
+            since: change.since,
+        })
+    }
+
+    /// A restart loop: the service went down `loop_threshold` times within
+    /// `loop_window`. One alert with the count (outside a window, once per
+    /// cooldown); true while it loops: no new action.
+    fn restart_loop(&self, pass: &mut Pass, node: &Name, service: &Name, in_window: bool) -> bool {
+        let loop_window = chrono::TimeDelta::from_std(self.settings.loop_window)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let key = (node.clone(), service.clone());
+        let downs = self.recent.down.get(&key).map_or(0, |times| {
+            times
+                .iter()
+                .filter(|t| self.now - **t < loop_window)
+                .count()
+        });
+        let looping = downs >= self.settings.loop_threshold;
+        if looping
+            && !in_window
+            && self
+                .recent
+                .may_alert(node, Some(service), RESTART_LOOP, self.now)
+        {
+            pass.plan.alerts.push(Alert {
+                node: node.clone(),
+                service: Some(service.clone()),
+                trigger: RESTART_LOOP.into(),
+                severity: Severity::Error,
+                message: format!(
+                    "{service} went down {downs} times in {}; no more actions are proposed for it until it settles",
+                    humanize(self.settings.loop_window)
+                ),
+                count: downs,
+            });
+        }
+        looping
+    }
+
+    /// A dead websocket no restart may answer (homeassistant opted out,
+    /// remediation off, or not listed): an alert, once per episode and
+    /// cooldown.
+    fn unanswered_websocket(
+        &self,
+        pass: &mut Pass,
+        node: &Name,
+        services: &BTreeMap<Name, ServiceSpec>,
+    ) {
+        if services.get(&self.ha).is_some_and(managed) {
+            return;
+        }
+        let Some(event) = self
+            .recent
+            .websocket
+            .get(node)
+            .filter(|e| e.kind == HA_WEBSOCKET_DEAD)
+        else {
+            return;
+        };
+        let (ha, trigger, now) = (&self.ha, HA_WEBSOCKET_DEAD, self.now);
+        let quiet = self.in_window(node, Some(ha)) || self.ha_suppressed(node);
+        if quiet
+            || now - event.ts >= ALERT_COOLDOWN
+            || !self.recent.may_alert(node, Some(ha), trigger, now)
+            || self
+                .recent
+                .last_alert(node, Some(ha), trigger)
+                .is_some_and(|t| t >= event.ts)
+        {
+            return;
+        }
+        pass.plan.alerts.push(Alert {
+            node: node.clone(),
+            service: Some(ha.clone()),
+            trigger: trigger.into(),
+            severity: Severity::Error,
+            message: format!(
+                "Home Assistant's websocket is dead and no restart may be proposed here: {}",
+                event.message
+            ),
+            count: 1,
+        });
+    }
+
+    /// Other Home Assistant events: an alert per type with the count since
+    /// the last one, at most one an hour, none while suppressed or in a
+    /// window.
+    fn ha_alerts(&self, pass: &mut Pass, node: &Name) {
+        let now = self.now;
+        for ((ha_node, trigger), list) in self.recent.ha.range((node.clone(), String::new())..) {
             if ha_node != node {
                 break;
             }
-            let last_alert = recent.last_alert(node, None, trigger);
+            let last_alert = self.recent.last_alert(node, None, trigger);
             let fresh: Vec<&&Event> = list
                 .iter()
                 .filter(|e| now - e.ts < ALERT_COOLDOWN && last_alert.is_none_or(|t| e.ts > t))
@@ -687,11 +826,13 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
             let Some(latest) = fresh.iter().max_by_key(|e| e.ts) else {
                 continue;
             };
-            let in_window = desired.in_maintenance(node, Some(&ha), now).is_some();
-            if in_window || ha_suppressed(node) || !recent.may_alert(node, None, trigger, now) {
+            if self.in_window(node, Some(&self.ha))
+                || self.ha_suppressed(node)
+                || !self.recent.may_alert(node, None, trigger, now)
+            {
                 continue;
             }
-            plan.alerts.push(Alert {
+            pass.plan.alerts.push(Alert {
                 node: node.clone(),
                 service: None,
                 trigger: trigger.clone(),
@@ -702,120 +843,104 @@ pub fn plan_for(inputs: Inputs<'_>, settings: &Settings, now: Timestamp, scope: 
         }
     }
 
-    // Policy approvals: low risk, remediation auto, within the rate limit.
-    let candidates = open
-        .iter()
-        .copied()
-        .filter(|a| a.state == ActionState::Pending)
-        .chain(plan.create.iter());
-    let mut approve = Vec::new();
-    let mut limited = Vec::new();
-    for action in candidates {
-        let auto = action.risk == Risk::Low
-            && action
-                .service
-                .as_ref()
-                .and_then(|s| desired.hosts.get(&action.node)?.get(s))
-                .is_some_and(|spec| managed(spec) && spec.remediation == Remediation::Auto);
-        if !auto {
-            continue;
+    /// Policy approvals: low risk, remediation auto, at most `auto_limit`
+    /// runs of one id an hour; past that, an alert says it waits for a
+    /// human.
+    fn approvals(&self, pass: &mut Pass) {
+        let candidates = self
+            .open
+            .iter()
+            .copied()
+            .filter(|a| a.state == ActionState::Pending)
+            .chain(pass.plan.create.iter());
+        let mut approve = Vec::new();
+        let mut limited = Vec::new();
+        for action in candidates {
+            let auto = action.risk == Risk::Low
+                && action
+                    .service
+                    .as_ref()
+                    .and_then(|s| self.desired.hosts.get(&action.node)?.get(s))
+                    .is_some_and(|spec| managed(spec) && spec.remediation == Remediation::Auto);
+            if !auto {
+                continue;
+            }
+            let runs = self
+                .recent
+                .started
+                .get(action.id.as_str())
+                .map_or(0, |times| {
+                    times
+                        .iter()
+                        .filter(|t| self.now - **t < AUTO_WINDOW)
+                        .count()
+                });
+            if runs < self.settings.auto_limit {
+                approve.push(action.id.clone());
+            } else {
+                limited.push((action.node.clone(), action.service.clone(), runs));
+            }
         }
-        let runs = recent.started.get(action.id.as_str()).map_or(0, |times| {
-            times.iter().filter(|t| now - **t < AUTO_WINDOW).count()
-        });
-        if runs < settings.auto_limit {
-            approve.push(action.id.clone());
-        } else {
-            limited.push((action.node.clone(), action.service.clone(), runs));
+        pass.plan.approve = approve;
+        for (node, service, runs) in limited {
+            if self
+                .recent
+                .may_alert(&node, service.as_ref(), AUTO_LIMIT, self.now)
+            {
+                pass.plan.alerts.push(Alert {
+                    message: format!(
+                        "remediation: auto ran {runs} times in the last hour; the next action waits for a human"
+                    ),
+                    node,
+                    service,
+                    trigger: AUTO_LIMIT.into(),
+                    severity: Severity::Warning,
+                    count: runs,
+                });
+            }
         }
     }
-    plan.approve = approve;
-    for (node, service, runs) in limited {
-        if recent.may_alert(&node, service.as_ref(), AUTO_LIMIT, now) {
-            plan.alerts.push(Alert {
-                message: format!(
-                    "remediation: auto ran {runs} times in the last hour; the next action waits for a human"
+
+    /// Only pending actions are cancelled: the service left the desired
+    /// state (or opted out), or the node left the inventory →
+    /// `service_removed_from_desired_state`; its drift is gone on a judged
+    /// node → `drift_resolved_auto`.
+    fn cancels(&self, pass: &mut Pass) {
+        for action in self.open.iter().filter(|a| a.state == ActionState::Pending) {
+            if self.desired.frozen.contains(&action.node) {
+                continue;
+            }
+            let (removed, resolved) = match (action.kind, &action.service) {
+                (ActionKind::ContainerRestart | ActionKind::Redeploy, Some(service)) => {
+                    let spec = self
+                        .desired
+                        .hosts
+                        .get(&action.node)
+                        .and_then(|s| s.get(service));
+                    (
+                        !spec.is_some_and(managed),
+                        !pass.drifting.contains(&action.id),
+                    )
+                }
+                (ActionKind::DiskCleanup, _) => (
+                    !self.desired.topology.nodes.contains_key(&action.node),
+                    pass.disk_relieved.contains(&action.node),
                 ),
-                node,
-                service,
-                trigger: AUTO_LIMIT.into(),
-                severity: Severity::Warning,
-                count: runs,
+                _ => continue,
+            };
+            let reason = if removed {
+                cancel_reasons::REMOVED_FROM_DESIRED
+            } else if resolved && self.judged(&action.node) {
+                cancel_reasons::DRIFT_RESOLVED
+            } else {
+                continue;
+            };
+            pass.plan.cancel.push(Cancel {
+                id: action.id.clone(),
+                reason,
             });
         }
     }
-
-    for action in open.iter().filter(|a| a.state == ActionState::Pending) {
-        let action = *action;
-        if desired.frozen.contains(&action.node) {
-            continue;
-        }
-        match (action.kind, &action.service) {
-            (ActionKind::ContainerRestart | ActionKind::Redeploy, Some(service)) => {
-                let spec = desired.hosts.get(&action.node).and_then(|s| s.get(service));
-                if !spec.is_some_and(managed) {
-                    plan.cancel.push(Cancel {
-                        id: action.id.clone(),
-                        reason: cancel_reasons::REMOVED_FROM_DESIRED,
-                    });
-                } else if judged(&action.node) && !drifting.contains(&action.id) {
-                    plan.cancel.push(Cancel {
-                        id: action.id.clone(),
-                        reason: cancel_reasons::DRIFT_RESOLVED,
-                    });
-                }
-            }
-            (ActionKind::DiskCleanup, _) => {
-                if !desired.topology.nodes.contains_key(&action.node) {
-                    plan.cancel.push(Cancel {
-                        id: action.id.clone(),
-                        reason: cancel_reasons::REMOVED_FROM_DESIRED,
-                    });
-                } else if judged(&action.node) && disk_relieved.contains(&action.node) {
-                    plan.cancel.push(Cancel {
-                        id: action.id.clone(),
-                        reason: cancel_reasons::DRIFT_RESOLVED,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    plan
-}
-
-/// A dead websocket no restart may answer (homeassistant not managed
-/// here): an alert, once per episode and cooldown.
-fn websocket_alert(
-    plan: &mut Plan,
-    recent: &Recent<'_>,
-    node: &Name,
-    event: &Event,
-    quiet: bool,
-    now: Timestamp,
-) {
-    let ha = Name::parse(HOMEASSISTANT).expect("a valid name");
-    let trigger = HA_WEBSOCKET_DEAD;
-    if quiet
-        || now - event.ts >= ALERT_COOLDOWN
-        || !recent.may_alert(node, Some(&ha), trigger, now)
-        || recent
-            .last_alert(node, Some(&ha), trigger)
-            .is_some_and(|t| t >= event.ts)
-    {
-        return;
-    }
-    plan.alerts.push(Alert {
-        node: node.clone(),
-        service: Some(ha),
-        trigger: trigger.into(),
-        severity: Severity::Error,
-        message: format!(
-            "Home Assistant's websocket is dead and no restart may be proposed here: {}",
-            event.message
-        ),
-        count: 1,
-    });
 }
 
 /// Alert trigger: a service in a restart loop.
