@@ -28,11 +28,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use homelab_core::topics::{Discovery, Verdict};
 use homelab_core::{Name, Topics};
 use serde_json::{json, Value};
 
 /// The node id level of every config topic: ours.
-pub const NODE_ID: &str = "homelab";
+pub use homelab_core::topics::DISCOVERY_NODE_ID as NODE_ID;
 
 /// Which discovery form is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,16 +72,12 @@ pub fn object_id(parts: &[&str]) -> String {
 }
 
 fn config_topic(prefix: &str, component: &str, object_id: &str) -> String {
-    format!("{prefix}/{component}/{NODE_ID}/{object_id}/config")
+    Discovery::new(prefix).config(component, object_id)
 }
 
 /// Whether `topic` is one of our config topics under `prefix`.
 pub fn is_ours(prefix: &str, topic: &str) -> bool {
-    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), [_, node_id, _, "config"] if *node_id == NODE_ID)
+    Discovery::new(prefix).parse_config(topic).is_some()
 }
 
 fn device(id: &str, name: &str, model: &str, version: &str) -> Value {
@@ -321,13 +318,14 @@ fn entities(topics: &Topics, inputs: &Inputs) -> (BTreeMap<String, Value>, Vec<E
                 "homelab node",
                 &inputs.version,
             );
-            for verb in ["approve", "reject"] {
+            for verdict in [Verdict::Approve, Verdict::Reject] {
+                let verb = verdict.as_str();
                 add(
                     "button",
                     object_id(&["homelab", action.as_str(), verb]),
                     json!({
                         "name": format!("{} {action}", if verb == "approve" { "Approve" } else { "Reject" }),
-                        "command_topic": format!("{}/actions/{action}/{verb}", topics.prefix()),
+                        "command_topic": topics.decision(action, verdict),
                         "payload_press": json!({"by": "home-assistant"}).to_string(),
                         "icon": if verb == "approve" { "mdi:check" } else { "mdi:close" },
                         "device": dev,
@@ -374,10 +372,9 @@ pub fn with_removals(previous: Option<&str>, next: &str) -> String {
 
 /// Whether `topic` is one of our device configs.
 pub fn is_device_config(prefix: &str, topic: &str) -> bool {
-    is_ours(prefix, topic)
-        && topic
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with("/device/"))
+    Discovery::new(prefix)
+        .parse_config(topic)
+        .is_some_and(|(component, _)| component == "device")
 }
 
 /// What Home Assistant is asked to migrate: the payload that moves a

@@ -166,12 +166,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     if let Some(ha) = &config.home_assistant {
         // Home Assistant coming back asks for the configs again; the
         // retained configs under our node id tell which are left over.
-        mqtt_config
-            .subscriptions
-            .push(format!("{}/status", ha.prefix));
-        mqtt_config
-            .subscriptions
-            .push(format!("{}/+/{}/+/config", ha.prefix, discovery::NODE_ID));
+        let topics = homelab_core::topics::Discovery::new(&ha.prefix);
+        mqtt_config.subscriptions.push(topics.status());
+        mqtt_config.subscriptions.push(topics.configs_all());
     }
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
 
@@ -667,12 +664,11 @@ impl Observer {
                 Incoming::Disconnected => {}
                 Incoming::Message(message) => {
                     if let Some(ha) = &self.config.home_assistant {
-                        if message.topic == format!("{}/status", ha.prefix) {
+                        let discovery = homelab_core::topics::Discovery::new(&ha.prefix);
+                        if message.topic == discovery.status() {
                             // Home Assistant (re)started: every config again.
                             if message.payload.as_ref() as &[u8] == b"online" {
-                                let prefix = format!("{}/", ha.prefix);
-                                self.published
-                                    .retain(|topic, _| !topic.starts_with(&prefix));
+                                self.published.retain(|topic, _| !discovery.covers(topic));
                                 changed = true;
                             }
                             continue;

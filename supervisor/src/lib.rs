@@ -684,7 +684,7 @@ impl Supervisor {
             // Fleet mode: agents take only signed configs, so a node that
             // left gets a signed (and sealed) empty one rather than a
             // cleared topic; one no longer enrolled gets the topic cleared.
-            let payload = match topic.rsplit('/').next().map(homelab_core::Name::parse) {
+            let payload = match self.config.topics.parse_node_config(&topic) {
                 Some(Ok(node)) if self.config.fleet.is_some() => self
                     .config_payload(&node, homelab_core::nodeconfig::NodeConfig::empty(&node))
                     .map(|(_, payload)| payload)

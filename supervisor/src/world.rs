@@ -75,16 +75,8 @@ impl World {
     /// parse, names another node or service than its topic, or (fleet
     /// mode) lacks the control plane's signature is refused.
     pub fn apply(&mut self, topics: &Topics, topic: &str, payload: &[u8]) -> Applied {
-        let Some(Ok(node)) = topics.parse_state_node(topic) else {
+        let Some(Ok((node, service))) = topics.parse_state(topic) else {
             return Applied::NotState;
-        };
-        let service = if topic == topics.state_node(&node) {
-            None
-        } else {
-            match topic.rsplit('/').next().map(Name::parse) {
-                Some(Ok(service)) => Some(service),
-                _ => return Applied::NotState,
-            }
         };
         let opened;
         let payload = match (&self.control, payload) {

@@ -307,15 +307,15 @@ impl AppState {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let token = auth::load_token(&config.layout, config.token.clone())?;
     let mut mqtt_config = homelab_mqtt::Config::new(&config.broker, "homelab-ui");
-    let prefix = config.topics.prefix();
     mqtt_config.subscriptions = vec![
         config.topics.state_all(),
         config.topics.actions_all(),
         config.topics.node_agent_all(),
-        format!("{prefix}/actions/+/approve"),
-        format!("{prefix}/actions/+/reject"),
         config.topics.logs_reply_all(),
     ];
+    mqtt_config
+        .subscriptions
+        .extend(config.topics.decisions_all());
     let (mqtt, mut incoming) = homelab_mqtt::connect(mqtt_config)?;
     let mut state = AppState::new(config.layout.clone(), token);
     state.topics = config.topics.clone();
@@ -420,25 +420,16 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
         }
         return;
     }
-    let prefix = state.topics.prefix();
-    let rest = message
-        .topic
-        .strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix("/actions/"));
-    if let Some((id, verb)) = rest.and_then(|r| r.split_once('/')) {
-        let Some(to) = decision_state(verb) else {
-            return;
-        };
+    if let Some(parsed) = state.topics.parse_decision(&message.topic) {
         if !state.mqtt_approvals {
             warn!(topic = %message.topic, "decision over mqtt refused: in fleet mode decisions are taken over HTTP with the operator token only");
             metrics::counter!("homelab_decisions_rejected_total", "reason" => "mqtt_approvals_off")
                 .increment(1);
             return;
         }
-        let request = match Name::parse(id)
-            .map_err(|e| e.to_string())
-            .and_then(|id| parse_decision(&message.payload).map(|d| (id, d)))
-        {
+        let request = match parsed.map_err(|e| e.to_string()).and_then(|(id, verdict)| {
+            parse_decision(&message.payload).map(|d| (id, verdict_state(verdict), d))
+        }) {
             Ok(request) => request,
             Err(error) => {
                 warn!(topic = %message.topic, %error, "decision over mqtt rejected");
@@ -447,7 +438,7 @@ async fn on_message(state: &AppState, message: &homelab_mqtt::Message) {
                 return;
             }
         };
-        let (id, decision) = request;
+        let (id, to, decision) = request;
         // Open mode: the bus cannot say who published, so the name is the
         // one sent, marked as such.
         let by = format!("mqtt:{}", decision.by.as_deref().unwrap_or("mqtt"));
@@ -1082,6 +1073,13 @@ async fn action(
 }
 
 /// `approve` or `reject`, the last level of a decision's path or topic.
+fn verdict_state(verdict: homelab_core::topics::Verdict) -> ActionState {
+    match verdict {
+        homelab_core::topics::Verdict::Approve => ActionState::Approved,
+        homelab_core::topics::Verdict::Reject => ActionState::Rejected,
+    }
+}
+
 fn decision_state(verb: &str) -> Option<ActionState> {
     match verb {
         "approve" => Some(ActionState::Approved),
