@@ -11,7 +11,6 @@ pub mod command;
 pub mod desired;
 pub mod event;
 pub mod eventlog;
-pub mod feed;
 pub mod fleet;
 pub mod format;
 pub mod fsutil;

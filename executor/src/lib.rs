@@ -40,7 +40,7 @@ pub struct Config {
     pub interval: Duration,
     /// Stored events from the observer in the same process; None: outcomes
     /// come through the broker.
-    pub feed: Option<homelab_core::feed::Feed>,
+    pub feed: Option<homelab_feed::Feed>,
     /// Fleet mode: what is signed and checked end to end (see
     /// `homelab_core::identity`); `None` in open mode.
     pub fleet: Option<homelab_core::fleet::Fleet>,
@@ -66,13 +66,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => pass(&config, &store, &mqtt, started).await,
-            stored = homelab_core::feed::next(&mut feed) => match stored {
+            stored = homelab_feed::next(&mut feed) => match stored {
                 Ok(event) if decide::is_outcome(&event.kind) => {
                     outcome(&config, &store, &mqtt, &event).await
                 }
                 Ok(_) => {}
                 // Missed some: their outcomes are in the log.
-                Err(homelab_core::feed::Missed) => resolve_from_log(&config, &store, &mqtt).await,
+                Err(homelab_feed::Missed) => resolve_from_log(&config, &store, &mqtt).await,
             },
             message = incoming.recv() => match message {
                 None => break,

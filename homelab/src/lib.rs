@@ -154,7 +154,7 @@ pub async fn up(config: UpConfig, shutdown: CancellationToken) -> Result<()> {
     // Stored events reach the supervisor and the executor in-process, once
     // they are in the log: the broker carries each event once, to the
     // observer.
-    let feed = homelab_core::feed::channel();
+    let feed = homelab_feed::channel();
     {
         let cfg = homelab_observer::Config {
             broker: broker.clone(),

@@ -56,7 +56,7 @@ pub struct Config {
     pub retention: retention::Policy,
     /// Where each stored event goes once it is on disk, for the components
     /// in the same process (`homelab up`).
-    pub feed: Option<homelab_core::feed::Feed>,
+    pub feed: Option<homelab_feed::Feed>,
     /// Fleet mode: what is signed and checked end to end (see
     /// `homelab_core::identity`); `None` in open mode.
     pub fleet: Option<homelab_core::fleet::Fleet>,

@@ -23,7 +23,8 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::Utc;
 use homelab_core::store::{CreateError, ListCache, Move, TransitionError};
-use homelab_core::{desired, feed, fsutil, Action, ActionState, ActionStore, Layout, Topics};
+use homelab_core::{desired, fsutil, Action, ActionState, ActionStore, Layout, Topics};
+use homelab_feed as feed;
 use homelab_mqtt::{Incoming, Mqtt};
 use plan::{Scope, Wake};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,7 @@ pub struct Config {
     pub auto_limit: usize,
     /// Stored events from the observer in the same process; None: events
     /// wake passes through the broker.
-    pub feed: Option<homelab_core::feed::Feed>,
+    pub feed: Option<homelab_feed::Feed>,
     /// Fleet mode: what is signed and checked end to end (see
     /// `homelab_core::identity`); `None` in open mode.
     pub fleet: Option<homelab_core::fleet::Fleet>,

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::Event;
+use homelab_core::Event;
 
 /// The sending side; components call `subscribe()` on it before they look
 /// at the log, so nothing falls between the two.
