@@ -1,6 +1,8 @@
 //! The MQTT connection every component uses, against the real broker: a
 //! subscription is never lost, whatever else is queued.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use homelab_mqtt::Incoming;
@@ -18,22 +20,28 @@ async fn a_full_request_queue_never_loses_the_subscription() {
     let mut config = homelab_mqtt::Config::new(addr.to_string(), "deaf-test");
     config.subscriptions = vec!["wanted/#".into()];
     let (mqtt, mut incoming) = homelab_mqtt::connect(config).unwrap();
-    // No broker yet: these pile up in the request queue.
+    // No broker yet: these pile up in the request queue (64 requests: the
+    // 65th publish waits), which nothing drains until a connection is up.
+    let queued = Arc::new(AtomicUsize::new(0));
     let flood = {
-        let mqtt = mqtt.clone();
+        let (mqtt, queued) = (mqtt.clone(), queued.clone());
         tokio::spawn(async move {
             for i in 0..500 {
                 mqtt.publish(&format!("retained/{i}"), vec![b'x'; 200], true)
                     .await
                     .unwrap();
+                queued.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !flood.is_finished(),
-        "the queue is full before the broker is up"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while queued.load(Ordering::SeqCst) < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     homelab_broker::start(&homelab_broker::Config::new(addr)).unwrap();
     let connected = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
