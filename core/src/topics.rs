@@ -14,6 +14,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict a topic's or a URL's last level names, if any.
+    pub fn parse(verb: &str) -> Option<Verdict> {
+        match verb {
+            "approve" => Some(Verdict::Approve),
+            "reject" => Some(Verdict::Reject),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Approve => "approve",
@@ -240,11 +249,7 @@ impl Topics {
             .strip_prefix(&self.prefix)?
             .strip_prefix("/actions/")?;
         let (id, verb) = rest.split_once('/')?;
-        let verdict = match verb {
-            "approve" => Verdict::Approve,
-            "reject" => Verdict::Reject,
-            _ => return None,
-        };
+        let verdict = Verdict::parse(verb)?;
         Some(Name::parse(id).map(|id| (id, verdict)))
     }
 

@@ -1081,11 +1081,7 @@ fn verdict_state(verdict: homelab_core::topics::Verdict) -> ActionState {
 }
 
 fn decision_state(verb: &str) -> Option<ActionState> {
-    match verb {
-        "approve" => Some(ActionState::Approved),
-        "reject" => Some(ActionState::Rejected),
-        _ => None,
-    }
+    homelab_core::topics::Verdict::parse(verb).map(verdict_state)
 }
 
 fn parse_verb(verb: &str) -> Result<ActionState, AppError> {
