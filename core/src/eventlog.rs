@@ -76,7 +76,7 @@ pub fn read_file(path: &PathBuf, f: impl FnMut(Event), bad: &mut Vec<BadLine>) -
 pub fn read_file_from(
     path: &PathBuf,
     offset: u64,
-    mut f: impl FnMut(Event),
+    f: impl FnMut(Event),
     bad: &mut Vec<BadLine>,
 ) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
@@ -95,6 +95,17 @@ pub fn read_file_from(
             .with_context(|| format!("seek {}", path.display()))?;
         Box::new(file)
     };
+    read_lines(reader, path, f, bad)
+}
+
+/// Calls `f` with every readable event of `reader` (a log file's lines,
+/// read from `path`), in order; the unreadable lines go to `bad`.
+pub fn read_lines(
+    reader: impl std::io::Read,
+    path: &std::path::Path,
+    mut f: impl FnMut(Event),
+    bad: &mut Vec<BadLine>,
+) -> Result<()> {
     for (i, line) in BufReader::with_capacity(1 << 16, reader)
         .split(b'\n')
         .enumerate()
@@ -106,7 +117,7 @@ pub fn read_file_from(
         match Event::from_payload(&line) {
             Ok(event) => f(event),
             Err(e) => bad.push(BadLine {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 line: i + 1,
                 error: e.to_string(),
             }),

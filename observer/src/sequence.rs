@@ -74,11 +74,13 @@ impl Sequence {
     }
 
     /// The same event arrived again under a new `seq` (handed over twice):
-    /// its slot is filled all the same.
-    pub fn fill(&mut self, seq: u64) {
-        if seq == self.next {
+    /// its slot is filled all the same. True if the watermark moved.
+    pub fn fill(&mut self, seq: u64) -> bool {
+        let moved = seq == self.next;
+        if moved {
             self.advance_to(seq);
         }
+        moved
     }
 
     /// An event read back from the log at start.
