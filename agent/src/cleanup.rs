@@ -59,6 +59,29 @@ impl Report {
     }
 }
 
+/// What a cleanup's outcome says: failed only if every part failed (its
+/// three prunes, and no container removed); the message counts what went.
+pub fn outcome(report: &Report) -> crate::command::Outcome {
+    let bytes = report.bytes_reclaimed();
+    let failed = match report.errors.len() {
+        0 => String::new(),
+        n => format!(" ({n} parts failed: {})", report.errors.join("; ")),
+    };
+    let message = format!(
+        "reclaimed {:.1} MB: {} stopped containers removed, {} dangling images deleted, build cache pruned{failed}",
+        bytes as f64 / 1e6,
+        report.containers_removed.len(),
+        report.images_deleted,
+    );
+    let mut data = serde_json::to_value(report).expect("report serializes");
+    data["bytes_reclaimed"] = serde_json::json!(bytes);
+    crate::command::Outcome {
+        ok: report.errors.len() < 3 || !report.containers_removed.is_empty(),
+        message,
+        data,
+    }
+}
+
 /// How many images a prune deleted. Docker's answer lists an image and
 /// each of its layers as separate `Deleted` entries (and `Untagged` ones
 /// for names it dropped), so the images are those of the dangling ones
@@ -158,5 +181,44 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(report.bytes_reclaimed(), 321);
+    }
+
+    #[test]
+    fn what_a_cleanup_says() {
+        let report = |removed: &[&str], errors: &[&str]| Report {
+            containers_removed: removed.iter().map(|s| s.to_string()).collect(),
+            container_bytes: 1_000_000,
+            images_deleted: 2,
+            image_bytes: 1_500_000,
+            build_cache_bytes: 0,
+            errors: errors.iter().map(|s| s.to_string()).collect(),
+        };
+        // (report, ok, message)
+        let cases = [
+            (
+                report(&["old"], &[]),
+                true,
+                "reclaimed 2.5 MB: 1 stopped containers removed, 2 dangling images deleted, build cache pruned",
+            ),
+            (
+                report(&[], &["images: busy", "cache: busy"]),
+                true,
+                "reclaimed 2.5 MB: 0 stopped containers removed, 2 dangling images deleted, build cache pruned (2 parts failed: images: busy; cache: busy)",
+            ),
+            (
+                report(&[], &["containers: x", "images: y", "cache: z"]),
+                false,
+                "reclaimed 2.5 MB: 0 stopped containers removed, 2 dangling images deleted, build cache pruned (3 parts failed: containers: x; images: y; cache: z)",
+            ),
+            (report(&["old"], &["a", "b", "c"]), true, ""),
+        ];
+        for (report, ok, message) in cases {
+            let outcome = outcome(&report);
+            assert_eq!(outcome.ok, ok, "{report:?}");
+            if !message.is_empty() {
+                assert_eq!(outcome.message, message);
+            }
+            assert_eq!(outcome.data["bytes_reclaimed"], 2_500_000);
+        }
     }
 }

@@ -18,6 +18,68 @@ use homelab_core::time::Timestamp;
 use homelab_core::world::Container;
 use homelab_core::Name;
 
+/// How a command went: whether it worked, what to say, and what goes into
+/// the outcome event's `data` (with the action and command ids).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+impl Outcome {
+    pub fn failed(message: impl Into<String>) -> Outcome {
+        Outcome {
+            ok: false,
+            message: message.into(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    /// The outcome event's type and severity.
+    pub fn kind(&self) -> (&'static str, homelab_core::Severity) {
+        use homelab_core::event::kinds;
+        match self.ok {
+            true => (kinds::REMEDIATION_COMPLETED, homelab_core::Severity::Info),
+            false => (kinds::REMEDIATION_FAILED, homelab_core::Severity::Error),
+        }
+    }
+}
+
+/// A restart's outcome: `containers` restarted, and either running (and
+/// healthy) again after `waited`, or not within `budget` (`last` says
+/// why).
+pub fn restart_outcome(
+    containers: &[String],
+    ready: bool,
+    waited: Duration,
+    budget: Duration,
+    last: &str,
+) -> Outcome {
+    let names = containers.join(", ");
+    match ready {
+        true => Outcome {
+            ok: true,
+            message: format!(
+                "restarted {names}; running again after {:.1} s",
+                waited.as_secs_f64()
+            ),
+            data: serde_json::json!({
+                "containers": containers,
+                "duration_ms": waited.as_millis() as u64,
+            }),
+        },
+        false => Outcome {
+            ok: false,
+            message: format!(
+                "restarted {names}, but not running and healthy within {} s: {last}",
+                budget.as_secs()
+            ),
+            data: serde_json::json!({"containers": containers, "reason": "not_ready"}),
+        },
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Carry it out (once: its id is now remembered).
@@ -269,5 +331,38 @@ mod tests {
                 "to {to}, first {first}, at {now}"
             );
         }
+    }
+
+    #[test]
+    fn what_a_restart_says() {
+        let names = ["app-1".to_string(), "app-2".to_string()];
+        let ready = restart_outcome(
+            &names,
+            true,
+            Duration::from_millis(2340),
+            Duration::from_secs(120),
+            "",
+        );
+        assert!(ready.ok);
+        assert_eq!(
+            ready.message,
+            "restarted app-1, app-2; running again after 2.3 s"
+        );
+        assert_eq!(ready.data["duration_ms"], 2340);
+        assert_eq!(ready.kind().0, "remediation_completed");
+        let late = restart_outcome(
+            &names[..1],
+            false,
+            Duration::from_secs(120),
+            Duration::from_secs(120),
+            "app-1 is unhealthy",
+        );
+        assert!(!late.ok);
+        assert_eq!(
+            late.message,
+            "restarted app-1, but not running and healthy within 120 s: app-1 is unhealthy"
+        );
+        assert_eq!(late.data["reason"], "not_ready");
+        assert_eq!(late.kind().0, "remediation_failed");
     }
 }
