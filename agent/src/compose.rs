@@ -9,13 +9,14 @@
 //! stay put from one redeploy to the next. The project name is stable, so
 //! `up -d` replaces what the last redeploy started.
 
+use crate::command::Outcome;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use homelab_core::command::ComposeBundle;
 use homelab_core::desired::ComposeVersion;
 use homelab_core::Name;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::proc;
 
@@ -96,27 +97,15 @@ pub async fn detect(dir: &Path) -> Option<ComposeVersion> {
     None
 }
 
-/// What a redeploy did, for the action's result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub ok: bool,
-    pub message: String,
-    pub data: Value,
-}
-
 /// Writes the files into `dir` (the project's folder) and runs `up -d`
-/// for at most `timeout`.
+/// for at most `timeout`: what it did, for the action's result.
 pub async fn redeploy(
     dir: &Path,
     bundle: &ComposeBundle,
     version: Option<ComposeVersion>,
     timeout: Duration,
 ) -> Outcome {
-    let failed = |message: String| Outcome {
-        ok: false,
-        message,
-        data: json!({}),
-    };
+    let failed = Outcome::failed;
     if let Err(why) = check(bundle) {
         return failed(why);
     }

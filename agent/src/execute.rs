@@ -244,12 +244,7 @@ pub(crate) async fn carry_out(
             info!(project = %bundle.project, dir = %dir.display(), "compose up -d");
             // The bundle's Compose, else the node config's, else detected.
             let version = agent.node_config.borrow().compose;
-            let outcome = compose::redeploy(&dir, bundle, version, budget).await;
-            command::Outcome {
-                ok: outcome.ok,
-                message: outcome.message,
-                data: outcome.data,
-            }
+            compose::redeploy(&dir, bundle, version, budget).await
         }
         Operation::DiskCleanup {
             keep_services,
